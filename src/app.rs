@@ -1,0 +1,189 @@
+//! The composition root: the only place that names concrete types. `App::build`
+//! opens the store, picks the agent, wires the relay and binds the listener;
+//! `addr()` tells tests where it listens; `run(shutdown)` serves until the token is
+//! cancelled, then drains. Tests use exactly this path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AgentKind, Config};
+use crate::core::{janitor, Agent, Relay, RelaySettings, Store};
+use crate::http::{self, AdminAuth, AppState, Readiness};
+use crate::{agent, store};
+
+/// How long shutdown waits for turns in flight before giving up on them.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// The store, the agent and the relay: what every command (run, console) needs.
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub relay: Relay,
+}
+
+impl Core {
+    /// Opens the store (running migrations) and builds the relay. `agent_kind`
+    /// overrides `AGENT_KIND` (the console's `--agent echo`).
+    pub async fn open(cfg: &Config, agent_kind: Option<AgentKind>) -> anyhow::Result<Core> {
+        use secrecy::ExposeSecret;
+        let sql = store::connect(cfg.store.url.expose_secret())
+            .await
+            .context("open the store at DATABASE_URL")?;
+        sql.migrate().await.context("apply store migrations")?;
+        let store: Arc<dyn Store> = Arc::new(sql);
+        let mut agent_cfg = cfg.agent.clone();
+        if let Some(kind) = agent_kind {
+            agent_cfg.kind = kind;
+        }
+        let agent: Arc<dyn Agent> =
+            agent::from_config(&agent_cfg).context("set up the agent client")?;
+        let settings = RelaySettings {
+            scope: cfg.conversation.scope,
+            error_reply: cfg.conversation.error_reply.clone(),
+            default_personality: cfg.agent.personality.clone(),
+            max_results: cfg.agent.max_results,
+            max_concurrency: cfg.agent.max_concurrency,
+            queue_capacity: RelaySettings::queue_for(cfg.agent.max_concurrency),
+        };
+        let relay = Relay::new(agent, store.clone(), settings);
+        Ok(Core { store, relay })
+    }
+}
+
+pub struct App {
+    cfg: Config,
+    core: Core,
+    listener: TcpListener,
+    addr: SocketAddr,
+    readiness: Readiness,
+    shutdown_grace: Duration,
+}
+
+impl App {
+    pub async fn build(cfg: Config) -> anyhow::Result<App> {
+        let core = Core::open(&cfg, None).await?;
+        let listener = TcpListener::bind(cfg.http.bind)
+            .await
+            .with_context(|| format!("bind HTTP_BIND {}", cfg.http.bind))?;
+        let addr = listener.local_addr().context("read the bound address")?;
+        Ok(App {
+            cfg,
+            core,
+            listener,
+            addr,
+            readiness: Readiness::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        })
+    }
+
+    /// Where the HTTP server listens (the real port when `HTTP_BIND` asked for 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn relay(&self) -> &Relay {
+        &self.core.relay
+    }
+
+    /// How long shutdown waits for turns in flight.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops intake (`/readyz` 503, new
+    /// turns refused), waits up to the grace period for turns in flight, and stops.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App {
+            cfg,
+            core,
+            listener,
+            addr,
+            readiness,
+            shutdown_grace,
+        } = self;
+        let relay = core.relay.clone();
+        let tasks = TaskTracker::new();
+        let background = shutdown.child_token();
+
+        tasks.spawn(janitor::run(
+            core.store.clone(),
+            cfg.conversation.transcript_retention,
+            background.clone(),
+        ));
+
+        if cfg.http.api_token.is_none() {
+            tracing::warn!(
+                "BRIDGE_API_TOKEN is not set: the admin API answers loopback clients only"
+            );
+        }
+        tracing::info!(
+            http = %addr,
+            agent = %cfg.agent.url,
+            agent_kind = ?cfg.agent.kind,
+            discord = cfg.discord.is_some(),
+            slack = cfg.slack.is_some(),
+            "agent-bridge listening"
+        );
+
+        let state = AppState {
+            relay: relay.clone(),
+            readiness: readiness.clone(),
+            default_personality: cfg.agent.personality.clone(),
+            default_max_results: cfg.agent.max_results,
+        };
+        let router = http::router(state, AdminAuth::new(cfg.http.api_token.clone()));
+        let stop_serving = CancellationToken::new();
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
+        let mut server = tokio::spawn(async move { server.await });
+
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            result = &mut server => {
+                // The server only ends early on an accept error; report it as fatal.
+                background.cancel();
+                return match result {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("HTTP server stopped unexpectedly")),
+                    Ok(Err(e)) => Err(e).context("HTTP server failed"),
+                    Err(e) => Err(e).context("HTTP server task failed"),
+                };
+            }
+        }
+
+        // Intake stops first while the server still answers, so load balancers see
+        // /readyz turn 503 and Slack's retries go elsewhere.
+        readiness.set_draining();
+        relay.close();
+        let drained = relay.drain(shutdown_grace).await;
+        if drained {
+            tracing::info!("all turns in flight finished");
+        } else {
+            tracing::warn!(
+                pending = relay.pending_turns(),
+                "shutdown grace elapsed with turns still running"
+            );
+        }
+        background.cancel();
+        stop_serving.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP connections still open after 5 s; closing them");
+            server.abort();
+        }
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+        tracing::info!("agent-bridge stopped");
+        Ok(())
+    }
+}

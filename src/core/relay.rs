@@ -1,0 +1,637 @@
+//! The relay: takes an [`Inbound`] message and a [`ChatSink`], puts the turn in its
+//! conversation's lane, and runs it — a command answered by the bridge, or a call to
+//! the agent whose answer goes back through the sink — then writes the conversation,
+//! the transcript and the turn's events in one store commit.
+//!
+//! A turn never delivers webhooks itself: it only writes outbox rows, and
+//! `webhook::worker` delivers them, so a slow endpoint can never slow a reply.
+//! A failure never escapes a turn: it becomes `ERROR_REPLY`, a `reply.failed` event
+//! and one `warn!` with the cause.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{info_span, warn, Instrument};
+
+use super::commands::{self, Command, Parsed, HELP_TEXT};
+use super::events::{
+    ConversationRef, ConversationTurn, EventKind, OutboxEvent, PersonalityChanged, ReplyFailed,
+    SessionReset,
+};
+use super::lanes::{Admission, Lanes};
+use super::message::{ConversationKey, Inbound, SessionScope};
+use super::ports::{
+    Agent, AgentAnswer, AgentError, AgentRequest, ChatSink, Commit, Conversation, Role, Store,
+    StoreError, TranscriptEntry,
+};
+use super::sessions::SessionMap;
+
+/// What users see when every slot is taken.
+pub const BUSY_REPLY: &str =
+    "I'm handling a lot of requests right now. Please try again in a moment.";
+
+/// The relay's part of the configuration.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub scope: SessionScope,
+    /// `ERROR_REPLY`.
+    pub error_reply: String,
+    /// `AGENT_PERSONALITY`, used when a conversation has not chosen one.
+    pub default_personality: Option<String>,
+    /// `AGENT_MAX_RESULTS`.
+    pub max_results: u32,
+    /// `AGENT_MAX_CONCURRENCY`: agent calls in flight at once.
+    pub max_concurrency: usize,
+    /// Turns that may wait for a slot beyond those in flight; past it users get
+    /// [`BUSY_REPLY`].
+    pub queue_capacity: usize,
+}
+
+impl RelaySettings {
+    /// The queue holds four turns per concurrent slot: enough to absorb a burst in one
+    /// busy channel, small enough that nobody waits minutes behind a stuck agent.
+    pub fn queue_for(max_concurrency: usize) -> usize {
+        max_concurrency.saturating_mul(4).max(8)
+    }
+}
+
+/// Why a message was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The queue is full; the user has been sent [`BUSY_REPLY`].
+    Busy,
+    /// Shutdown has begun; the platform should let its peer retry elsewhere.
+    ShuttingDown,
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnOutcome {
+    /// The agent answered and the answer was posted.
+    Answered,
+    /// A command was answered by the bridge.
+    Command,
+    /// The agent, the store or the platform failed; the user got `ERROR_REPLY` if
+    /// the platform let us post it.
+    Failed,
+    /// The turn was lost without an outcome (its task panicked).
+    Lost,
+}
+
+/// Resolves when the turn has been answered; dropping it changes nothing.
+pub struct TurnHandle(oneshot::Receiver<TurnOutcome>);
+
+impl TurnHandle {
+    pub async fn outcome(self) -> TurnOutcome {
+        self.0.await.unwrap_or(TurnOutcome::Lost)
+    }
+}
+
+/// Cheap to clone: every platform and the HTTP server hold one.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Turn {
+    key: ConversationKey,
+    msg: Inbound,
+    sink: Arc<dyn ChatSink>,
+    received: OffsetDateTime,
+    /// Told how the turn ended; the receiver may be gone.
+    done: oneshot::Sender<TurnOutcome>,
+}
+
+struct Inner {
+    agent: Arc<dyn Agent>,
+    store: Arc<dyn Store>,
+    sessions: SessionMap,
+    lanes: Lanes<Turn>,
+    /// One permit per agent call in flight, across all conversations
+    /// (`AGENT_MAX_CONCURRENCY`). Lane workers wait here, in FIFO order.
+    permits: Semaphore,
+    settings: RelaySettings,
+    /// Every lane worker, turn and busy reply; shutdown waits for it to empty.
+    tracker: TaskTracker,
+    /// Cleared by [`Relay::close`]: from then on `submit` refuses new turns.
+    accepting: AtomicBool,
+}
+
+impl Relay {
+    pub fn new(agent: Arc<dyn Agent>, store: Arc<dyn Store>, settings: RelaySettings) -> Self {
+        let max_concurrency = settings.max_concurrency.max(1);
+        let capacity = max_concurrency.saturating_add(settings.queue_capacity);
+        Relay {
+            inner: Arc::new(Inner {
+                agent,
+                sessions: SessionMap::new(store.clone()),
+                store,
+                lanes: Lanes::new(capacity),
+                permits: Semaphore::new(max_concurrency),
+                settings,
+                tracker: TaskTracker::new(),
+                accepting: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// Queues a message behind the earlier turns of its conversation and returns at
+    /// once. When the queue is full the user is told so through `sink`.
+    pub fn submit(&self, msg: Inbound, sink: Arc<dyn ChatSink>) -> Result<TurnHandle, Rejected> {
+        let inner = &self.inner;
+        if !inner.accepting.load(Ordering::Acquire) {
+            return Err(Rejected::ShuttingDown);
+        }
+        let key = ConversationKey::derive(inner.settings.scope, &msg);
+        let (done, handle) = oneshot::channel();
+        let turn = Turn {
+            key: key.clone(),
+            msg,
+            sink,
+            received: OffsetDateTime::now_utc(),
+            done,
+        };
+        match inner.lanes.admit(&key, turn) {
+            Admission::StartWorker(turn) => {
+                let lane = inner.clone();
+                inner.tracker.spawn(lane.run_lane(key, turn));
+            }
+            Admission::Queued => {}
+            Admission::Full(turn) => {
+                warn!(conversation = %key, pending = inner.lanes.pending(), "queue full, answering busy");
+                inner.tracker.spawn(async move {
+                    if let Err(e) = turn.sink.send(BUSY_REPLY).await {
+                        warn!(error = %e, "could not post the busy reply");
+                    }
+                });
+                return Err(Rejected::Busy);
+            }
+        }
+        Ok(TurnHandle(handle))
+    }
+
+    /// Resets every conversation using `agent_session` (`DELETE /sessions/{id}`);
+    /// returns how many there were.
+    pub async fn reset_session(&self, agent_session: &str) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let now = OffsetDateTime::now_utc();
+        let mut commit = Commit::default();
+        for mut conv in inner.store.conversations_by_session(agent_session).await? {
+            let previous = conv.agent_session.take();
+            conv.last_activity = now;
+            commit.events.push(OutboxEvent::new(
+                EventKind::SessionReset,
+                Some(conv.key.to_string()),
+                &SessionReset {
+                    at: conv_ref(&conv),
+                    previous_session_id: previous,
+                    reason: "api",
+                },
+                now,
+            ));
+            commit.conversations.push(conv);
+        }
+        let count = commit.conversations.len();
+        if count > 0 {
+            inner.store.commit(commit.clone()).await?;
+            for conv in commit.conversations {
+                inner.sessions.put(conv);
+            }
+        }
+        Ok(count)
+    }
+
+    /// One agent call outside any conversation (`/agent-query`): `/conversation` when
+    /// a session is given, else `/query`. It takes a slot like a chat turn does.
+    pub async fn ask(&self, req: &AgentRequest) -> Result<AgentAnswer, AgentError> {
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| AgentError::Unreachable("relay closed".into()))?;
+        match req.session_id {
+            Some(_) => self.inner.agent.converse(req).await,
+            None => self.inner.agent.query(req).await,
+        }
+    }
+
+    /// Stores events that belong to no conversation change (e.g. `query`).
+    pub async fn record(&self, events: Vec<OutboxEvent>) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .commit(Commit {
+                events,
+                ..Commit::default()
+            })
+            .await
+    }
+
+    /// Runs background work that shutdown must wait for (an async `/agent-query`).
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tracker.spawn(work);
+    }
+
+    /// `false` once shutdown has begun.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.accepting.load(Ordering::Acquire)
+    }
+
+    /// Stops taking new turns; turns already accepted still run.
+    pub fn close(&self) {
+        self.inner.accepting.store(false, Ordering::Release);
+    }
+
+    /// Waits up to `within` for accepted turns to finish; `true` if they all did.
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.close();
+        self.inner.tracker.close();
+        tokio::time::timeout(within, self.inner.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Turns accepted and not yet answered.
+    pub fn pending_turns(&self) -> usize {
+        self.inner.lanes.pending()
+    }
+
+    /// Conversations held in the in-memory map.
+    pub fn cached_conversations(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    pub fn agent(&self) -> &Arc<dyn Agent> {
+        &self.inner.agent
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+}
+
+impl Inner {
+    /// Runs a lane's turns one after another until the lane is empty.
+    async fn run_lane(self: Arc<Self>, key: ConversationKey, mut turn: Turn) {
+        loop {
+            // Each turn runs as its own task so that a panic in one (a bug) cannot wedge
+            // the conversation: the lane moves on to the next turn.
+            let this = self.clone();
+            let span = info_span!("turn", conversation = %key, platform = %turn.msg.platform);
+            let run = self
+                .tracker
+                .spawn(async move { this.process(turn).await }.instrument(span));
+            if let Err(e) = run.await {
+                tracing::error!(conversation = %key, error = %e, "turn task failed");
+            }
+            match self.lanes.next(&key) {
+                Some(next) => turn = next,
+                None => return,
+            }
+        }
+    }
+
+    async fn process(&self, turn: Turn) {
+        let Turn {
+            key,
+            msg,
+            sink,
+            received,
+            done,
+        } = turn;
+        let sink = &*sink;
+        let outcome = match commands::parse(&msg.text) {
+            Parsed::Chat(text) => {
+                sink.working().await;
+                let outcome = self.chat(&key, &msg, text, received, sink).await;
+                sink.finished().await;
+                outcome
+            }
+            Parsed::Command(command) => self.command(&key, &msg, command, sink).await,
+        };
+        // The submitter may have stopped listening; that is fine.
+        let _ = done.send(outcome);
+    }
+
+    async fn chat(
+        &self,
+        key: &ConversationKey,
+        msg: &Inbound,
+        query: &str,
+        received: OffsetDateTime,
+        sink: &dyn ChatSink,
+    ) -> TurnOutcome {
+        let conv = match self.sessions.get(key, self.settings.scope, msg).await {
+            Ok(conv) => conv,
+            Err(e) => return self.fail(key, msg, query, &e.to_string(), sink).await,
+        };
+        let request = AgentRequest {
+            query: query.to_string(),
+            session_id: conv.agent_session.clone(),
+            personality_id: self.personality_of(&conv),
+            max_results: Some(self.settings.max_results),
+        };
+        let started = Instant::now();
+        let answer = match self.permits.acquire().await {
+            Ok(_permit) => self.agent.converse(&request).await,
+            // The semaphore is never closed; treat it like an unreachable agent if it were.
+            Err(_) => Err(AgentError::Unreachable("relay closed".into())),
+        };
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                warn!(error = %e, latency_ms, "agent call failed");
+                return self.fail(key, msg, query, &e.to_string(), sink).await;
+            }
+        };
+
+        let sent = sink.send(&answer.response).await;
+        let now = OffsetDateTime::now_utc();
+        let mut updated = conv;
+        // The agent may answer with another session id (a new one after it expired its
+        // own); the map follows it.
+        updated.agent_session = answer.session_id.clone().or(updated.agent_session);
+        updated.last_activity = now;
+        let session = updated.agent_session.clone().unwrap_or_default();
+        let at = conv_ref(&updated);
+        let mut events = vec![OutboxEvent::new(
+            EventKind::Conversation,
+            Some(key.to_string()),
+            &ConversationTurn {
+                at: at.clone(),
+                user: msg.user.clone(),
+                message_id: msg.message_id.clone(),
+                session_id: updated.agent_session.clone(),
+                personality_id: request.personality_id.clone(),
+                query: query.to_string(),
+                response: answer.response.clone(),
+                latency_ms,
+            },
+            now,
+        )];
+        let outcome = match &sent {
+            Ok(_) => TurnOutcome::Answered,
+            Err(e) => {
+                warn!(error = %e, "could not post the answer");
+                events.push(reply_failed(key, at, msg, query, &e.to_string(), now));
+                TurnOutcome::Failed
+            }
+        };
+        let row = |role, content: &str, timestamp, message_id| TranscriptEntry {
+            id: 0,
+            session_id: session.clone(),
+            role,
+            content: content.to_string(),
+            timestamp,
+            platform: msg.platform,
+            channel: msg.channel.clone(),
+            thread: msg.thread.clone(),
+            user: msg.user.clone(),
+            message_id,
+        };
+        let commit = Commit {
+            conversations: vec![updated.clone()],
+            transcript: vec![
+                row(Role::User, query, received, Some(msg.message_id.clone())),
+                row(
+                    Role::Assistant,
+                    &answer.response,
+                    now,
+                    sent.ok().map(|ids| ids.join(",")),
+                ),
+            ],
+            events,
+        };
+        self.commit(commit).await;
+        tracing::info!(session = %session, latency_ms, "turn answered");
+        self.sessions.put(updated);
+        outcome
+    }
+
+    async fn command(
+        &self,
+        key: &ConversationKey,
+        msg: &Inbound,
+        command: Command,
+        sink: &dyn ChatSink,
+    ) -> TurnOutcome {
+        let reply = match command {
+            Command::Help => Ok(HELP_TEXT.to_string()),
+            Command::Reset => self.reset(key, msg).await,
+            Command::Personality(None) => self.list_personalities(key, msg).await,
+            Command::Personality(Some(id)) => self.set_personality(key, msg, id).await,
+        };
+        let text = match reply {
+            Ok(text) => text,
+            Err(cause) => {
+                warn!(error = %cause, "command failed");
+                self.settings.error_reply.clone()
+            }
+        };
+        if let Err(e) = sink.send(&text).await {
+            warn!(error = %e, "could not post the command's answer");
+        }
+        TurnOutcome::Command
+    }
+
+    async fn reset(&self, key: &ConversationKey, msg: &Inbound) -> Result<String, String> {
+        let mut conv = self.load(key, msg).await?;
+        let now = OffsetDateTime::now_utc();
+        let previous = conv.agent_session.take();
+        conv.last_activity = now;
+        let event = OutboxEvent::new(
+            EventKind::SessionReset,
+            Some(key.to_string()),
+            &SessionReset {
+                at: conv_ref(&conv),
+                previous_session_id: previous,
+                reason: "command",
+            },
+            now,
+        );
+        self.store
+            .commit(Commit {
+                conversations: vec![conv.clone()],
+                transcript: vec![],
+                events: vec![event],
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.sessions.put(conv);
+        Ok("Done. Your next message starts a new conversation.".into())
+    }
+
+    async fn list_personalities(
+        &self,
+        key: &ConversationKey,
+        msg: &Inbound,
+    ) -> Result<String, String> {
+        let conv = self.load(key, msg).await?;
+        let list = {
+            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+            self.agent
+                .personalities()
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let current = self.personality_of(&conv);
+        let mut text = String::from("Personalities:\n");
+        for p in &list {
+            let marker = if current.as_deref() == Some(p.id.as_str()) {
+                " (current)"
+            } else {
+                ""
+            };
+            text.push_str(&format!("• `{}` — {}{marker}\n", p.id, p.name));
+        }
+        if list.is_empty() {
+            text.push_str("(the agent offers none)\n");
+        }
+        text.push_str("Say `personality <id>` to switch.");
+        Ok(text)
+    }
+
+    async fn set_personality(
+        &self,
+        key: &ConversationKey,
+        msg: &Inbound,
+        id: String,
+    ) -> Result<String, String> {
+        let mut conv = self.load(key, msg).await?;
+        // An unknown id would make every later turn fail at the agent; check it while
+        // the user is here to see the mistake. If the agent cannot list personalities,
+        // trust the user rather than refuse.
+        let known = {
+            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+            self.agent.personalities().await
+        };
+        match known {
+            Ok(list) if !list.iter().any(|p| p.id == id) => {
+                let ids: Vec<_> = list.iter().map(|p| format!("`{}`", p.id)).collect();
+                return Ok(format!(
+                    "I don't know the personality `{id}`. Available: {}.",
+                    ids.join(", ")
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not list personalities; accepting the id as given"),
+        }
+        let now = OffsetDateTime::now_utc();
+        let previous = self.personality_of(&conv);
+        conv.personality = Some(id.clone());
+        conv.last_activity = now;
+        let event = OutboxEvent::new(
+            EventKind::PersonalityChange,
+            Some(key.to_string()),
+            &PersonalityChanged {
+                at: conv_ref(&conv),
+                user: Some(msg.user.clone()),
+                previous,
+                new: id.clone(),
+            },
+            now,
+        );
+        self.store
+            .commit(Commit {
+                conversations: vec![conv.clone()],
+                transcript: vec![],
+                events: vec![event],
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.sessions.put(conv);
+        Ok(format!(
+            "From now on this conversation uses the personality `{id}`."
+        ))
+    }
+
+    async fn load(&self, key: &ConversationKey, msg: &Inbound) -> Result<Conversation, String> {
+        self.sessions
+            .get(key, self.settings.scope, msg)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn personality_of(&self, conv: &Conversation) -> Option<String> {
+        conv.personality
+            .clone()
+            .or_else(|| self.settings.default_personality.clone())
+    }
+
+    /// Answers `ERROR_REPLY` and records a `reply.failed` event.
+    async fn fail(
+        &self,
+        key: &ConversationKey,
+        msg: &Inbound,
+        query: &str,
+        cause: &str,
+        sink: &dyn ChatSink,
+    ) -> TurnOutcome {
+        if let Err(e) = sink.send(&self.settings.error_reply).await {
+            warn!(error = %e, "could not post the error reply");
+        }
+        let at = ConversationRef {
+            conversation: key.to_string(),
+            platform: msg.platform.as_str().to_string(),
+            workspace: msg.workspace.clone(),
+            channel: msg.channel.clone(),
+            thread: msg.thread.clone(),
+        };
+        let now = OffsetDateTime::now_utc();
+        let event = reply_failed(key, at, msg, query, cause, now);
+        self.commit(Commit {
+            events: vec![event],
+            ..Commit::default()
+        })
+        .await;
+        TurnOutcome::Failed
+    }
+
+    /// A turn has already been answered when it commits; a store failure here loses
+    /// the record, not the reply, so it is logged loudly and the turn goes on.
+    async fn commit(&self, commit: Commit) {
+        if let Err(e) = self.store.commit(commit).await {
+            tracing::error!(error = %e, "could not record the turn");
+        }
+    }
+}
+
+fn conv_ref(conv: &Conversation) -> ConversationRef {
+    ConversationRef {
+        conversation: conv.key.to_string(),
+        platform: conv.platform.as_str().to_string(),
+        workspace: conv.workspace.clone(),
+        channel: conv.channel.clone(),
+        thread: conv.thread.clone(),
+    }
+}
+
+fn reply_failed(
+    key: &ConversationKey,
+    at: ConversationRef,
+    msg: &Inbound,
+    query: &str,
+    cause: &str,
+    now: OffsetDateTime,
+) -> OutboxEvent {
+    OutboxEvent::new(
+        EventKind::ReplyFailed,
+        Some(key.to_string()),
+        &ReplyFailed {
+            at,
+            user: msg.user.clone(),
+            message_id: msg.message_id.clone(),
+            query: query.to_string(),
+            error: cause.to_string(),
+        },
+        now,
+    )
+}

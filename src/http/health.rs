@@ -1,0 +1,90 @@
+//! `/healthz` (the process is alive) and `/readyz` (the store answers, every enabled
+//! part is connected, and the bridge is not shutting down).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::AppState;
+
+/// What `/readyz` reports besides the store: one flag per enabled part, flipped by
+/// the part itself (a platform sets its flag when connected), plus the draining flag
+/// set at shutdown so load balancers stop sending work.
+/// A part's name and its "connected" flag.
+type Part = (&'static str, Arc<AtomicBool>);
+
+#[derive(Clone, Default)]
+pub struct Readiness {
+    parts: Arc<std::sync::RwLock<Vec<Part>>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Registers a part (e.g. `discord`), initially down; returns its flag.
+    pub fn register(&self, name: &'static str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut parts) = self.parts.write() {
+            parts.push((name, flag.clone()));
+        }
+        flag
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    fn snapshot(&self) -> Vec<(&'static str, bool)> {
+        self.parts
+            .read()
+            .map(|p| {
+                p.iter()
+                    .map(|(n, f)| (*n, f.load(Ordering::Acquire)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let mut parts = Map::new();
+    let mut ready = true;
+    match state.relay.store().ping().await {
+        Ok(()) => {
+            parts.insert("store".into(), json!("up"));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: store unreachable");
+            parts.insert("store".into(), json!("down"));
+            ready = false;
+        }
+    }
+    for (name, up) in state.readiness.snapshot() {
+        parts.insert(name.into(), json!(if up { "up" } else { "down" }));
+        ready &= up;
+    }
+    let draining = state.readiness.draining.load(Ordering::Acquire);
+    ready &= !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let label = match (ready, draining) {
+        (true, _) => "ready",
+        (false, true) => "draining",
+        (false, false) => "not ready",
+    };
+    (
+        status,
+        Json(json!({ "status": label, "parts": Value::Object(parts) })),
+    )
+}

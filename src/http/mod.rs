@@ -1,0 +1,63 @@
+//! The HTTP server: public routes (`/healthz`, `/readyz`) and the admin API behind
+//! bearer auth, with per-route body limits and JSON errors for everything, unknown
+//! routes included. Handlers are thin: they parse, call the relay or the store, and
+//! render.
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::core::Relay;
+
+pub mod agent_query;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod health;
+pub mod sessions;
+
+pub use auth::AdminAuth;
+pub use health::Readiness;
+
+/// Admin request bodies above this are refused with 413.
+pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub relay: Relay,
+    pub readiness: Readiness,
+    /// `AGENT_PERSONALITY` and `AGENT_MAX_RESULTS`, the proxy's defaults.
+    pub default_personality: Option<String>,
+    pub default_max_results: u32,
+}
+
+pub fn router(state: AppState, auth: AdminAuth) -> Router {
+    let admin = Router::new()
+        .route("/agent-query", post(agent_query::agent_query))
+        .route("/sessions", get(sessions::list))
+        .route("/sessions/{id}/history", get(sessions::history))
+        .route("/sessions/{id}", axum::routing::delete(sessions::reset))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+        .route_layer(middleware::from_fn_with_state(auth, auth::require_admin));
+
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(admin)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed",
+    )
+}

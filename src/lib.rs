@@ -1,0 +1,24 @@
+//! agent-bridge: connects Discord and Slack to an AI agent, turns every conversation
+//! into signed webhook events and exposes the agent through an authenticated proxy.
+//!
+//! # Layout
+//!
+//! - [`core`]: conversations, ordering, commands and the relay; I/O only through the
+//!   traits in `core::ports`.
+//! - [`agent`]: `Agent` implementations (the AI Agent API client, the echo agent).
+//! - [`store`]: the `Store` implementation over SQLite or PostgreSQL (sqlx).
+//! - [`http`]: the axum server: health, admin API, and later the Slack events route.
+//! - [`console`]: the terminal chat, a `ChatSink` like any platform.
+//! - [`config`]: every environment variable, parsed once into typed sub-configs.
+//! - [`app`]: the composition root, the only place that names concrete types.
+//! - [`shutdown`], [`telemetry`]: signals and logging.
+
+pub mod agent;
+pub mod app;
+pub mod config;
+pub mod console;
+pub mod core;
+pub mod http;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,94 @@
+//! The `agent-bridge` binary: parses the command line, loads the configuration, and
+//! hands over to the library. `anyhow` lives only here and in `app`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use agent_bridge::app::{App, Core, DEFAULT_SHUTDOWN_GRACE};
+use agent_bridge::config::{AgentKind, Config};
+use agent_bridge::{console, shutdown, telemetry};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "agent-bridge",
+    version,
+    about = "Connects Discord and Slack to an AI agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start every configured part (the default).
+    Run,
+    /// Chat with the agent from the terminal, through the same relay and store.
+    Console {
+        /// Use this agent instead of AGENT_KIND.
+        #[arg(long, value_enum)]
+        agent: Option<AgentArg>,
+    },
+    /// Apply store migrations and exit.
+    Migrate,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AgentArg {
+    Echo,
+    AiAgentApi,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::from_env() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&cfg.log);
+    match run(cli.command.unwrap_or(Command::Run), cfg).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "agent-bridge failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Run => App::build(cfg).await?.run(shutdown::on_signal()).await,
+        Command::Console { agent } => {
+            let kind = agent.map(|a| match a {
+                AgentArg::Echo => AgentKind::Echo,
+                AgentArg::AiAgentApi => AgentKind::AiAgentApi,
+            });
+            let core = Core::open(&cfg, kind).await?;
+            let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+            let options = console::ConsoleOptions {
+                prompt: std::io::stdin().is_terminal(),
+                grace: DEFAULT_SHUTDOWN_GRACE,
+            };
+            console::run(
+                core.relay,
+                stdin,
+                tokio::io::stdout(),
+                options,
+                shutdown::on_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Migrate => {
+            Core::open(&cfg, Some(AgentKind::Echo)).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+    }
+}

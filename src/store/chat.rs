@@ -1,0 +1,321 @@
+//! `impl Store for SqlStore`: conversations, transcripts, Slack event sightings, and
+//! the outbox fan-out of `commit` (one delivery row per subscribed, enabled endpoint).
+//!
+//! Every statement is a constant string shared by both backends, so each connection
+//! prepares it once and reuses it from sqlx's statement cache; nothing here builds SQL
+//! at run time. Delivering the outbox is not this module's business (`webhook::*`).
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::{db_err, from_ms, on_pool, to_ms, SqlStore};
+use crate::core::message::{ConversationKey, Platform};
+use crate::core::ports::{Commit, Conversation, Role, Store, StoreError, TranscriptEntry};
+
+const SELECT_CONVERSATION: &str = "\
+    SELECT key, platform, workspace, channel, thread, user_id, agent_session, personality, \
+           last_activity \
+    FROM conversations WHERE key = $1";
+
+const SELECT_CONVERSATIONS: &str = "\
+    SELECT key, platform, workspace, channel, thread, user_id, agent_session, personality, \
+           last_activity \
+    FROM conversations ORDER BY last_activity DESC, key LIMIT $1";
+
+const SELECT_CONVERSATIONS_BY_SESSION: &str = "\
+    SELECT key, platform, workspace, channel, thread, user_id, agent_session, personality, \
+           last_activity \
+    FROM conversations WHERE agent_session = $1 ORDER BY last_activity DESC, key";
+
+const UPSERT_CONVERSATION: &str = "\
+    INSERT INTO conversations \
+        (key, platform, workspace, channel, thread, user_id, agent_session, personality, \
+         last_activity) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    ON CONFLICT (key) DO UPDATE SET \
+        platform = excluded.platform, workspace = excluded.workspace, \
+        channel = excluded.channel, thread = excluded.thread, user_id = excluded.user_id, \
+        agent_session = excluded.agent_session, personality = excluded.personality, \
+        last_activity = excluded.last_activity";
+
+const INSERT_TRANSCRIPT: &str = "\
+    INSERT INTO transcripts \
+        (session_id, role, content, created_at, platform, channel, thread, user_id, message_id) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+const SELECT_HISTORY: &str = "\
+    SELECT id, session_id, role, content, created_at, platform, channel, thread, user_id, \
+           message_id \
+    FROM transcripts WHERE session_id = $1 AND created_at >= $2 ORDER BY created_at, id";
+
+const PURGE_TRANSCRIPTS: &str = "DELETE FROM transcripts WHERE created_at < $1";
+
+const INSERT_EVENT: &str = "\
+    INSERT INTO webhook_events (id, type, ordering_key, body, created_at) \
+    VALUES ($1, $2, $3, $4, $5)";
+
+/// One pending delivery per enabled endpoint subscribed to the event's type or to `*`.
+/// `EXISTS` (rather than a join) yields each endpoint once even when it subscribes to
+/// both. The first attempt is due when the event happened.
+const FAN_OUT_EVENT: &str = "\
+    INSERT INTO webhook_deliveries \
+        (event_id, endpoint_id, ordering_key, status, attempts, next_attempt_at, created_at, \
+         updated_at) \
+    SELECT $1, e.id, $3, 'pending', 0, $4, $4, $4 \
+    FROM webhook_endpoints e \
+    WHERE e.enabled = 1 \
+      AND EXISTS (SELECT 1 FROM webhook_subscriptions s \
+                  WHERE s.endpoint_id = e.id AND s.event_type IN ($2, '*'))";
+
+/// Inserts a sighting, or revives one whose `expires_at` has passed; a live sighting
+/// is left alone, so exactly one caller sees a changed row. The unique key decides
+/// between concurrent callers on every backend: PostgreSQL re-checks the `WHERE`
+/// against the row the winner committed, SQLite serialises writers.
+const FIRST_SIGHTING: &str = "\
+    INSERT INTO seen_events (key, expires_at) VALUES ($1, $2) \
+    ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+    WHERE seen_events.expires_at < $3";
+
+const PURGE_SIGHTINGS: &str = "DELETE FROM seen_events WHERE expires_at < $1";
+
+#[derive(sqlx::FromRow)]
+struct ConversationRow {
+    key: String,
+    platform: String,
+    workspace: String,
+    channel: String,
+    thread: Option<String>,
+    user_id: Option<String>,
+    agent_session: Option<String>,
+    personality: Option<String>,
+    last_activity: i64,
+}
+
+impl TryFrom<ConversationRow> for Conversation {
+    type Error = StoreError;
+
+    fn try_from(r: ConversationRow) -> Result<Self, StoreError> {
+        Ok(Conversation {
+            key: ConversationKey::from_stored(&r.key),
+            platform: parse_platform(&r.platform)?,
+            workspace: r.workspace,
+            channel: r.channel,
+            thread: r.thread,
+            user: r.user_id,
+            agent_session: r.agent_session,
+            personality: r.personality,
+            last_activity: from_ms(r.last_activity)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TranscriptRow {
+    id: i64,
+    session_id: String,
+    role: String,
+    content: String,
+    created_at: i64,
+    platform: String,
+    channel: String,
+    thread: Option<String>,
+    user_id: String,
+    message_id: Option<String>,
+}
+
+impl TryFrom<TranscriptRow> for TranscriptEntry {
+    type Error = StoreError;
+
+    fn try_from(r: TranscriptRow) -> Result<Self, StoreError> {
+        Ok(TranscriptEntry {
+            id: r.id,
+            session_id: r.session_id,
+            role: Role::parse(&r.role).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown transcript role {:?}", r.role))
+            })?,
+            content: r.content,
+            timestamp: from_ms(r.created_at)?,
+            platform: parse_platform(&r.platform)?,
+            channel: r.channel,
+            thread: r.thread,
+            user: r.user_id,
+            message_id: r.message_id,
+        })
+    }
+}
+
+fn parse_platform(s: &str) -> Result<Platform, StoreError> {
+    Platform::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown platform {s:?}")))
+}
+
+fn convert_all<R, T>(rows: Vec<R>) -> Result<Vec<T>, StoreError>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query("SELECT 1").execute(p).await.map(drop)).map_err(db_err)
+    }
+
+    async fn conversation(
+        &self,
+        key: &ConversationKey,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let row = on_pool!(self, |p| {
+            sqlx::query_as::<_, ConversationRow>(SELECT_CONVERSATION)
+                .bind(key.as_str())
+                .fetch_optional(p)
+                .await
+        })
+        .map_err(db_err)?;
+        row.map(Conversation::try_from).transpose()
+    }
+
+    async fn conversations(&self, limit: u32) -> Result<Vec<Conversation>, StoreError> {
+        let rows = on_pool!(self, |p| {
+            sqlx::query_as::<_, ConversationRow>(SELECT_CONVERSATIONS)
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await
+        })
+        .map_err(db_err)?;
+        convert_all(rows)
+    }
+
+    async fn conversations_by_session(
+        &self,
+        agent_session: &str,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let rows = on_pool!(self, |p| {
+            sqlx::query_as::<_, ConversationRow>(SELECT_CONVERSATIONS_BY_SESSION)
+                .bind(agent_session)
+                .fetch_all(p)
+                .await
+        })
+        .map_err(db_err)?;
+        convert_all(rows)
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        if commit.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, |p| {
+            async {
+                let mut tx = p.begin().await?;
+                for c in &commit.conversations {
+                    sqlx::query(UPSERT_CONVERSATION)
+                        .bind(c.key.as_str())
+                        .bind(c.platform.as_str())
+                        .bind(&c.workspace)
+                        .bind(&c.channel)
+                        .bind(c.thread.as_deref())
+                        .bind(c.user.as_deref())
+                        .bind(c.agent_session.as_deref())
+                        .bind(c.personality.as_deref())
+                        .bind(to_ms(c.last_activity))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for t in &commit.transcript {
+                    sqlx::query(INSERT_TRANSCRIPT)
+                        .bind(&t.session_id)
+                        .bind(t.role.as_str())
+                        .bind(&t.content)
+                        .bind(to_ms(t.timestamp))
+                        .bind(t.platform.as_str())
+                        .bind(&t.channel)
+                        .bind(t.thread.as_deref())
+                        .bind(&t.user)
+                        .bind(t.message_id.as_deref())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for e in &commit.events {
+                    let at = to_ms(e.created_at);
+                    sqlx::query(INSERT_EVENT)
+                        .bind(e.id.as_str())
+                        .bind(e.kind.as_str())
+                        .bind(e.ordering_key.as_deref())
+                        .bind(&e.body)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(FAN_OUT_EVENT)
+                        .bind(e.id.as_str())
+                        .bind(e.kind.as_str())
+                        .bind(e.ordering_key.as_deref())
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                // Dropping `tx` on an early `?` rolls everything back.
+                tx.commit().await
+            }
+            .await
+        })
+        .map_err(db_err)
+    }
+
+    async fn history(
+        &self,
+        agent_session: &str,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<TranscriptEntry>, StoreError> {
+        let since = since.map_or(i64::MIN, to_ms);
+        let rows = on_pool!(self, |p| {
+            sqlx::query_as::<_, TranscriptRow>(SELECT_HISTORY)
+                .bind(agent_session)
+                .bind(since)
+                .fetch_all(p)
+                .await
+        })
+        .map_err(db_err)?;
+        convert_all(rows)
+    }
+
+    async fn purge_transcripts(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        on_pool!(self, |p| {
+            sqlx::query(PURGE_TRANSCRIPTS)
+                .bind(to_ms(before))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(db_err)
+    }
+
+    async fn first_sighting(
+        &self,
+        key: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let now = to_ms(OffsetDateTime::now_utc());
+        let changed = on_pool!(self, |p| {
+            sqlx::query(FIRST_SIGHTING)
+                .bind(key)
+                .bind(to_ms(expires_at))
+                .bind(now)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(db_err)?;
+        Ok(changed > 0)
+    }
+
+    async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        on_pool!(self, |p| {
+            sqlx::query(PURGE_SIGHTINGS)
+                .bind(to_ms(now))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(db_err)
+    }
+}

@@ -1,0 +1,284 @@
+//! The [`Store`](crate::core::ports::Store) implementation: one [`SqlStore`] over
+//! SQLite (the embedded default) or PostgreSQL (shared by replicas), picked by
+//! `DATABASE_URL` in [`connect`].
+//!
+//! # Layout
+//!
+//! - `mod.rs` (this file): connecting, migrations, the [`Pool`] enum, and the helpers
+//!   every query shares (error mapping, millisecond timestamps, the `on_pool!` macro).
+//! - `chat.rs`: `impl Store for SqlStore` — conversations, transcripts, Slack event
+//!   sightings, and the outbox fan-out of `commit`.
+//!
+//! Both backends run the **same SQL text**: sqlx's SQLite driver binds `$N` by number
+//! just as PostgreSQL does, and the schema (`migrations/{sqlite,postgres}`) keeps the
+//! same tables, columns and types (`BIGINT` unix milliseconds for every timestamp,
+//! `INTEGER` 0/1 for booleans). Method bodies are written once and expanded per
+//! backend by `on_pool!`, so each expansion is an ordinary monomorphic sqlx call that
+//! hits the per-connection prepared-statement cache.
+//!
+//! What this module deliberately does not do: compile-time checked queries (there is
+//! no database at build time), schema work per call, or any webhook delivery logic
+//! (that belongs to `webhook::*`; `commit` only fills the outbox).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection};
+use time::OffsetDateTime;
+
+use crate::core::ports::StoreError;
+
+mod chat;
+
+/// How long a SQLite writer waits for another writer's lock before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite serialises writers anyway; a few connections let readers run alongside.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+/// How long a caller waits for a free pooled connection before the store reports
+/// itself unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Expands `$body` once per backend with `$pool` bound to the concrete pool, so each
+/// method is written once and still compiles to plain, monomorphic sqlx calls.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// The connection pool of one backend. Public so tests (and, later, admin tooling) can
+/// run backend-specific SQL; the application only needs [`SqlStore`]'s methods.
+#[derive(Clone)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The store: a cheap-to-clone handle over a connection pool (clones share the pool).
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: Pool,
+}
+
+impl fmt::Debug for SqlStore {
+    // Only the backend: connect options can hold credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the database named by `DATABASE_URL`:
+///
+/// - `sqlite://PATH` or `sqlite:PATH`: the file is created if missing; WAL journal,
+///   `synchronous=NORMAL`, a 5 s busy timeout and foreign keys on.
+/// - `sqlite::memory:`: a private in-memory database on one connection that is never
+///   recycled (the database lives exactly as long as that connection).
+/// - `postgres://…` or `postgresql://…`.
+///
+/// Errors never contain the URL, so they are safe to log even when it holds a password.
+/// Migrations are not run here; call [`SqlStore::migrate`].
+pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+    let pool = if url.starts_with("sqlite:") {
+        Pool::Sqlite(connect_sqlite(url).await?)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Pool::Postgres(connect_postgres(url).await?)
+    } else {
+        return Err(StoreError::Unavailable(format!(
+            "DATABASE_URL must start with sqlite:, postgres:// or postgresql:// \
+             (e.g. sqlite://agent-bridge.db), not {}",
+            describe_scheme(url)
+        )));
+    };
+    Ok(SqlStore { pool })
+}
+
+async fn connect_sqlite(url: &str) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Unavailable(format!("DATABASE_URL is not a SQLite URL: {e}")))?
+        .foreign_keys(true)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    let in_memory = is_sqlite_memory(url);
+    let pool = if in_memory {
+        // An in-memory database disappears with its last connection, so the pool keeps
+        // exactly one connection open for its whole life.
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+    } else {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+        SqlitePoolOptions::new()
+            .max_connections(SQLITE_MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+    };
+    pool.map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))
+}
+
+fn is_sqlite_memory(url: &str) -> bool {
+    url == "sqlite::memory:" || url.starts_with("sqlite://:memory:") || url.contains("mode=memory")
+}
+
+async fn connect_postgres(url: &str) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| {
+        StoreError::Unavailable(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))
+    })?;
+    // One connection made directly first: the pool would retry until its acquire
+    // timeout and then report only "timed out", hiding the cause an operator needs
+    // (refused, unknown host, authentication failed, no such database).
+    let probe = options
+        .connect()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+    // The probe only tells us the server is reachable; it is not needed afterwards.
+    let _ = probe.close().await;
+    Ok(PgPoolOptions::new()
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
+}
+
+/// Names the scheme of a URL we refuse, without echoing anything after it (which may
+/// be a password).
+fn describe_scheme(url: &str) -> String {
+    match url.split_once(':') {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme.len() <= 16
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)) =>
+        {
+            format!("{scheme:?}")
+        }
+        _ => "a value without a URL scheme".to_owned(),
+    }
+}
+
+/// Migrations for one backend. Missing migrations are ignored so that, during a
+/// rolling upgrade, an older replica keeps running against a schema a newer one has
+/// already extended (every migration must therefore be additive).
+fn migrator(backend: &Pool) -> Migrator {
+    let mut m = match backend {
+        Pool::Sqlite(_) => sqlx::migrate!("migrations/sqlite"),
+        Pool::Postgres(_) => sqlx::migrate!("migrations/postgres"),
+    };
+    m.set_ignore_missing(true);
+    m
+}
+
+impl SqlStore {
+    /// Applies pending migrations. Safe to call on every start and from several
+    /// processes at once: on PostgreSQL sqlx serialises runners with an advisory lock,
+    /// on SQLite the database's write lock does.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let m = migrator(&self.pool);
+        on_pool!(self, |p| m.run(p).await)
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The underlying pool, for backend-specific SQL (tests, tooling).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Runs `sql` (one or more statements, no parameters) and returns the rows it
+    /// changed. Meant for tests and maintenance, never for request paths.
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
+        on_pool!(self, |p| sqlx::raw_sql(sql)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_err)
+    }
+
+    /// Closes every pooled connection, waiting for checked-out ones to come back.
+    pub async fn close(&self) {
+        on_pool!(self, |p| p.close().await)
+    }
+}
+
+/// Maps a driver error to [`StoreError::Unavailable`]. sqlx's messages name the failing
+/// operation and the database's own message, never the connection URL.
+pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Unix milliseconds, the one timestamp representation in both schemas.
+pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
+    let ms = t.unix_timestamp_nanos().div_euclid(1_000_000);
+    // `OffsetDateTime` spans ±9999 years, about ±3·10¹⁴ ms, well inside i64; the
+    // saturation only exists to avoid a cast.
+    i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// The inverse of [`to_ms`]; a value outside `OffsetDateTime`'s range is corrupt data.
+pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms} ms out of range: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_round_trip_and_floor() {
+        let t = time::macros::datetime!(2026-01-02 03:04:05.678_9 UTC);
+        assert_eq!(to_ms(t), 1_767_323_045_678);
+        assert_eq!(
+            from_ms(to_ms(t)).unwrap(),
+            time::macros::datetime!(2026-01-02 03:04:05.678 UTC)
+        );
+        let before_epoch = time::macros::datetime!(1969-12-31 23:59:59.999_5 UTC);
+        assert_eq!(to_ms(before_epoch), -1);
+    }
+
+    #[test]
+    fn refused_schemes_are_named_without_the_rest_of_the_url() {
+        assert_eq!(describe_scheme("mysql://u:secret@h/db"), "\"mysql\"");
+        assert_eq!(describe_scheme("u:secret@h/db"), "\"u\"");
+        assert_eq!(describe_scheme("nothing"), "a value without a URL scheme");
+        assert_eq!(
+            describe_scheme("a b:secret"),
+            "a value without a URL scheme"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused_with_a_hint_naming_database_url() {
+        let err = connect("mysql://root:hunter2@localhost/db")
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("DATABASE_URL"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+}

@@ -1,0 +1,178 @@
+//! The real binary: the console chat, configuration errors, `migrate`, and graceful
+//! shutdown on SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::support::agent::FakeAgent;
+use crate::support::{db, TOKEN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent-bridge");
+
+/// The binary with a clean environment: nothing from the developer's shell or a
+/// `.env` leaks in (the working directory is a temp dir without one).
+fn bridge(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().current_dir(dir).env("RUST_LOG", "warn");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn console_chat_with_the_echo_agent_continues_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bridge(dir.path())
+        .args(["console", "--agent", "echo"])
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"hello there\nand again\nhelp\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("agent> echo (turn 1): hello there"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("agent> echo (turn 2): and again"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("`reset`"),
+        "help is answered by the bridge: {stdout}"
+    );
+    assert!(
+        dir.path().join("agent-bridge.db").exists(),
+        "the default SQLite store is created"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_value_stops_start_up_with_one_line_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("AGENT_TIMEOUT_SECS", "abc"),
+        ("AGENT_KIND", "magic"),
+        ("AGENT_URL", "not a url"),
+        ("SESSION_SCOPE", "guild"),
+        ("HTTP_BIND", "everywhere"),
+    ];
+    for (var, value) in cases {
+        let out = bridge(dir.path())
+            .arg("migrate")
+            .env(var, value)
+            .env("DISCORD_TOKEN", "discord-secret-value")
+            .env("SLACK_BOT_TOKEN", "xoxb-slack-secret-value")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+        assert!(
+            stderr.contains("e.g."),
+            "an example of a good value: {stderr}"
+        );
+        assert!(!stderr.contains("secret-value"), "no secret in: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db_dir, url) = db::sqlite_file_url().await;
+    let out = bridge(dir.path())
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = url.trim_start_matches("sqlite://");
+    assert!(std::path::Path::new(path).exists());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start().await;
+    agent.set_delay(Duration::from_millis(800));
+    let port = free_port();
+    let mut child = bridge(dir.path())
+        .env("HTTP_BIND", format!("127.0.0.1:{port}"))
+        .env("AGENT_URL", agent.url())
+        .env("BRIDGE_API_TOKEN", TOKEN)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            ready = r.status() == 200;
+            if ready {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the bridge became ready");
+
+    let query = tokio::spawn(
+        client
+            .post(format!("{base}/agent-query"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"query": "slow one"}))
+            .send(),
+    );
+    agent.wait_for_requests(1, Duration::from_secs(5)).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+
+    let resp = query
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(resp.status(), 200);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,306 @@
+//! The HTTP server as a client sees it: health, admin auth, sessions, history and the
+//! agent proxy, including bad input.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{stored_events, RecordingSink, TestApp};
+
+async fn json_of(resp: reqwest::Response) -> Value {
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/json"),
+        "every answer is JSON"
+    );
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+    let resp = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = json_of(resp).await;
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["parts"]["store"], "up");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let app = TestApp::spawn().await;
+    let resp = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(json_of(resp).await["error"].is_string());
+    let resp = app.client.post(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert!(json_of(resp).await["error"].is_string());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_routes_refuse_a_missing_or_wrong_token() {
+    let app = TestApp::spawn().await;
+    let resp = app.client.get(app.url("/sessions")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(json_of(resp).await["error"].is_string());
+    let resp = app
+        .client
+        .get(app.url("/sessions"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = app
+        .client
+        .post(app.url("/agent-query"))
+        .json(&json!({"query": "q"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(
+        app.agent.requests().is_empty(),
+        "nothing reaches the agent unauthenticated"
+    );
+    let resp = app.admin(Method::GET, "/sessions").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_token_loopback_clients_are_admitted() {
+    let app = TestApp::builder().var("BRIDGE_API_TOKEN", "").start().await;
+    let resp = app.client.get(app.url("/sessions")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "127.0.0.1 is loopback");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_history_and_reset_over_http() {
+    let app = TestApp::spawn().await;
+    let sink = RecordingSink::new();
+    app.turn("C1", "first", &sink).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.turn("C1", "second", &sink).await;
+
+    let sessions = json_of(app.admin(Method::GET, "/sessions").send().await.unwrap()).await;
+    let list = sessions["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["key"], "slack/T1/C1");
+    let id = list[0]["session_id"].as_str().unwrap().to_string();
+    assert!(list[0]["last_activity"].is_string());
+
+    let history = json_of(
+        app.admin(Method::GET, &format!("/sessions/{id}/history"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(history["session_id"], id.as_str());
+    let messages = history["messages"].as_array().unwrap();
+    let seen: Vec<_> = messages
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("user", "first"),
+            ("assistant", "answer to: first"),
+            ("user", "second"),
+            ("assistant", "answer to: second")
+        ]
+    );
+    assert_eq!(messages[0]["platform"], "slack");
+    assert_eq!(messages[0]["channel_id"], "C1");
+    assert_eq!(messages[0]["user_id"], "U1");
+
+    // `since` is inclusive: from the second question on.
+    let since = messages[2]["timestamp"].as_str().unwrap();
+    let resp = app
+        .admin(Method::GET, &format!("/sessions/{id}/history"))
+        .query(&[("since", since)])
+        .send()
+        .await
+        .unwrap();
+    let later = json_of(resp).await;
+    let contents: Vec<_> = later["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].clone())
+        .collect();
+    assert_eq!(contents, [json!("second"), json!("answer to: second")]);
+
+    let resp = app
+        .admin(
+            Method::GET,
+            &format!("/sessions/{id}/history?since=yesterday"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(json_of(resp).await["error"]
+        .as_str()
+        .unwrap()
+        .contains("since"));
+    let resp = app
+        .admin(Method::GET, "/sessions/no-such-session/history")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let resp = app
+        .admin(Method::DELETE, &format!("/sessions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    app.turn("C1", "third", &sink).await;
+    assert_eq!(
+        app.agent.requests_to("/conversation")[2].session_id,
+        None,
+        "the reset took effect"
+    );
+    let resets = stored_events(&app.db_url, "session.reset").await;
+    assert_eq!(resets[0]["data"]["reason"], "api");
+    let resp = app
+        .admin(Method::DELETE, &format!("/sessions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn agent_query_answers_synchronously_and_emits_a_query_event() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .admin(Method::POST, "/agent-query")
+        .json(&json!({"query": "what?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = json_of(resp).await;
+    assert_eq!(body["response"], "answer to: what?");
+    assert!(body["request_id"].as_str().unwrap().starts_with("req_"));
+    assert_eq!(
+        app.agent.requests_to("/query").len(),
+        1,
+        "no session: stateless /query"
+    );
+
+    let session = uuid::Uuid::new_v4().to_string();
+    let resp = app
+        .admin(Method::POST, "/agent-query")
+        .json(&json!({"query": "more", "session_id": session, "personality_id": "pirate", "max_results": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let call = &app.agent.requests_to("/conversation")[0];
+    assert_eq!(call.session_id.as_deref(), Some(session.as_str()));
+    assert_eq!(call.personality_id(), Some("pirate"));
+    assert_eq!(call.max_results(), Some(9));
+
+    let events = stored_events(&app.db_url, "query").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["data"]["request_id"], body["request_id"]);
+    assert_eq!(events[0]["data"]["response"], "answer to: what?");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn agent_query_async_answers_202_and_delivers_the_answer_as_an_event() {
+    let app = TestApp::spawn().await;
+    app.agent.set_delay(Duration::from_millis(200));
+    let resp = app
+        .admin(Method::POST, "/agent-query")
+        .json(&json!({"query": "later", "async": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body = json_of(resp).await;
+    assert_eq!(body["status"], "processing");
+    let request_id = body["request_id"].as_str().unwrap().to_string();
+    assert!(
+        stored_events(&app.db_url, "query").await.is_empty(),
+        "answered before the agent"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let events = stored_events(&app.db_url, "query").await;
+        if !events.is_empty() || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(events[0]["data"]["request_id"], request_id.as_str());
+    assert_eq!(events[0]["data"]["response"], "answer to: later");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn agent_query_failures_are_502_with_the_agents_detail() {
+    let app = TestApp::spawn().await;
+    app.agent
+        .push_response(500, r#"{"detail":"Personality not found: x"}"#);
+    let resp = app
+        .admin(Method::POST, "/agent-query")
+        .json(&json!({"query": "q"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let error = json_of(resp).await["error"].as_str().unwrap().to_string();
+    assert!(error.contains("Personality not found: x"), "{error}");
+    assert_eq!(stored_events(&app.db_url, "reply.failed").await.len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_get_400_413_and_422_as_json() {
+    let app = TestApp::spawn().await;
+    let send = |body: String| {
+        app.admin(Method::POST, "/agent-query")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let resp = send("{not json".into()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(json_of(resp).await["error"]
+        .as_str()
+        .unwrap()
+        .contains("malformed"));
+    let resp = send(r#"{"no_query": 1}"#.into()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = send(r#"{"query": "   "}"#.into()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let big = format!(r#"{{"query": "{}"}}"#, "x".repeat(70 * 1024));
+    let resp = send(big).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(json_of(resp).await["error"].is_string());
+    assert!(
+        app.agent.requests().is_empty(),
+        "no bad body reaches the agent"
+    );
+    app.shutdown().await;
+}

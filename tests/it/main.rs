@@ -1,0 +1,11 @@
+//! The one integration-test binary: every suite is a module, every peer a small real
+//! server on 127.0.0.1:0 under `support/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod agent;
+mod cli;
+mod http_api;
+mod relay;
+mod store;

@@ -1,0 +1,760 @@
+//! The store contract: one generic suite, [`store_contract`], run against a SQLite
+//! file, `sqlite::memory:` and — when `TEST_DATABASE_URL` is set — a fresh PostgreSQL
+//! schema; plus what only makes sense per backend (restarts, concurrent migrations,
+//! connection errors).
+
+use agent_bridge::core::events::{EventId, EventKind, OutboxEvent};
+use agent_bridge::core::message::{ConversationKey, Platform};
+use agent_bridge::core::ports::{Commit, Conversation, Role, Store, StoreError, TranscriptEntry};
+use agent_bridge::store::{self, Pool, SqlStore};
+use serde_json::json;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use crate::support::db::{self, PgSchema};
+
+// ---------------------------------------------------------------------------------
+// Per-backend entry points
+// ---------------------------------------------------------------------------------
+
+async fn open(url: &str) -> SqlStore {
+    let s = store::connect(url).await.unwrap();
+    s.migrate().await.unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_file_store_meets_the_contract() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    let s = open(&url).await;
+    assert_eq!(s.backend(), "sqlite");
+    store_contract(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_memory_store_meets_the_contract() {
+    let s = open("sqlite::memory:").await;
+    assert_eq!(s.backend(), "sqlite");
+    store_contract(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_meets_the_contract() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let s = open(&pg.url).await;
+    assert_eq!(s.backend(), "postgres");
+    store_contract(&s).await;
+    s.close().await;
+    pg.remove().await;
+}
+
+#[tokio::test]
+async fn sqlite_file_store_keeps_data_across_restarts() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    restart_keeps_data(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_data_across_restarts() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    restart_keeps_data(&pg.url).await;
+    pg.remove().await;
+}
+
+#[tokio::test]
+async fn two_memory_stores_are_separate_databases() {
+    let a = open("sqlite::memory:").await;
+    let b = open("sqlite::memory:").await;
+    let c = conv("console/-/a", Some("s1"), datetime!(2026-01-01 00:00 UTC));
+    a.commit(Commit {
+        conversations: vec![c.clone()],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(a.conversation(&c.key).await.unwrap(), Some(c.clone()));
+    assert_eq!(b.conversation(&c.key).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn postgres_migrations_run_by_two_replicas_at_once_both_succeed() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let a = store::connect(&pg.url).await.unwrap();
+    let b = store::connect(&pg.url).await.unwrap();
+
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+
+    ra.unwrap();
+    rb.unwrap();
+    a.ping().await.unwrap();
+    a.close().await;
+    b.close().await;
+    pg.remove().await;
+}
+
+#[tokio::test]
+async fn unknown_database_url_scheme_is_refused_naming_database_url() {
+    let err = store::connect("mysql://root:hunter2@localhost/bridge")
+        .await
+        .unwrap_err();
+
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(msg.contains("DATABASE_URL"), "{msg}");
+    assert!(msg.contains("mysql"), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable_and_the_password_is_not_echoed() {
+    // Port 1 on loopback refuses connections immediately.
+    let err = store::connect("postgres://bridge:hunter2@127.0.0.1:1/bridge")
+        .await
+        .unwrap_err();
+
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+    assert!(msg.contains("cannot connect to PostgreSQL"), "{msg}");
+}
+
+#[tokio::test]
+async fn sqlite_file_in_a_missing_directory_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("no/such/dir/bridge.db").display()
+    );
+
+    let err = store::connect(&url).await.unwrap_err();
+
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn sqlite_file_is_created_when_missing() {
+    let (dir, url) = db::sqlite_file_url().await;
+    assert!(!dir.path().join("bridge.db").exists());
+
+    open(&url).await.ping().await.unwrap();
+
+    assert!(dir.path().join("bridge.db").exists());
+}
+
+// ---------------------------------------------------------------------------------
+// The contract
+// ---------------------------------------------------------------------------------
+
+/// Everything a `Store` must do, on any backend. Expects a freshly migrated, empty
+/// store; the parts use disjoint keys, except `conversations_are_listed_newest_first`,
+/// which runs first because it lists every conversation.
+async fn store_contract(s: &SqlStore) {
+    conversations_are_listed_newest_first(s).await;
+    migrating_again_is_harmless(s).await;
+    conversation_round_trips_and_upserts(s).await;
+    conversations_are_found_by_agent_session(s).await;
+    history_is_oldest_first_and_honours_since(s).await;
+    purge_transcripts_deletes_only_older_rows(s).await;
+    sightings_are_first_once_until_they_expire(s).await;
+    empty_commit_is_a_no_op(s).await;
+    failed_commit_leaves_nothing_behind(s).await;
+    commit_fans_events_out_to_subscribed_enabled_endpoints(s).await;
+    unknown_stored_values_are_reported_as_corrupt(s).await;
+    concurrent_sightings_of_one_key_have_exactly_one_winner(s).await;
+}
+
+async fn migrating_again_is_harmless(s: &SqlStore) {
+    s.migrate().await.unwrap();
+    s.migrate().await.unwrap();
+    s.ping().await.unwrap();
+}
+
+async fn conversation_round_trips_and_upserts(s: &SqlStore) {
+    let mut c = Conversation {
+        key: ConversationKey::from_stored("slack/T1/C1/t:170.1"),
+        platform: Platform::Slack,
+        workspace: "T1".into(),
+        channel: "C1".into(),
+        thread: Some("170.1".into()),
+        user: Some("U1".into()),
+        agent_session: None,
+        personality: None,
+        last_activity: datetime!(2026-01-01 10:00:00.123 UTC),
+    };
+    assert_eq!(s.conversation(&c.key).await.unwrap(), None);
+
+    s.commit(Commit {
+        conversations: vec![c.clone()],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.conversation(&c.key).await.unwrap(), Some(c.clone()));
+
+    c.agent_session = Some("sess-rt".into());
+    c.personality = Some("pirate".into());
+    c.user = None;
+    c.last_activity = datetime!(2026-01-01 10:05:00.456 UTC);
+    s.commit(Commit {
+        conversations: vec![c.clone()],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.conversation(&c.key).await.unwrap(), Some(c.clone()));
+    assert_eq!(
+        count(
+            s,
+            "SELECT COUNT(*) FROM conversations WHERE key = 'slack/T1/C1/t:170.1'"
+        )
+        .await,
+        1
+    );
+}
+
+async fn conversations_are_listed_newest_first(s: &SqlStore) {
+    let old = conv(
+        "discord/G/old",
+        Some("s-old"),
+        datetime!(2026-01-01 00:00 UTC),
+    );
+    let mid = conv(
+        "discord/G/mid",
+        Some("s-mid"),
+        datetime!(2026-01-02 00:00 UTC),
+    );
+    let new = conv(
+        "discord/G/new",
+        Some("s-new"),
+        datetime!(2026-01-03 00:00 UTC),
+    );
+    let commit = Commit {
+        conversations: vec![mid.clone(), new.clone(), old.clone()],
+        ..Commit::default()
+    };
+    s.commit(commit).await.unwrap();
+
+    assert_eq!(
+        s.conversations(10).await.unwrap(),
+        vec![new.clone(), mid.clone(), old]
+    );
+    assert_eq!(s.conversations(2).await.unwrap(), vec![new, mid]);
+    assert_eq!(s.conversations(0).await.unwrap(), vec![]);
+}
+
+async fn conversations_are_found_by_agent_session(s: &SqlStore) {
+    let a = conv(
+        "slack/T/by-a",
+        Some("shared-session"),
+        datetime!(2026-02-01 00:00 UTC),
+    );
+    let b = conv(
+        "slack/T/by-b",
+        Some("shared-session"),
+        datetime!(2026-02-02 00:00 UTC),
+    );
+    let other = conv(
+        "slack/T/by-c",
+        Some("other-session"),
+        datetime!(2026-02-03 00:00 UTC),
+    );
+    let none = conv("slack/T/by-d", None, datetime!(2026-02-04 00:00 UTC));
+    let commit = Commit {
+        conversations: vec![a.clone(), b.clone(), other, none],
+        ..Commit::default()
+    };
+    s.commit(commit).await.unwrap();
+
+    let found = s.conversations_by_session("shared-session").await.unwrap();
+
+    assert_eq!(found, vec![b, a]);
+    assert_eq!(
+        s.conversations_by_session("no-such-session").await.unwrap(),
+        vec![]
+    );
+}
+
+async fn history_is_oldest_first_and_honours_since(s: &SqlStore) {
+    let t0 = datetime!(2026-03-01 12:00:00.000 UTC);
+    let rows = vec![
+        // Inserted out of order; two rows share a timestamp (the id breaks the tie).
+        entry("hist", Role::Assistant, "second", t0 + Duration::seconds(1)),
+        entry("hist", Role::User, "first", t0),
+        entry("hist", Role::User, "third", t0 + Duration::seconds(2)),
+        entry("hist", Role::Assistant, "fourth", t0 + Duration::seconds(2)),
+        entry("other-session", Role::User, "elsewhere", t0),
+    ];
+    s.commit(Commit {
+        transcript: rows,
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+
+    let all = s.history("hist", None).await.unwrap();
+    let contents: Vec<_> = all.iter().map(|e| e.content.as_str()).collect();
+    assert_eq!(contents, ["first", "second", "third", "fourth"]);
+    assert!(all.windows(2).all(|w| w[0].id != w[1].id));
+
+    let first = &all[0];
+    let mut expected = entry("hist", Role::User, "first", t0);
+    expected.id = first.id;
+    assert_eq!(first, &expected);
+    assert_eq!(all[1].role, Role::Assistant);
+
+    let since = s
+        .history("hist", Some(t0 + Duration::seconds(1)))
+        .await
+        .unwrap();
+    let contents: Vec<_> = since.iter().map(|e| e.content.as_str()).collect();
+    assert_eq!(contents, ["second", "third", "fourth"]);
+    assert_eq!(s.history("no-such-session", None).await.unwrap(), vec![]);
+}
+
+async fn purge_transcripts_deletes_only_older_rows(s: &SqlStore) {
+    let cut = datetime!(2000-06-01 00:00 UTC);
+    let rows = vec![
+        entry("purge", Role::User, "ancient", cut - Duration::days(40)),
+        entry(
+            "purge",
+            Role::Assistant,
+            "old",
+            cut - Duration::milliseconds(1),
+        ),
+        entry("purge", Role::User, "at the cut", cut),
+        entry("purge", Role::Assistant, "recent", cut + Duration::days(1)),
+    ];
+    s.commit(Commit {
+        transcript: rows,
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+
+    let purged = s.purge_transcripts(cut).await.unwrap();
+
+    assert_eq!(purged, 2);
+    let left: Vec<_> = s
+        .history("purge", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.content)
+        .collect();
+    assert_eq!(left, ["at the cut", "recent"]);
+    assert_eq!(s.purge_transcripts(cut).await.unwrap(), 0);
+}
+
+async fn sightings_are_first_once_until_they_expire(s: &SqlStore) {
+    let now = OffsetDateTime::now_utc();
+    let later = now + Duration::hours(1);
+
+    assert!(s.first_sighting("slack:EvOnce", later).await.unwrap());
+    assert!(!s.first_sighting("slack:EvOnce", later).await.unwrap());
+    assert!(!s
+        .first_sighting("slack:EvOnce", later + Duration::hours(1))
+        .await
+        .unwrap());
+
+    // A sighting whose expiry has passed counts as new again, and then holds anew.
+    assert!(s
+        .first_sighting("slack:EvStale", now - Duration::minutes(1))
+        .await
+        .unwrap());
+    assert!(s.first_sighting("slack:EvStale", later).await.unwrap());
+    assert!(!s.first_sighting("slack:EvStale", later).await.unwrap());
+
+    assert!(s
+        .first_sighting("slack:EvGone", now - Duration::minutes(5))
+        .await
+        .unwrap());
+    let purged = s.purge_sightings(now).await.unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(
+        count(
+            s,
+            "SELECT COUNT(*) FROM seen_events WHERE key = 'slack:EvGone'"
+        )
+        .await,
+        0
+    );
+    assert!(!s.first_sighting("slack:EvOnce", later).await.unwrap());
+}
+
+async fn empty_commit_is_a_no_op(s: &SqlStore) {
+    let before = count(s, "SELECT COUNT(*) FROM transcripts").await;
+
+    s.commit(Commit::default()).await.unwrap();
+
+    assert_eq!(count(s, "SELECT COUNT(*) FROM transcripts").await, before);
+}
+
+async fn failed_commit_leaves_nothing_behind(s: &SqlStore) {
+    let at = datetime!(2026-04-01 00:00 UTC);
+    let c = conv("console/-/atomic", Some("sess-atomic"), at);
+    let event = OutboxEvent::new(
+        EventKind::SessionReset,
+        Some(c.key.to_string()),
+        &json!({"n": 1}),
+        at,
+    );
+    // The same event id twice violates the primary key of webhook_events, after the
+    // conversation, the transcript and the first event were already written.
+    let broken = Commit {
+        conversations: vec![c.clone()],
+        transcript: vec![entry("sess-atomic", Role::User, "hello", at)],
+        events: vec![event.clone(), event.clone()],
+    };
+
+    let err = s.commit(broken).await.unwrap_err();
+
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert_eq!(s.conversation(&c.key).await.unwrap(), None);
+    assert_eq!(s.history("sess-atomic", None).await.unwrap(), vec![]);
+    let sql = format!(
+        "SELECT COUNT(*) FROM webhook_events WHERE id = '{}'",
+        event.id.as_str()
+    );
+    assert_eq!(count(s, &sql).await, 0);
+
+    // The store (on SQLite memory: its only connection) is usable after the rollback.
+    let fixed = Commit {
+        conversations: vec![c.clone()],
+        transcript: vec![entry("sess-atomic", Role::User, "hello", at)],
+        events: vec![event],
+    };
+    s.commit(fixed).await.unwrap();
+    assert_eq!(s.conversation(&c.key).await.unwrap(), Some(c));
+    assert_eq!(s.history("sess-atomic", None).await.unwrap().len(), 1);
+    assert_eq!(count(s, &sql).await, 1);
+}
+
+async fn commit_fans_events_out_to_subscribed_enabled_endpoints(s: &SqlStore) {
+    s.execute_raw(
+        "INSERT INTO webhook_endpoints (id, url, ordered, secret, enabled, created_at) VALUES
+            ('ep_all',   'http://r/all',   0, 'whsec_a', 1, 0),
+            ('ep_conv',  'http://r/conv',  1, 'whsec_b', 1, 0),
+            ('ep_both',  'http://r/both',  0, 'whsec_c', 1, 0),
+            ('ep_off',   'http://r/off',   0, 'whsec_d', 0, 0),
+            ('ep_query', 'http://r/query', 0, 'whsec_e', 1, 0),
+            ('ep_none',  'http://r/none',  0, 'whsec_f', 1, 0);
+         INSERT INTO webhook_subscriptions (endpoint_id, event_type) VALUES
+            ('ep_all', '*'),
+            ('ep_conv', 'conversation'),
+            ('ep_both', '*'), ('ep_both', 'conversation'),
+            ('ep_off', '*'),
+            ('ep_query', 'query');",
+    )
+    .await
+    .unwrap();
+    let at = datetime!(2026-05-01 08:00:00.250 UTC);
+    let turn = OutboxEvent::new(
+        EventKind::Conversation,
+        Some("slack/T/fan".into()),
+        &json!({"q": "hi"}),
+        at,
+    );
+    let query = OutboxEvent::new(
+        EventKind::Query,
+        None,
+        &json!({"q": "?"}),
+        at + Duration::seconds(1),
+    );
+    let reset = OutboxEvent::new(
+        EventKind::SessionReset,
+        Some("slack/T/fan".into()),
+        &json!({}),
+        at,
+    );
+    let commit = Commit {
+        conversations: vec![conv("slack/T/fan", Some("sess-fan"), at)],
+        transcript: vec![entry("sess-fan", Role::User, "hi", at)],
+        events: vec![turn.clone(), query.clone(), reset.clone()],
+    };
+
+    s.commit(commit).await.unwrap();
+
+    let d = deliveries(s, &turn.id).await;
+    assert_eq!(endpoints(&d), ["ep_all", "ep_both", "ep_conv"]);
+    for (_, status, attempts, next_attempt_at, ordering_key) in &d {
+        assert_eq!(status, "pending");
+        assert_eq!(*attempts, 0);
+        assert_eq!(*next_attempt_at, at.unix_timestamp() * 1000 + 250);
+        assert_eq!(ordering_key.as_deref(), Some("slack/T/fan"));
+    }
+    let d = deliveries(s, &query.id).await;
+    assert_eq!(endpoints(&d), ["ep_all", "ep_both", "ep_query"]);
+    assert!(d.iter().all(|row| row.4.is_none()));
+    assert_eq!(
+        endpoints(&deliveries(s, &reset.id).await),
+        ["ep_all", "ep_both"]
+    );
+
+    let (kind, body) = event_row(s, &turn.id).await;
+    assert_eq!(kind, "conversation");
+    assert_eq!(body, turn.body);
+}
+
+async fn unknown_stored_values_are_reported_as_corrupt(s: &SqlStore) {
+    s.execute_raw(
+        "INSERT INTO conversations (key, platform, workspace, channel, last_activity)
+         VALUES ('irc/x/y', 'irc', 'x', 'y', 0);
+         INSERT INTO transcripts (session_id, role, content, created_at, platform, channel, user_id)
+         VALUES ('sess-corrupt', 'system', 'hi', 0, 'slack', 'C', 'U');",
+    )
+    .await
+    .unwrap();
+
+    let err = s
+        .conversation(&ConversationKey::from_stored("irc/x/y"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    let err = s.history("sess-corrupt", None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+
+    s.execute_raw("DELETE FROM conversations WHERE key = 'irc/x/y'")
+        .await
+        .unwrap();
+}
+
+async fn concurrent_sightings_of_one_key_have_exactly_one_winner(s: &SqlStore) {
+    let now = OffsetDateTime::now_utc();
+    for (key, seed_expiry) in [
+        ("slack:EvRace", None),
+        ("slack:EvRaceStale", Some(now - Duration::minutes(1))),
+    ] {
+        if let Some(expired) = seed_expiry {
+            assert!(s.first_sighting(key, expired).await.unwrap());
+        }
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.first_sighting(key, now + Duration::hours(1)).await })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            if t.await.unwrap().unwrap() {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1, "{key}");
+    }
+}
+
+async fn restart_keeps_data(url: &str) {
+    let c = conv(
+        "discord/G1/C1",
+        Some("sess-restart"),
+        datetime!(2026-06-01 00:00 UTC),
+    );
+    let first = open(url).await;
+    first
+        .commit(Commit {
+            conversations: vec![c.clone()],
+            transcript: vec![entry(
+                "sess-restart",
+                Role::User,
+                "remember me",
+                c.last_activity,
+            )],
+            events: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(first
+        .first_sighting(
+            "slack:EvRestart",
+            OffsetDateTime::now_utc() + Duration::hours(1)
+        )
+        .await
+        .unwrap());
+    first.close().await;
+    drop(first);
+
+    let second = open(url).await;
+
+    assert_eq!(second.conversation(&c.key).await.unwrap(), Some(c));
+    assert_eq!(
+        second.history("sess-restart", None).await.unwrap()[0].content,
+        "remember me"
+    );
+    assert!(!second
+        .first_sighting(
+            "slack:EvRestart",
+            OffsetDateTime::now_utc() + Duration::hours(1)
+        )
+        .await
+        .unwrap());
+    second.close().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------
+
+fn conv(key: &str, session: Option<&str>, at: OffsetDateTime) -> Conversation {
+    let mut parts = key.splitn(3, '/');
+    let platform = Platform::parse(parts.next().unwrap()).unwrap();
+    Conversation {
+        key: ConversationKey::from_stored(key),
+        platform,
+        workspace: parts.next().unwrap().to_owned(),
+        channel: parts.next().unwrap().to_owned(),
+        thread: None,
+        user: None,
+        agent_session: session.map(Into::into),
+        personality: None,
+        last_activity: at,
+    }
+}
+
+fn entry(session: &str, role: Role, content: &str, at: OffsetDateTime) -> TranscriptEntry {
+    TranscriptEntry {
+        id: 0,
+        session_id: session.into(),
+        role,
+        content: content.into(),
+        timestamp: at,
+        platform: Platform::Discord,
+        channel: "C1".into(),
+        thread: Some("th".into()),
+        user: "U1".into(),
+        message_id: (role == Role::User).then(|| "m1,m2".into()),
+    }
+}
+
+/// `(endpoint_id, status, attempts, next_attempt_at, ordering_key)` per delivery.
+type DeliveryRow = (String, String, i32, i64, Option<String>);
+
+async fn deliveries(s: &SqlStore, event: &EventId) -> Vec<DeliveryRow> {
+    const SQL: &str = "SELECT endpoint_id, status, attempts, next_attempt_at, ordering_key \
+                       FROM webhook_deliveries WHERE event_id = $1 ORDER BY endpoint_id";
+    match s.pool() {
+        Pool::Sqlite(p) => sqlx::query_as(SQL)
+            .bind(event.as_str())
+            .fetch_all(p)
+            .await
+            .unwrap(),
+        Pool::Postgres(p) => sqlx::query_as(SQL)
+            .bind(event.as_str())
+            .fetch_all(p)
+            .await
+            .unwrap(),
+    }
+}
+
+fn endpoints(rows: &[DeliveryRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.0.as_str()).collect()
+}
+
+async fn event_row(s: &SqlStore, event: &EventId) -> (String, String) {
+    const SQL: &str = "SELECT type, body FROM webhook_events WHERE id = $1";
+    match s.pool() {
+        Pool::Sqlite(p) => sqlx::query_as(SQL)
+            .bind(event.as_str())
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        Pool::Postgres(p) => sqlx::query_as(SQL)
+            .bind(event.as_str())
+            .fetch_one(p)
+            .await
+            .unwrap(),
+    }
+}
+
+async fn count(s: &SqlStore, sql: &str) -> i64 {
+    match s.pool() {
+        Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+    }
+}
+
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_bench() {
+    for url in ["file", "sqlite::memory:", "pg"] {
+        let (_dir, fileurl) = db::sqlite_file_url().await;
+        let pg = if url == "pg" {
+            PgSchema::create().await
+        } else {
+            None
+        };
+        let u = match url {
+            "file" => fileurl.clone(),
+            "pg" => match &pg {
+                Some(p) => p.url.clone(),
+                None => continue,
+            },
+            u => u.to_string(),
+        };
+        let s = open(&u).await;
+        s.execute_raw("INSERT INTO webhook_endpoints (id, url, ordered, secret, enabled, created_at) VALUES ('e1','http://x',0,'w',1,0); INSERT INTO webhook_subscriptions VALUES ('e1','*');").await.unwrap();
+        let n = 3000;
+        let run = |i: usize| {
+            let s = s.clone();
+            async move {
+                let now = OffsetDateTime::now_utc();
+                assert!(s
+                    .first_sighting(&format!("slack:Ev{i}"), now + Duration::hours(1))
+                    .await
+                    .unwrap());
+                let c = conv(&format!("slack/T/C{}", i % 50), Some("sess"), now);
+                let ev = OutboxEvent::new(
+                    EventKind::Conversation,
+                    Some(c.key.to_string()),
+                    &json!({"q": "hello there", "r": "a reply of some length"}),
+                    now,
+                );
+                s.commit(Commit {
+                    conversations: vec![c],
+                    transcript: vec![
+                        entry("sess", Role::User, "hello there", now),
+                        entry("sess", Role::Assistant, "a reply", now),
+                    ],
+                    events: vec![ev],
+                })
+                .await
+                .unwrap();
+            }
+        };
+        for i in 0..200 {
+            run(i).await;
+        }
+        let t0 = std::time::Instant::now();
+        let c0 = cpu_ticks();
+        for i in 200..200 + n {
+            run(i).await;
+        }
+        let wall = t0.elapsed();
+        let cpu = cpu_ticks() - c0;
+        eprintln!(
+            "BENCH {url}: wall {:?}/iter, cpu {} us/iter",
+            wall / n as u32,
+            cpu as f64 * 10_000.0 / n as f64
+        );
+        s.close().await;
+        if let Some(p) = pg {
+            p.remove().await;
+        }
+    }
+}
