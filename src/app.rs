@@ -14,8 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentKind, Config};
 use crate::core::{janitor, Agent, Relay, RelaySettings, Store};
-use crate::http::{self, AdminAuth, AppState, Readiness};
-use crate::{agent, store};
+use crate::http::{self, AdminAuth, AppState, Readiness, RouteMounts};
+use crate::{agent, discord, slack, store};
 
 /// How long shutdown waits for turns in flight before giving up on them.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
@@ -131,13 +131,38 @@ impl App {
             "agent-bridge listening"
         );
 
+        let mut mounts = RouteMounts::default();
+        if let Some(slack_cfg) = cfg.slack.clone() {
+            let ready = readiness.register("slack");
+            let slack_app = slack::start(
+                slack_cfg,
+                relay.clone(),
+                core.store.clone(),
+                ready,
+                background.clone(),
+            )
+            .await;
+            mounts.public = mounts.public.merge(slack::routes(slack_app));
+        }
+        if let Some(discord_cfg) = cfg.discord.clone() {
+            let connected = readiness.register("discord");
+            // Discord gets the top token: its gateway closes as soon as shutdown begins
+            // (intake stops), while replies in flight still go out over REST.
+            tasks.spawn(discord::run(
+                discord_cfg,
+                relay.clone(),
+                connected,
+                shutdown.clone(),
+            ));
+        }
+
         let state = AppState {
             relay: relay.clone(),
             readiness: readiness.clone(),
             default_personality: cfg.agent.personality.clone(),
             default_max_results: cfg.agent.max_results,
         };
-        let router = http::router(state, AdminAuth::new(cfg.http.api_token.clone()));
+        let router = http::router(state, AdminAuth::new(cfg.http.api_token.clone()), mounts);
         let stop_serving = CancellationToken::new();
         let server = axum::serve(
             listener,

@@ -8,6 +8,7 @@
 //! - [`agent`]: `Agent` implementations (the AI Agent API client, the echo agent).
 //! - [`store`]: the `Store` implementation over SQLite or PostgreSQL (sqlx).
 //! - [`http`]: the axum server: health, admin API, and later the Slack events route.
+//! - [`discord`], [`slack`]: the chat platforms, each a thin adapter onto the relay.
 //! - [`console`]: the terminal chat, a `ChatSink` like any platform.
 //! - [`config`]: every environment variable, parsed once into typed sub-configs.
 //! - [`app`]: the composition root, the only place that names concrete types.
@@ -18,7 +19,9 @@ pub mod app;
 pub mod config;
 pub mod console;
 pub mod core;
+pub mod discord;
 pub mod http;
 pub mod shutdown;
+pub mod slack;
 pub mod store;
 pub mod telemetry;

@@ -19,6 +19,7 @@ pub mod sessions;
 
 pub use auth::AdminAuth;
 pub use health::Readiness;
+pub use Mounts as RouteMounts;
 
 /// Admin request bodies above this are refused with 413.
 pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
@@ -33,22 +34,34 @@ pub struct AppState {
     pub default_max_results: u32,
 }
 
-pub fn router(state: AppState, auth: AdminAuth) -> Router {
+/// Routes other modules mount, each with its state already applied.
+#[derive(Default)]
+pub struct Mounts {
+    /// Public routes (Slack's events endpoint).
+    pub public: Router,
+    /// Admin routes (webhooks); they get the admin auth and body limit.
+    pub admin: Router,
+}
+
+pub fn router(state: AppState, auth: AdminAuth, mounts: Mounts) -> Router {
     let admin = Router::new()
         .route("/agent-query", post(agent_query::agent_query))
         .route("/sessions", get(sessions::list))
         .route("/sessions/{id}/history", get(sessions::history))
         .route("/sessions/{id}", axum::routing::delete(sessions::reset))
+        .with_state(state.clone())
+        .merge(mounts.admin)
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(auth, auth::require_admin));
 
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .with_state(state)
+        .merge(mounts.public)
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
 }
 
 async fn not_found() -> error::ApiError {

@@ -229,13 +229,6 @@ async fn invalid_session_id_is_the_wrapped_500() {
 async fn non_string_detail_is_rendered_as_compact_json() {
     let fake = FakeAgent::start().await;
     // FastAPI's validation error: `detail` is a list.
-    let err = client(&fake.url())
-        .converse(&AgentRequest {
-            query: String::new(),
-            ..AgentRequest::default()
-        })
-        .await;
-    assert!(err.is_ok(), "an empty query is still a string");
     fake.push_response(422, r#"{"detail": [ {"msg": "Field required"} ]}"#);
     let err = client(&fake.url()).query(&ask("q")).await.unwrap_err();
     assert_eq!(
@@ -350,6 +343,14 @@ async fn long_answers_arrive_whole() {
     fake.set_answer_text(long.clone());
     let answer = client(&fake.url()).query(&ask("q")).await.unwrap();
     assert_eq!(answer.response, long);
+}
+
+#[tokio::test]
+async fn oversized_answer_is_malformed_not_buffered() {
+    let fake = FakeAgent::start().await;
+    fake.set_answer_text("x".repeat(9 * 1024 * 1024));
+    let err = client(&fake.url()).query(&ask("q")).await.unwrap_err();
+    assert!(matches!(err, AgentError::Malformed(_)), "{err:?}");
 }
 
 #[tokio::test]
