@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentKind, Config};
+use crate::core::access::AccessSettings;
 use crate::core::{janitor, Agent, Relay, RelaySettings, Store};
 use crate::http::{self, AdminAuth, AppState, Readiness, RouteMounts};
 use crate::{agent, discord, slack, store};
@@ -49,6 +50,11 @@ impl Core {
             max_results: cfg.agent.max_results,
             max_concurrency: cfg.agent.max_concurrency,
             queue_capacity: RelaySettings::queue_for(cfg.agent.max_concurrency),
+            access: AccessSettings {
+                allowed_channels: cfg.conversation.allowed_channels.clone(),
+                blocked_users: cfg.conversation.blocked_users.clone(),
+                user_rate_limit: cfg.conversation.user_rate_limit.map(|r| (r.turns, r.per)),
+            },
         };
         let relay = Relay::new(agent, store.clone(), settings);
         Ok(Core { store, relay })

@@ -749,7 +749,7 @@ mod tests {
     proptest! {
         // No regression files: the interesting cases are kept as table tests above.
         #![proptest_config(ProptestConfig {
-            cases: 20000,
+            cases: 512,
             failure_persistence: None,
             ..ProptestConfig::default()
         })]

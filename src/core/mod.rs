@@ -5,6 +5,7 @@
 //! slack-morphism, axum, hyper, reqwest or sqlx — `tests/tidy.rs` fails the build if it
 //! does — so every platform, agent and store plugs in from outside.
 
+pub mod access;
 pub mod chunk;
 pub mod commands;
 pub mod events;

@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, warn, Instrument};
 
+use super::access::{Access, AccessSettings, Verdict};
 use super::commands::{self, Command, Parsed, HELP_TEXT};
 use super::events::{
     ConversationRef, ConversationTurn, EventKind, OutboxEvent, PersonalityChanged, ReplyFailed,
@@ -29,6 +30,10 @@ use super::ports::{
     StoreError, TranscriptEntry,
 };
 use super::sessions::SessionMap;
+
+/// What users over `USER_RATE_LIMIT` see.
+pub const RATE_LIMITED_REPLY: &str =
+    "You're sending messages faster than I can answer them. Please wait a moment and try again.";
 
 /// What users see when every slot is taken.
 pub const BUSY_REPLY: &str =
@@ -49,6 +54,8 @@ pub struct RelaySettings {
     /// Turns that may wait for a slot beyond those in flight; past it users get
     /// [`BUSY_REPLY`].
     pub queue_capacity: usize,
+    /// `ALLOWED_CHANNELS`, `BLOCKED_USERS`, `USER_RATE_LIMIT`.
+    pub access: AccessSettings,
 }
 
 impl RelaySettings {
@@ -80,6 +87,10 @@ pub enum TurnOutcome {
     Failed,
     /// The turn was lost without an outcome (its task panicked).
     Lost,
+    /// Not relayed: a channel outside `ALLOWED_CHANNELS` or a blocked user.
+    Ignored,
+    /// Not relayed: the user is over `USER_RATE_LIMIT` and was told so.
+    RateLimited,
 }
 
 /// Resolves when the turn has been answered; dropping it changes nothing.
@@ -115,6 +126,7 @@ struct Inner {
     /// (`AGENT_MAX_CONCURRENCY`). Lane workers wait here, in FIFO order.
     permits: Semaphore,
     settings: RelaySettings,
+    access: Access,
     /// Every lane worker, turn and busy reply; shutdown waits for it to empty.
     tracker: TaskTracker,
     /// Cleared by [`Relay::close`]: from then on `submit` refuses new turns.
@@ -122,7 +134,7 @@ struct Inner {
 }
 
 impl Relay {
-    pub fn new(agent: Arc<dyn Agent>, store: Arc<dyn Store>, settings: RelaySettings) -> Self {
+    pub fn new(agent: Arc<dyn Agent>, store: Arc<dyn Store>, mut settings: RelaySettings) -> Self {
         let max_concurrency = settings.max_concurrency.max(1);
         let capacity = max_concurrency.saturating_add(settings.queue_capacity);
         Relay {
@@ -132,6 +144,7 @@ impl Relay {
                 store,
                 lanes: Lanes::new(capacity),
                 permits: Semaphore::new(max_concurrency),
+                access: Access::new(std::mem::take(&mut settings.access)),
                 settings,
                 tracker: TaskTracker::new(),
                 accepting: AtomicBool::new(true),
@@ -146,8 +159,25 @@ impl Relay {
         if !inner.accepting.load(Ordering::Acquire) {
             return Err(Rejected::ShuttingDown);
         }
-        let key = ConversationKey::derive(inner.settings.scope, &msg);
         let (done, handle) = oneshot::channel();
+        match inner.access.check(&msg) {
+            Verdict::Allowed => {}
+            Verdict::Ignored => {
+                let _ = done.send(TurnOutcome::Ignored);
+                return Ok(TurnHandle(handle));
+            }
+            Verdict::Limited => {
+                tracing::info!(user = %msg.user, platform = %msg.platform, "user over the rate limit");
+                inner.tracker.spawn(async move {
+                    if let Err(e) = sink.send(RATE_LIMITED_REPLY).await {
+                        warn!(error = %e, "could not post the rate-limit reply");
+                    }
+                    let _ = done.send(TurnOutcome::RateLimited);
+                });
+                return Ok(TurnHandle(handle));
+            }
+        }
+        let key = ConversationKey::derive(inner.settings.scope, &msg);
         let turn = Turn {
             key: key.clone(),
             msg,

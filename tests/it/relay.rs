@@ -411,3 +411,55 @@ async fn every_turn_is_a_transcript_and_a_conversation_event() {
     assert_eq!(turns[0]["type"], "conversation");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn only_allowed_channels_are_answered_and_blocked_users_never() {
+    let app = TestApp::builder()
+        .var("ALLOWED_CHANNELS", "C1, D7")
+        .var("BLOCKED_USERS", "U666")
+        .start()
+        .await;
+    let sink = RecordingSink::new();
+    assert_eq!(app.turn("C2", "hello?", &sink).await, TurnOutcome::Ignored);
+    let mut blocked = msg("C1", "hi");
+    blocked.user = "U666".into();
+    let handle = app.relay.submit(blocked, sink.clone()).unwrap();
+    assert_eq!(handle.outcome().await, TurnOutcome::Ignored);
+    assert!(
+        sink.texts().is_empty(),
+        "nothing is posted for ignored messages"
+    );
+    assert_eq!(app.turn("C1", "hi", &sink).await, TurnOutcome::Answered);
+    assert_eq!(app.turn("D7", "dm", &sink).await, TurnOutcome::Answered);
+    assert_eq!(app.agent.requests_to("/conversation").len(), 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_user_over_the_rate_limit_gets_a_polite_answer() {
+    let app = TestApp::builder()
+        .var("USER_RATE_LIMIT", "2/min")
+        .start()
+        .await;
+    let sink = RecordingSink::new();
+    assert_eq!(app.turn("C1", "one", &sink).await, TurnOutcome::Answered);
+    assert_eq!(app.turn("C2", "two", &sink).await, TurnOutcome::Answered);
+    assert_eq!(
+        app.turn("C1", "three", &sink).await,
+        TurnOutcome::RateLimited
+    );
+    assert_eq!(
+        sink.texts()[2],
+        agent_bridge::core::relay::RATE_LIMITED_REPLY
+    );
+    assert_eq!(app.agent.requests_to("/conversation").len(), 2);
+    let mut other = msg("C1", "someone else");
+    other.user = "U2".into();
+    let handle = app.relay.submit(other, sink.clone()).unwrap();
+    assert_eq!(
+        handle.outcome().await,
+        TurnOutcome::Answered,
+        "the limit is per user"
+    );
+    app.shutdown().await;
+}

@@ -5,6 +5,8 @@
 
 pub mod agent;
 pub mod db;
+pub mod discord;
+pub mod slack;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,13 +27,13 @@ use self::agent::FakeAgent;
 pub const TOKEN: &str = "test-admin-token";
 
 /// Builds a `Config` the way the binary does, from variables: test defaults first,
-/// then `overrides` (an empty value removes a default).
+/// then `overrides` (an empty value counts as unset, as in the real environment).
 pub fn config(vars: &[(&str, &str)]) -> Config {
     let mut map: HashMap<String, String> = HashMap::new();
     for (k, v) in vars {
         map.insert((*k).to_string(), (*v).to_string());
     }
-    Config::from_vars(|k| map.get(k).filter(|v| !v.is_empty()).cloned())
+    Config::from_vars(|k| map.get(k).cloned())
         .unwrap_or_else(|e| panic!("test config is invalid: {e}"))
 }
 
