@@ -12,6 +12,7 @@ pub mod events;
 pub mod janitor;
 pub mod lanes;
 pub mod message;
+pub mod metrics;
 pub mod ports;
 pub mod relay;
 pub mod sessions;

@@ -25,6 +25,7 @@ use super::events::{
 };
 use super::lanes::{Admission, Lanes};
 use super::message::{ConversationKey, Inbound, SessionScope};
+use super::metrics::Metrics;
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentRequest, ChatSink, Commit, Conversation, Role, Store,
     StoreError, TranscriptEntry,
@@ -127,6 +128,7 @@ struct Inner {
     permits: Semaphore,
     settings: RelaySettings,
     access: Access,
+    metrics: Arc<Metrics>,
     /// Every lane worker, turn and busy reply; shutdown waits for it to empty.
     tracker: TaskTracker,
     /// Cleared by [`Relay::close`]: from then on `submit` refuses new turns.
@@ -145,6 +147,7 @@ impl Relay {
                 lanes: Lanes::new(capacity),
                 permits: Semaphore::new(max_concurrency),
                 access: Access::new(std::mem::take(&mut settings.access)),
+                metrics: Arc::new(Metrics::default()),
                 settings,
                 tracker: TaskTracker::new(),
                 accepting: AtomicBool::new(true),
@@ -163,10 +166,12 @@ impl Relay {
         match inner.access.check(&msg) {
             Verdict::Allowed => {}
             Verdict::Ignored => {
+                inner.metrics.turn_ended(TurnOutcome::Ignored);
                 let _ = done.send(TurnOutcome::Ignored);
                 return Ok(TurnHandle(handle));
             }
             Verdict::Limited => {
+                inner.metrics.turn_ended(TurnOutcome::RateLimited);
                 tracing::info!(user = %msg.user, platform = %msg.platform, "user over the rate limit");
                 inner.tracker.spawn(async move {
                     if let Err(e) = sink.send(RATE_LIMITED_REPLY).await {
@@ -192,6 +197,7 @@ impl Relay {
             }
             Admission::Queued => {}
             Admission::Full(turn) => {
+                inner.metrics.turn_busy();
                 warn!(conversation = %key, pending = inner.lanes.pending(), "queue full, answering busy");
                 inner.tracker.spawn(async move {
                     if let Err(e) = turn.sink.send(BUSY_REPLY).await {
@@ -244,10 +250,13 @@ impl Relay {
             .acquire()
             .await
             .map_err(|_| AgentError::Unreachable("relay closed".into()))?;
-        match req.session_id {
+        let started = Instant::now();
+        let answer = match req.session_id {
             Some(_) => self.inner.agent.converse(req).await,
             None => self.inner.agent.query(req).await,
-        }
+        };
+        self.inner.metrics.agent_call(started.elapsed());
+        answer
     }
 
     /// Stores events that belong to no conversation change (e.g. `query`).
@@ -298,6 +307,11 @@ impl Relay {
         self.inner.sessions.len()
     }
 
+    /// The counters behind `/metrics`; platforms count the events they receive here.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
     pub fn agent(&self) -> &Arc<dyn Agent> {
         &self.inner.agent
     }
@@ -346,6 +360,7 @@ impl Inner {
             }
             Parsed::Command(command) => self.command(&key, &msg, command, sink).await,
         };
+        self.metrics.turn_ended(outcome);
         // The submitter may have stopped listening; that is fine.
         let _ = done.send(outcome);
     }
@@ -374,7 +389,9 @@ impl Inner {
             // The semaphore is never closed; treat it like an unreachable agent if it were.
             Err(_) => Err(AgentError::Unreachable("relay closed".into())),
         };
-        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let took = started.elapsed();
+        self.metrics.agent_call(took);
+        let latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {

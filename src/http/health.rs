@@ -18,9 +18,15 @@ use super::AppState;
 /// A part's name and its "connected" flag.
 type Part = (&'static str, Arc<AtomicBool>);
 
+/// A gauge read at scrape time (e.g. the webhook outbox backlog, which lives in the
+/// store): name, help, and an async reader.
+pub type GaugeFn =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>> + Send + Sync>;
+
 #[derive(Clone, Default)]
 pub struct Readiness {
     parts: Arc<std::sync::RwLock<Vec<Part>>>,
+    gauges: Arc<std::sync::RwLock<Vec<(&'static str, &'static str, GaugeFn)>>>,
     draining: Arc<AtomicBool>,
 }
 
@@ -36,6 +42,30 @@ impl Readiness {
 
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// Registers a gauge for `/metrics`.
+    pub fn register_gauge(&self, name: &'static str, help: &'static str, read: GaugeFn) {
+        if let Ok(mut gauges) = self.gauges.write() {
+            gauges.push((name, help, read));
+        }
+    }
+
+    pub(crate) async fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let readers: Vec<_> = self
+            .gauges
+            .read()
+            .map(|g| g.iter().map(|(n, h, f)| (*n, *h, f.clone())).collect())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(readers.len());
+        for (name, help, read) in readers {
+            out.push((name, help, read().await));
+        }
+        out
+    }
+
+    pub(crate) fn parts(&self) -> Vec<(&'static str, bool)> {
+        self.snapshot()
     }
 
     fn snapshot(&self) -> Vec<(&'static str, bool)> {

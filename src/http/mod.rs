@@ -1,4 +1,4 @@
-//! The HTTP server: public routes (`/healthz`, `/readyz`) and the admin API behind
+//! The HTTP server: public routes (`/healthz`, `/readyz`, `/metrics`) and the admin API behind
 //! bearer auth, with per-route body limits and JSON errors for everything, unknown
 //! routes included. Handlers are thin: they parse, call the relay or the store, and
 //! render.
@@ -15,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod sessions;
 
 pub use auth::AdminAuth;
@@ -57,6 +58,7 @@ pub fn router(state: AppState, auth: AdminAuth, mounts: Mounts) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .with_state(state)
         .merge(mounts.public)
         .merge(admin)

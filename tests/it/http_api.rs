@@ -304,3 +304,32 @@ async fn bad_bodies_get_400_413_and_422_as_json() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_count_turns_and_agent_latency_in_prometheus_text() {
+    let app = TestApp::spawn().await;
+    let sink = RecordingSink::new();
+    app.turn("C1", "hi", &sink).await;
+    app.agent.push_response(500, r#"{"detail":"x"}"#);
+    app.turn("C1", "fail", &sink).await;
+    app.turn("C1", "help", &sink).await;
+
+    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    let text = resp.text().await.unwrap();
+    for line in [
+        "bridge_turns_total{outcome=\"answered\"} 1",
+        "bridge_turns_total{outcome=\"failed\"} 1",
+        "bridge_turns_total{outcome=\"command\"} 1",
+        "bridge_agent_latency_seconds_count 2",
+        "bridge_queue_depth 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    app.shutdown().await;
+}
