@@ -12,10 +12,12 @@
 //! - [`console`]: the terminal chat, a `ChatSink` like any platform.
 //! - [`config`]: every environment variable, parsed once into typed sub-configs.
 //! - [`app`]: the composition root, the only place that names concrete types.
+//! - [`check`]: `agent-bridge check`, one line per configured part.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
 
 pub mod agent;
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod console;
 pub mod core;

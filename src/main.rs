@@ -32,6 +32,10 @@ enum Command {
     },
     /// Apply store migrations and exit.
     Migrate,
+    /// Validate the configuration and reach each configured part; exit 1 on any failure.
+    Check,
+    /// Exit 0 if the local server answers /healthz (for container health checks).
+    Healthcheck,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,6 +89,19 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+        Command::Check => {
+            let lines = agent_bridge::check::run(&cfg).await;
+            for line in &lines {
+                println!("{line}");
+            }
+            match lines.iter().filter(|l| !l.ok).count() {
+                0 => Ok(()),
+                n => Err(anyhow::anyhow!("{n} check(s) failed")),
+            }
+        }
+        Command::Healthcheck => agent_bridge::check::liveness(&cfg)
+            .await
+            .map_err(anyhow::Error::msg),
         Command::Migrate => {
             Core::open(&cfg, Some(AgentKind::Echo)).await?;
             println!("migrations applied");

@@ -176,3 +176,46 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn check_prints_one_line_per_part_and_fails_on_a_dead_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start().await;
+    let out = bridge(dir.path())
+        .arg("check")
+        .env("AGENT_URL", agent.url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for part in ["config", "store", "agent", "slack", "discord"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(part)),
+            "{part}: {stdout}"
+        );
+    }
+    assert_eq!(agent.requests_to("/health").len(), 1);
+
+    let dead = crate::support::agent::dead_url().await;
+    let out = bridge(dir.path())
+        .arg("check")
+        .env("AGENT_URL", &dead)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("agent")),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,136 @@
+//! The deployment files agree with the code: ports, probe paths, variable names and
+//! the Slack app's scopes and events.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml(path: &str) -> Value {
+    let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"))
+}
+
+/// Every variable `.env.example` documents (it is checked against the config parser
+/// by the config unit tests).
+fn known_variables() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join(".env.example")).unwrap();
+    text.lines()
+        .filter_map(|l| l.trim_start_matches('#').trim().split_once('='))
+        .map(|(k, _)| k.trim().to_string())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+        })
+        .collect()
+}
+
+fn assert_known(var: &str, file: &str) {
+    assert!(
+        known_variables().contains(var),
+        "{file} sets {var}, which the bridge does not read"
+    );
+}
+
+#[test]
+fn kubernetes_probes_and_port_match_the_server() {
+    let deployment = yaml("deploy/k8s/deployment.yaml");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["ports"][0]["containerPort"], Value::from(3000));
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"],
+        Value::from("/healthz")
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"],
+        Value::from("/readyz")
+    );
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    for env in container["env"].as_sequence().unwrap() {
+        let name = env["name"].as_str().unwrap();
+        assert_known(name, "deployment.yaml");
+        if name == "HTTP_BIND" {
+            assert!(env["value"].as_str().unwrap().ends_with(":3000"));
+        }
+    }
+    let secret = yaml("deploy/k8s/secret.example.yaml");
+    for (k, _) in secret["stringData"].as_mapping().unwrap() {
+        assert_known(k.as_str().unwrap(), "secret.example.yaml");
+    }
+    let service = yaml("deploy/k8s/service.yaml");
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"],
+        container["ports"][0]["name"]
+    );
+}
+
+#[test]
+fn compose_and_systemd_use_real_variables() {
+    let compose = yaml("deploy/docker-compose.yml");
+    for (k, _) in compose["services"]["bridge"]["environment"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_known(k.as_str().unwrap(), "docker-compose.yml");
+    }
+    assert_eq!(
+        compose["services"]["bridge"]["ports"][0],
+        Value::from("3000:3000")
+    );
+    let unit = std::fs::read_to_string(root().join("deploy/agent-bridge.service")).unwrap();
+    for line in unit.lines().filter_map(|l| l.strip_prefix("Environment=")) {
+        let (k, _) = line.split_once('=').unwrap();
+        assert_known(k, "agent-bridge.service");
+    }
+    assert!(unit.contains("ExecStart=/usr/local/bin/agent-bridge run"));
+    assert!(unit.contains("NoNewPrivileges=yes"));
+}
+
+#[test]
+fn the_dockerfile_runs_as_non_root_with_a_healthcheck() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    assert!(text.matches("FROM ").count() >= 2, "multi-stage");
+    assert!(text.contains("USER 10001"));
+    assert!(text.contains("HEALTHCHECK") && text.contains("healthcheck"));
+    assert!(text.contains("EXPOSE 3000"));
+    assert!(
+        Path::new(&root().join("migrations")).exists(),
+        "the Dockerfile copies migrations/"
+    );
+}
+
+#[test]
+fn the_slack_manifest_asks_for_exactly_the_scopes_the_bridge_uses() {
+    let manifest = yaml("deploy/slack-app-manifest.yml");
+    let scopes: BTreeSet<_> = manifest["oauth_config"]["scopes"]["bot"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<_> = agent_bridge::check::SLACK_SCOPES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(scopes, expected);
+    let events: BTreeSet<_> = manifest["settings"]["event_subscriptions"]["bot_events"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<_> = agent_bridge::check::SLACK_EVENTS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(events, expected);
+    let url = manifest["settings"]["event_subscriptions"]["request_url"]
+        .as_str()
+        .unwrap();
+    assert!(url.ends_with("/slack/events"));
+}
