@@ -6,6 +6,8 @@ mod support;
 
 mod agent;
 mod cli;
+mod deploy;
+mod discord;
 mod http_api;
 mod relay;
 mod store;

@@ -1,0 +1,299 @@
+//! The serenity [`EventHandler`]: filter, convert, hand off — nothing else.
+//!
+//! A message is answered when a human wrote it and it is a DM, mentions the bot, replies
+//! to one of the bot's messages, or sits in a thread the bot opened. It becomes a
+//! `core::Inbound` plus a [`MessageSink`] that knows where the answer goes, and the
+//! relay does the rest. Ordering is the relay's job: serenity runs every event on its
+//! own task, so two messages of one channel may arrive here out of order.
+//!
+//! Keys: a thread's turns belong to the thread's *parent* channel with the thread in
+//! `Inbound::thread`, as Slack's do, so `SESSION_SCOPE=channel` keeps one session per
+//! channel, threads included, and `SESSION_SCOPE=thread` one per thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serenity::all::{
+    CommandInteraction, ConnectionStage, Context, EventHandler, Guild, GuildChannel, Http,
+    Interaction, Message, MessageType, PartialGuildChannel, Ready, ResumedEvent,
+    ShardStageUpdateEvent, UserId,
+};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::channels::{is_thread, ChannelDirectory, ChannelKind};
+use super::sink::{MessageSink, Target};
+use super::slash::{self, InteractionSink};
+use super::{describe, text};
+use crate::config::DiscordReplyMode;
+use crate::core::{ChatSink, Inbound, Platform, Rejected, Relay};
+
+/// What an interaction shows when the bridge is shutting down: the deferred response
+/// must not say "thinking…" forever.
+const RESTARTING: &str = "The bridge is restarting. Please try again in a moment.";
+
+/// How long a message that overtook READY waits for the bot's id. serenity runs READY
+/// and the first messages on separate tasks, so a message handler may start first.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Handler {
+    relay: Relay,
+    reply_mode: DiscordReplyMode,
+    /// `/readyz`'s Discord flag: set at READY/RESUMED, cleared when the shard leaves
+    /// the connected stage.
+    connected: Arc<AtomicBool>,
+    /// The bot's user id from READY; `None` until then. Messages wait for it (briefly),
+    /// because mentions cannot be recognised without it.
+    bot: watch::Sender<Option<UserId>>,
+    /// Threads, parents and owners; shared with every sink, which records the threads
+    /// it opens.
+    channels: Arc<ChannelDirectory>,
+    /// Set once the slash commands were registered, so a re-identify does not repeat it.
+    commands_registered: AtomicBool,
+}
+
+/// Where a message was written.
+enum Place {
+    Dm,
+    Channel,
+    Thread {
+        parent: serenity::all::ChannelId,
+        bot_owned: bool,
+    },
+}
+
+impl Handler {
+    pub fn new(relay: Relay, reply_mode: DiscordReplyMode, connected: Arc<AtomicBool>) -> Self {
+        Handler {
+            relay,
+            reply_mode,
+            connected,
+            bot: watch::Sender::new(None),
+            channels: Arc::new(ChannelDirectory::default()),
+            commands_registered: AtomicBool::new(false),
+        }
+    }
+
+    /// The bot's id, waiting up to [`READY_WAIT`] for READY to be handled.
+    async fn bot(&self) -> Option<UserId> {
+        let mut rx = self.bot.subscribe();
+        let ready = tokio::time::timeout(READY_WAIT, rx.wait_for(Option::is_some)).await;
+        match ready {
+            Ok(Ok(id)) => *id,
+            _ => None,
+        }
+    }
+
+    async fn on_message(&self, http: &Arc<Http>, msg: Message) {
+        let Some(bot) = self.bot().await else {
+            debug!("message before READY; ignored");
+            return;
+        };
+        if !written_by_a_person(&msg, bot) {
+            return;
+        }
+        let bot_id = bot.get();
+        let addressed = text::mentions(&msg.content, bot_id) || replies_to(&msg, bot);
+        let place = match msg.guild_id {
+            None => Place::Dm,
+            Some(_) => match self.channels.kind(http, msg.channel_id).await {
+                ChannelKind::Plain => Place::Channel,
+                ChannelKind::Thread { parent, owner } => Place::Thread {
+                    parent,
+                    bot_owned: owner == Some(bot),
+                },
+            },
+        };
+        let answer = match place {
+            Place::Dm => true,
+            Place::Channel => addressed,
+            Place::Thread { bot_owned, .. } => addressed || bot_owned,
+        };
+        if !answer {
+            return;
+        }
+
+        let text = text::strip_mention(&msg.content, bot_id);
+        let (channel, thread, target) = match (place, self.reply_mode) {
+            (Place::Dm, _) | (Place::Channel, DiscordReplyMode::Reply) => {
+                (msg.channel_id, None, self.reply_to(&msg))
+            }
+            (Place::Channel, DiscordReplyMode::Thread) => (
+                msg.channel_id,
+                // The thread will carry the message's id, so the turn is keyed by it now.
+                Some(msg.id.to_string()),
+                Target::NewThread {
+                    parent: msg.channel_id,
+                    message: msg.id,
+                    guild: msg.guild_id,
+                    name: text::thread_name(&text),
+                },
+            ),
+            (Place::Thread { parent, .. }, DiscordReplyMode::Reply) => (
+                parent,
+                Some(msg.channel_id.to_string()),
+                self.reply_to(&msg),
+            ),
+            (Place::Thread { parent, .. }, DiscordReplyMode::Thread) => (
+                parent,
+                Some(msg.channel_id.to_string()),
+                Target::InThread {
+                    thread: msg.channel_id,
+                },
+            ),
+        };
+        let inbound = Inbound {
+            platform: Platform::Discord,
+            workspace: msg.guild_id.map(|g| g.to_string()).unwrap_or_default(),
+            channel: channel.to_string(),
+            thread,
+            user: msg.author.id.to_string(),
+            message_id: msg.id.to_string(),
+            text,
+        };
+        let sink = MessageSink::new(http.clone(), target, self.channels.clone(), bot);
+        self.submit(inbound, Arc::new(sink));
+    }
+
+    fn reply_to(&self, msg: &Message) -> Target {
+        Target::Reply {
+            channel: msg.channel_id,
+            message: msg.id,
+            guild: msg.guild_id,
+        }
+    }
+
+    fn submit(&self, inbound: Inbound, sink: Arc<dyn ChatSink>) {
+        match self.relay.submit(inbound, sink) {
+            Ok(_) => {}
+            // The relay has already told the user through the sink.
+            Err(Rejected::Busy) => debug!("turn refused: busy"),
+            Err(Rejected::ShuttingDown) => debug!("turn refused: shutting down"),
+        }
+    }
+
+    async fn on_command(&self, http: &Arc<Http>, command: CommandInteraction) {
+        let Some(text) = slash::to_text(&command) else {
+            debug!(command = %command.data.name, "not one of our commands; ignored");
+            return;
+        };
+        // Acknowledge first: Discord drops an interaction not answered within 3 s.
+        if let Err(e) = command.defer(&**http).await {
+            warn!(command = %command.data.name, error = %describe(&e), "could not acknowledge a slash command");
+            return;
+        }
+        let (channel, thread) = match &command.channel {
+            Some(c) if is_thread(c.kind) => match c.parent_id {
+                Some(parent) => (parent, Some(command.channel_id.to_string())),
+                None => (command.channel_id, None),
+            },
+            _ => (command.channel_id, None),
+        };
+        let inbound = Inbound {
+            platform: Platform::Discord,
+            workspace: command.guild_id.map(|g| g.to_string()).unwrap_or_default(),
+            channel: channel.to_string(),
+            thread,
+            user: command.user.id.to_string(),
+            message_id: command.id.to_string(),
+            text,
+        };
+        let sink = Arc::new(InteractionSink::new(http.clone(), command.token.clone()));
+        if let Err(Rejected::ShuttingDown) = self.relay.submit(inbound, sink.clone()) {
+            if let Err(e) = sink.send(RESTARTING).await {
+                debug!(error = %e, "could not say that the bridge is restarting");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn ready(&self, ctx: Context, ready: Ready) {
+        self.bot.send_replace(Some(ready.user.id));
+        ctx.http.set_application_id(ready.application.id);
+        self.connected.store(true, Ordering::Release);
+        info!(
+            bot = %ready.user.name,
+            bot_id = %ready.user.id,
+            guilds = ready.guilds.len(),
+            "connected to the Discord gateway"
+        );
+        if self.commands_registered.load(Ordering::Acquire) {
+            return;
+        }
+        match slash::register(&ctx.http).await {
+            Ok(n) => {
+                self.commands_registered.store(true, Ordering::Release);
+                info!(commands = n, "slash commands registered");
+            }
+            Err(e) => warn!(error = %describe(&e), "could not register the slash commands"),
+        }
+    }
+
+    async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
+        self.connected.store(true, Ordering::Release);
+        info!("Discord gateway session resumed");
+    }
+
+    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
+        if event.new != ConnectionStage::Connected {
+            self.connected.store(false, Ordering::Release);
+            debug!(stage = %event.new, "Discord gateway not connected");
+        }
+    }
+
+    async fn message(&self, ctx: Context, msg: Message) {
+        self.on_message(&ctx.http, msg).await;
+    }
+
+    async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
+        if let Interaction::Command(command) = interaction {
+            self.on_command(&ctx.http, command).await;
+        }
+    }
+
+    async fn guild_create(&self, _ctx: Context, guild: Guild, _is_new: Option<bool>) {
+        for channel in guild.channels.values().chain(guild.threads.iter()) {
+            self.channels.learn(channel);
+        }
+    }
+
+    async fn thread_create(&self, _ctx: Context, thread: GuildChannel) {
+        self.channels.learn(&thread);
+    }
+
+    async fn thread_update(&self, _ctx: Context, _old: Option<GuildChannel>, new: GuildChannel) {
+        self.channels.learn(&new);
+    }
+
+    async fn thread_delete(
+        &self,
+        _ctx: Context,
+        thread: PartialGuildChannel,
+        _full: Option<GuildChannel>,
+    ) {
+        self.channels.forget(thread.id);
+    }
+}
+
+/// A person's chat message: not a bot (the bridge itself included), not a webhook, and
+/// not a system message (joins, pins, boosts…); plain messages and replies only.
+fn written_by_a_person(msg: &Message, bot: UserId) -> bool {
+    !msg.author.bot
+        && !msg.author.system
+        && msg.author.id != bot
+        && msg.webhook_id.is_none()
+        && matches!(msg.kind, MessageType::Regular | MessageType::InlineReply)
+}
+
+/// A reply to one of the bot's own messages addresses the bot like a mention does.
+fn replies_to(msg: &Message, bot: UserId) -> bool {
+    msg.kind == MessageType::InlineReply
+        && msg
+            .referenced_message
+            .as_ref()
+            .is_some_and(|m| m.author.id == bot)
+}

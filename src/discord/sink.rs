@@ -1,0 +1,292 @@
+//! [`MessageSink`]: where the answer to one Discord message goes — a reply to it, a
+//! thread opened on it, or the thread it was written in — with the typing indicator
+//! shown while the agent works.
+//!
+//! Every message it posts carries `allowed_mentions` that parse nothing, so agent
+//! output can never ping @everyone, @here, a role or a user (serenity's `reply` would
+//! allow all three). Splitting is `core::chunk`'s; this module only posts the parts in
+//! order.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serenity::all::{
+    ChannelId, CreateAllowedMentions, CreateMessage, CreateThread, GuildId, Http, MessageId,
+    MessageReference, MessageReferenceKind, UserId,
+};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn, Instrument};
+
+use super::channels::ChannelDirectory;
+use super::{describe, discord_error_code, MESSAGE_LIMIT};
+use crate::core::chunk::split_text;
+use crate::core::ports::{ChatSink, SinkError};
+
+/// Discord shows "typing…" for about 10 s after each POST; renewing a little earlier
+/// keeps it on without a gap.
+const TYPING_RENEWAL: Duration = Duration::from_secs(8);
+
+/// A single typing POST may not hold up the turn for longer than this.
+const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// "A thread has already been created for this message": answer in that thread.
+const THREAD_ALREADY_EXISTS: isize = 160_004;
+
+/// Allowed mentions that allow nothing, not even the ping of a reply's author.
+pub fn no_pings() -> CreateAllowedMentions {
+    CreateAllowedMentions::new().replied_user(false)
+}
+
+/// Where the answer to a message belongs, as decided by the handler.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Reply to the user's message where it was written (a channel, a DM or a thread).
+    Reply {
+        channel: ChannelId,
+        message: MessageId,
+        guild: Option<GuildId>,
+    },
+    /// Open a thread on the user's message and answer in it (`DISCORD_REPLY_MODE=thread`).
+    NewThread {
+        parent: ChannelId,
+        message: MessageId,
+        guild: Option<GuildId>,
+        name: String,
+    },
+    /// Post straight into the thread the user wrote in.
+    InThread { thread: ChannelId },
+}
+
+/// Where messages actually go, once a thread (if any) exists.
+#[derive(Debug, Clone, Copy)]
+enum Destination {
+    Reply {
+        channel: ChannelId,
+        message: MessageId,
+        guild: Option<GuildId>,
+    },
+    Channel(ChannelId),
+}
+
+impl Destination {
+    fn channel(self) -> ChannelId {
+        match self {
+            Destination::Reply { channel, .. } | Destination::Channel(channel) => channel,
+        }
+    }
+}
+
+pub struct MessageSink {
+    http: Arc<Http>,
+    target: Target,
+    /// Told about the thread this sink opens, so later messages there are answered.
+    channels: Arc<ChannelDirectory>,
+    /// The bot's own id: the owner of threads it opens.
+    bot: UserId,
+    /// Resolved on first use (`working` or `send`): for [`Target::NewThread`] that is
+    /// when the thread is opened, exactly once even if both race.
+    destination: OnceCell<Destination>,
+    /// Stops the typing renewal task; replaced when `working` starts one.
+    typing: Mutex<Option<CancellationToken>>,
+}
+
+impl MessageSink {
+    pub fn new(
+        http: Arc<Http>,
+        target: Target,
+        channels: Arc<ChannelDirectory>,
+        bot: UserId,
+    ) -> Self {
+        MessageSink {
+            http,
+            target,
+            channels,
+            bot,
+            destination: OnceCell::new(),
+            typing: Mutex::new(None),
+        }
+    }
+
+    async fn destination(&self) -> Destination {
+        *self
+            .destination
+            .get_or_init(|| async {
+                match &self.target {
+                    Target::Reply {
+                        channel,
+                        message,
+                        guild,
+                    } => Destination::Reply {
+                        channel: *channel,
+                        message: *message,
+                        guild: *guild,
+                    },
+                    Target::InThread { thread } => Destination::Channel(*thread),
+                    Target::NewThread {
+                        parent,
+                        message,
+                        guild,
+                        name,
+                    } => self.open_thread(*parent, *message, *guild, name).await,
+                }
+            })
+            .await
+    }
+
+    /// Opens a thread on the user's message. If that fails, the answer still reaches
+    /// the user as a reply in the channel: a missing thread is better than silence.
+    async fn open_thread(
+        &self,
+        parent: ChannelId,
+        message: MessageId,
+        guild: Option<GuildId>,
+        name: &str,
+    ) -> Destination {
+        match parent
+            .create_thread_from_message(&*self.http, message, CreateThread::new(name))
+            .await
+        {
+            Ok(thread) => {
+                self.channels.remember_thread(thread.id, parent, self.bot);
+                debug!(thread = %thread.id, "opened a thread for the answer");
+                Destination::Channel(thread.id)
+            }
+            // Someone (perhaps a previous attempt) already opened it; its id is the
+            // message's id.
+            Err(e) if discord_error_code(&e) == Some(THREAD_ALREADY_EXISTS) => {
+                Destination::Channel(ChannelId::new(message.get()))
+            }
+            Err(e) => {
+                warn!(channel = %parent, error = %describe(&e), "could not open a thread; replying in the channel instead");
+                Destination::Reply {
+                    channel: parent,
+                    message,
+                    guild,
+                }
+            }
+        }
+    }
+
+    fn stop_typing(&self) {
+        let token = match self.typing.lock() {
+            Ok(mut slot) => slot.take(),
+            // A poisoned lock only means another thread panicked mid-swap; the token
+            // inside is still valid.
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(token) = token {
+            token.cancel();
+        }
+    }
+}
+
+impl Drop for MessageSink {
+    /// A turn that ends without `finished` (a panic) must not leave "typing…" running.
+    fn drop(&mut self) {
+        self.stop_typing();
+    }
+}
+
+#[async_trait]
+impl ChatSink for MessageSink {
+    async fn working(&self) {
+        let channel = self.destination().await.channel();
+        // The first indicator is sent before returning, so it always precedes the answer
+        // even when the agent is instant; renewals run beside the agent call.
+        match tokio::time::timeout(TYPING_TIMEOUT, self.http.broadcast_typing(channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %describe(&e), "typing indicator failed"),
+            Err(_) => debug!("typing indicator timed out"),
+        }
+        let token = CancellationToken::new();
+        let previous = match self.typing.lock() {
+            Ok(mut slot) => slot.replace(token.clone()),
+            Err(poisoned) => poisoned.into_inner().replace(token.clone()),
+        };
+        if let Some(previous) = previous {
+            previous.cancel();
+        }
+        let span = tracing::info_span!("discord_typing", channel = %channel);
+        tokio::spawn(renew_typing(self.http.clone(), channel, token).instrument(span));
+    }
+
+    async fn finished(&self) {
+        self.stop_typing();
+    }
+
+    async fn send(&self, text: &str) -> Result<Vec<String>, SinkError> {
+        // Posting clears Discord's indicator; a renewal landing after the answer would
+        // show "typing…" again for 10 s.
+        self.stop_typing();
+        let destination = self.destination().await;
+        let parts = split_text(text, MESSAGE_LIMIT);
+        if parts.is_empty() {
+            debug!("nothing to post: the answer is empty");
+            return Ok(Vec::new());
+        }
+        let total = parts.len();
+        let mut ids = Vec::with_capacity(total);
+        for (i, part) in parts.into_iter().enumerate() {
+            let mut message = CreateMessage::new()
+                .content(part)
+                .allowed_mentions(no_pings());
+            if let (
+                0,
+                Destination::Reply {
+                    channel,
+                    message: replied,
+                    guild,
+                },
+            ) = (i, destination)
+            {
+                let mut reference = MessageReference::new(MessageReferenceKind::Default, channel)
+                    .message_id(replied)
+                    // The user may have deleted the question meanwhile; answer anyway.
+                    .fail_if_not_exists(false);
+                if let Some(guild) = guild {
+                    reference = reference.guild_id(guild);
+                }
+                message = message.reference_message(reference);
+            }
+            match destination
+                .channel()
+                .send_message(&*self.http, message)
+                .await
+            {
+                Ok(posted) => ids.push(posted.id.to_string()),
+                Err(e) => {
+                    let cause = describe(&e);
+                    return Err(SinkError(if total > 1 {
+                        format!("part {} of {total}: {cause}", i + 1)
+                    } else {
+                        cause
+                    }));
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// Renews the typing indicator until `stop` is cancelled. A failed renewal is only
+/// logged: the indicator is a courtesy, the answer is what matters.
+async fn renew_typing(http: Arc<Http>, channel: ChannelId, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TYPING_RENEWAL) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = tokio::time::timeout(TYPING_TIMEOUT, http.broadcast_typing(channel)) => {
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(error = %describe(&e), "typing renewal failed"),
+                    Err(_) => debug!("typing renewal timed out"),
+                }
+            }
+        }
+    }
+}

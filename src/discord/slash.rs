@@ -1,0 +1,130 @@
+//! Slash commands: `/ask <text>`, `/reset` and `/personality [id]`, registered
+//! globally at READY and answered through the same relay as chat messages.
+//!
+//! A command becomes the text the core already understands (`/reset` → `reset`,
+//! `/personality x` → `personality x`, `/ask t` → `t`), so the core needs no
+//! Discord-specific path. Discord wants an acknowledgement within 3 s and the agent may
+//! take longer, so the handler defers first (callback type 5, "thinking…") and
+//! [`InteractionSink`] later edits that deferred response with the answer.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serenity::all::{
+    Command, CommandDataOptionValue, CommandInteraction, CommandOptionType, CreateCommand,
+    CreateCommandOption, CreateInteractionResponseFollowup, EditInteractionResponse, Http,
+};
+
+use super::sink::no_pings;
+use super::{describe, MESSAGE_LIMIT};
+use crate::core::chunk::split_text;
+use crate::core::ports::{ChatSink, SinkError};
+
+/// What a deferred response shows when the core's answer is empty: an edit must carry
+/// something, and "thinking…" must not stay forever.
+const EMPTY_ANSWER: &str = "(The agent returned an empty answer.)";
+
+/// The commands, as sent in the bulk overwrite.
+pub fn definitions() -> Vec<CreateCommand> {
+    vec![
+        CreateCommand::new("ask")
+            .description("Ask the AI agent")
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::String, "text", "Your question")
+                    .required(true)
+                    .max_length(4000),
+            ),
+        CreateCommand::new("reset").description("Start a new conversation with the agent"),
+        CreateCommand::new("personality")
+            .description("List the agent's personalities, or switch to one")
+            .add_option(CreateCommandOption::new(
+                CommandOptionType::String,
+                "id",
+                "The personality to use from now on",
+            )),
+    ]
+}
+
+/// Replaces the application's global commands with ours (`PUT
+/// /applications/{id}/commands`): idempotent, so a re-identify may safely repeat it.
+pub async fn register(http: &Http) -> Result<usize, serenity::Error> {
+    Command::set_global_commands(http, definitions())
+        .await
+        .map(|c| c.len())
+}
+
+/// The chat text a command stands for, or `None` for a command that is not ours.
+pub fn to_text(command: &CommandInteraction) -> Option<String> {
+    let option = |name: &str| {
+        command.data.options.iter().find_map(|o| match &o.value {
+            CommandDataOptionValue::String(s) if o.name == name => Some(s.trim().to_string()),
+            _ => None,
+        })
+    };
+    match command.data.name.as_str() {
+        "ask" => Some(option("text").unwrap_or_default()),
+        "reset" => Some("reset".to_string()),
+        "personality" => Some(match option("id").filter(|id| !id.is_empty()) {
+            Some(id) => format!("personality {id}"),
+            None => "personality".to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// Answers a deferred interaction: the first part edits the "thinking…" response, the
+/// rest follow as follow-up messages. Interactions have no typing indicator: the
+/// deferred response already says the bot is working.
+pub struct InteractionSink {
+    http: Arc<Http>,
+    /// The interaction's token (valid 15 minutes): it addresses the webhook that edits
+    /// the response. Never logged.
+    token: String,
+}
+
+impl InteractionSink {
+    pub fn new(http: Arc<Http>, token: String) -> Self {
+        InteractionSink { http, token }
+    }
+}
+
+#[async_trait]
+impl ChatSink for InteractionSink {
+    async fn send(&self, text: &str) -> Result<Vec<String>, SinkError> {
+        let mut parts = split_text(text, MESSAGE_LIMIT);
+        if parts.is_empty() {
+            parts.push(EMPTY_ANSWER.to_string());
+        }
+        let total = parts.len();
+        let mut ids = Vec::with_capacity(total);
+        for (i, part) in parts.into_iter().enumerate() {
+            let posted = if i == 0 {
+                let edit = EditInteractionResponse::new()
+                    .content(part)
+                    .allowed_mentions(no_pings());
+                self.http
+                    .edit_original_interaction_response(&self.token, &edit, Vec::new())
+                    .await
+            } else {
+                let follow = CreateInteractionResponseFollowup::new()
+                    .content(part)
+                    .allowed_mentions(no_pings());
+                self.http
+                    .create_followup_message(&self.token, &follow, Vec::new())
+                    .await
+            };
+            match posted {
+                Ok(message) => ids.push(message.id.to_string()),
+                Err(e) => {
+                    let cause = describe(&e);
+                    return Err(SinkError(if total > 1 {
+                        format!("part {} of {total}: {cause}", i + 1)
+                    } else {
+                        cause
+                    }));
+                }
+            }
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,1077 @@
+//! A fake Discord: REST under `/api/v10` and the WebSocket gateway on one port of
+//! 127.0.0.1, speaking enough of the real protocol for serenity's client to run
+//! unmodified against it.
+//!
+//! - REST records every call (method, path, JSON body, `Authorization`, arrival time)
+//!   and answers with payloads complete enough for serenity's models: messages posted
+//!   by the bot, typing (204), threads opened on a message (thread id = message id),
+//!   channel lookups, command registration, interaction callbacks and follow-ups. A
+//!   test can script one failure for a route (`fail_next`).
+//! - The gateway sends HELLO, answers IDENTIFY with a complete READY, heartbeats with
+//!   ACK, RESUME with RESUMED, and lets a test inject dispatches (MESSAGE_CREATE,
+//!   INTERACTION_CREATE) with increasing `s`, drop the TCP connection, or close with a
+//!   code. Like Discord, it echoes the bot's own messages back as MESSAGE_CREATE.
+//!
+//! One TCP port serves both: each accepted connection is peeked, `GET /gateway` goes
+//! to the WebSocket side (tokio-tungstenite), anything else to the axum router.
+//!
+//! ```ignore
+//! let fake = FakeDiscord::start().await;
+//! // ... start the app with DISCORD_API_BASE = fake.url() ...
+//! fake.wait_ready(WAIT).await;
+//! let id = fake.guild_message("C1", "U1", &format!("{} hi", fake.mention())).await;
+//! let posts = fake.wait_messages(1, WAIT).await;
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// The bot's user id (what `<@ID>` must name).
+pub const BOT_ID: &str = "1100000000000000001";
+/// The application id; deliberately not the bot's, so a path built from the wrong one
+/// shows up.
+pub const APP_ID: &str = "1200000000000000002";
+/// The one guild every guild message belongs to.
+pub const GUILD_ID: &str = "1300000000000000003";
+
+/// How long the fake waits for the bot to (re)connect before a test's dispatch fails.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+const TIMESTAMP: &str = "2024-05-01T12:00:00.000000+00:00";
+
+/// One REST call as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    /// The path below `/api/v10`, e.g. `/channels/42/messages`.
+    pub path: String,
+    /// The JSON body; `Value::Null` when empty or not JSON.
+    pub body: Value,
+    pub authorization: Option<String>,
+    pub at: Instant,
+}
+
+impl Call {
+    pub fn is(&self, method: &str, path: &str) -> bool {
+        self.method == method && self.path == path
+    }
+
+    /// `POST /channels/{id}/messages`: a message the bot posted.
+    pub fn is_message_post(&self) -> bool {
+        let parts: Vec<&str> = self.path.split('/').collect();
+        self.method == "POST"
+            && parts.len() == 4
+            && parts[1] == "channels"
+            && parts[3] == "messages"
+    }
+
+    /// The channel id of a `/channels/{id}/...` call.
+    pub fn channel(&self) -> Option<&str> {
+        let mut parts = self.path.split('/').skip(1);
+        match parts.next() {
+            Some("channels") => parts.next(),
+            _ => None,
+        }
+    }
+
+    /// `body.content` of a message post or edit.
+    pub fn content(&self) -> &str {
+        self.body["content"].as_str().unwrap_or_default()
+    }
+}
+
+/// A failure scripted for the next call that matches.
+struct Failure {
+    method: String,
+    path_suffix: String,
+    status: u16,
+    code: u64,
+    message: String,
+}
+
+/// A command for the live gateway connection.
+enum Command {
+    Dispatch(String, Value),
+    Close(u16),
+    Drop,
+}
+
+/// The connection the bot is currently identified (or resumed) on.
+#[derive(Clone)]
+struct Live {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+struct Thread {
+    parent: String,
+    owner: String,
+}
+
+struct Inner {
+    port: u16,
+    calls: Mutex<Vec<Call>>,
+    /// Woken on every recorded call and every gateway state change.
+    changed: Notify,
+    next_id: AtomicU64,
+    identifies: AtomicUsize,
+    resumes: AtomicUsize,
+    /// The `d` of every IDENTIFY, in order.
+    identify_payloads: Mutex<Vec<Value>>,
+    /// `Some` while a session is up on a connection; dispatches wait for it.
+    live: watch::Sender<Option<Live>>,
+    /// The last `s` sent in the current session.
+    seq: AtomicU64,
+    session_id: Mutex<String>,
+    /// Threads by id (opened by the bot, or declared by a test).
+    threads: Mutex<HashMap<String, Thread>>,
+    /// Which guild each channel a test wrote in belongs to (`None`: a DM).
+    channel_guilds: Mutex<HashMap<String, Option<String>>>,
+    failures: Mutex<VecDeque<Failure>>,
+    heartbeat_interval_ms: u64,
+}
+
+/// Aborts the server tasks when the last handle goes away.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Handle to a running fake Discord; clones share it.
+#[derive(Clone)]
+pub struct FakeDiscord {
+    inner: Arc<Inner>,
+    _tasks: Arc<Tasks>,
+}
+
+/// An interaction the fake sent, for matching the bot's callback and edits.
+#[derive(Debug, Clone)]
+pub struct SentInteraction {
+    pub id: String,
+    pub token: String,
+}
+
+impl FakeDiscord {
+    /// Binds 127.0.0.1:0 and serves REST and the gateway until the last handle drops.
+    pub async fn start() -> FakeDiscord {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake discord");
+        let addr = listener.local_addr().expect("fake discord address");
+        let (live, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            port: addr.port(),
+            calls: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            next_id: AtomicU64::new(1_400_000_000_000_000_000),
+            identifies: AtomicUsize::new(0),
+            resumes: AtomicUsize::new(0),
+            identify_payloads: Mutex::new(Vec::new()),
+            live,
+            seq: AtomicU64::new(0),
+            session_id: Mutex::new(String::new()),
+            threads: Mutex::new(HashMap::new()),
+            channel_guilds: Mutex::new(HashMap::new()),
+            failures: Mutex::new(VecDeque::new()),
+            heartbeat_interval_ms: 41_250,
+        });
+
+        let (http_tx, http_rx) = mpsc::channel(64);
+        let acceptor = {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, peer)) = listener.accept().await else {
+                        continue;
+                    };
+                    let inner = inner.clone();
+                    let http_tx = http_tx.clone();
+                    tokio::spawn(async move {
+                        if is_gateway_request(&stream).await {
+                            gateway_connection(inner, stream).await;
+                        } else {
+                            let _ = http_tx.send((stream, peer)).await;
+                        }
+                    });
+                }
+            })
+        };
+        let router = Router::new().fallback(rest).with_state(inner.clone());
+        let server = tokio::spawn(async move {
+            let listener = SortedListener { rx: http_rx, addr };
+            let _ = axum::serve(listener, router).await;
+        });
+        FakeDiscord {
+            inner,
+            _tasks: Arc::new(Tasks(vec![acceptor, server])),
+        }
+    }
+
+    /// The value for `DISCORD_API_BASE`: `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.inner.port)
+    }
+
+    /// `<@BOT_ID>`.
+    pub fn mention(&self) -> String {
+        format!("<@{BOT_ID}>")
+    }
+
+    /// A fresh snowflake-like id.
+    pub fn new_id(&self) -> String {
+        self.inner.new_id()
+    }
+
+    // -- recorded REST calls --------------------------------------------------------
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.inner.calls.lock().unwrap().clone()
+    }
+
+    /// Messages the bot posted (`POST /channels/{id}/messages`), in order.
+    pub fn messages(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(Call::is_message_post)
+            .collect()
+    }
+
+    /// Typing calls (`POST /channels/{id}/typing`), in order.
+    pub fn typing(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == "POST" && c.path.ends_with("/typing"))
+            .collect()
+    }
+
+    /// Waits until `f` finds what it looks for in the calls so far; panics after
+    /// `timeout` with the calls that did arrive.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[Call]) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register interest before looking, so a change in between is not missed.
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(found) = f(&self.calls()) {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if let Some(found) = f(&self.calls()) {
+                    return found;
+                }
+                let seen: Vec<String> = self
+                    .calls()
+                    .iter()
+                    .map(|c| format!("{} {} {}", c.method, c.path, c.body))
+                    .collect();
+                panic!("fake discord: expected {what} within {timeout:?}; calls: {seen:#?}");
+            }
+        }
+    }
+
+    /// Waits for at least `n` posted messages and returns them all.
+    pub async fn wait_messages(&self, n: usize, timeout: Duration) -> Vec<Call> {
+        self.wait_for(&format!("{n} posted message(s)"), timeout, |calls| {
+            let posts: Vec<Call> = calls
+                .iter()
+                .filter(|c| c.is_message_post())
+                .cloned()
+                .collect();
+            (posts.len() >= n).then_some(posts)
+        })
+        .await
+    }
+
+    /// Waits for the first call with this method whose path ends with `suffix`.
+    pub async fn wait_call(&self, method: &str, suffix: &str, timeout: Duration) -> Call {
+        self.wait_for(&format!("{method} …{suffix}"), timeout, |calls| {
+            calls
+                .iter()
+                .find(|c| c.method == method && c.path.ends_with(suffix))
+                .cloned()
+        })
+        .await
+    }
+
+    /// Scripts the next `method` call whose path ends with `path_suffix` to fail with
+    /// Discord's JSON error `{code, message}` and `status`.
+    pub fn fail_next(
+        &self,
+        method: &str,
+        path_suffix: &str,
+        status: u16,
+        code: u64,
+        message: &str,
+    ) {
+        self.inner.failures.lock().unwrap().push_back(Failure {
+            method: method.into(),
+            path_suffix: path_suffix.into(),
+            status,
+            code,
+            message: message.into(),
+        });
+    }
+
+    /// Declares `thread` a thread of `parent` opened by `owner`, as `GET /channels`
+    /// will then report it.
+    pub fn add_thread(&self, thread: &str, parent: &str, owner: &str) {
+        self.inner.threads.lock().unwrap().insert(
+            thread.into(),
+            Thread {
+                parent: parent.into(),
+                owner: owner.into(),
+            },
+        );
+    }
+
+    // -- gateway --------------------------------------------------------------------
+
+    pub fn identifies(&self) -> usize {
+        self.inner.identifies.load(Ordering::SeqCst)
+    }
+
+    pub fn resumes(&self) -> usize {
+        self.inner.resumes.load(Ordering::SeqCst)
+    }
+
+    /// The `d` of every IDENTIFY so far.
+    pub fn identify_payloads(&self) -> Vec<Value> {
+        self.inner.identify_payloads.lock().unwrap().clone()
+    }
+
+    /// Waits until a counter reaches `n`.
+    pub async fn wait_count(
+        &self,
+        what: &str,
+        n: usize,
+        timeout: Duration,
+        f: impl Fn(&Self) -> usize,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if f(self) >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                assert!(
+                    f(self) >= n,
+                    "fake discord: expected {n} {what} within {timeout:?}, saw {}",
+                    f(self)
+                );
+                return;
+            }
+        }
+    }
+
+    /// Waits until the bot has identified and handled READY: its `ready` handler
+    /// registers the slash commands, which is the visible proof.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        self.wait_call("PUT", &format!("/applications/{APP_ID}/commands"), timeout)
+            .await;
+        self.wait_live(timeout).await;
+    }
+
+    /// Waits until a session is up (after READY or RESUMED).
+    pub async fn wait_live(&self, timeout: Duration) {
+        let mut rx = self.inner.live.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+            .await
+            .expect("the bot connects to the fake gateway in time")
+            .expect("fake gateway state is alive");
+    }
+
+    /// Sends a dispatch on the live session (waiting for one if the bot is
+    /// reconnecting).
+    pub async fn dispatch(&self, event: &str, d: Value) {
+        self.inner.dispatch(event, d).await;
+    }
+
+    /// Cuts the TCP connection without a close frame, as a network failure would.
+    pub async fn drop_connection(&self) {
+        self.inner.take_live().await.tx.send(Command::Drop).ok();
+    }
+
+    /// Closes the gateway connection with `code` (e.g. 4014, 4004).
+    pub async fn close_with(&self, code: u16) {
+        self.inner
+            .take_live()
+            .await
+            .tx
+            .send(Command::Close(code))
+            .ok();
+    }
+
+    // -- injected messages and interactions -----------------------------------------
+
+    /// A person's message in a guild channel; returns its id.
+    pub async fn guild_message(&self, channel: &str, user: &str, content: &str) -> String {
+        self.message(
+            channel,
+            Some(GUILD_ID),
+            user_json(user, false),
+            content,
+            |_| {},
+        )
+        .await
+    }
+
+    /// A person's direct message to the bot; returns its id.
+    pub async fn dm(&self, channel: &str, user: &str, content: &str) -> String {
+        self.message(channel, None, user_json(user, false), content, |_| {})
+            .await
+    }
+
+    /// A message dispatched as MESSAGE_CREATE, with `edit` adjusting the payload
+    /// (`bot`, `webhook_id`, `type`, …) before it is sent; returns its id.
+    pub async fn message(
+        &self,
+        channel: &str,
+        guild: Option<&str>,
+        author: Value,
+        content: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> String {
+        self.inner
+            .channel_guilds
+            .lock()
+            .unwrap()
+            .insert(channel.into(), guild.map(Into::into));
+        let id = self.new_id();
+        let mut payload = message_json(&id, channel, guild, author, content);
+        edit(&mut payload);
+        self.dispatch("MESSAGE_CREATE", payload).await;
+        id
+    }
+
+    /// A slash command used in a guild channel by `user`; `options` is Discord's
+    /// `data.options` array.
+    pub async fn slash_command(
+        &self,
+        channel: &str,
+        user: &str,
+        name: &str,
+        options: Value,
+    ) -> SentInteraction {
+        let id = self.new_id();
+        let token = format!("interaction-token-{id}");
+        let payload = json!({
+            "id": id,
+            "application_id": APP_ID,
+            "type": 2,
+            "data": {"id": self.new_id(), "name": name, "type": 1, "options": options},
+            "guild_id": GUILD_ID,
+            "channel_id": channel,
+            "channel": {"id": channel, "type": 0, "name": "general"},
+            "member": {
+                "user": user_json(user, false),
+                "roles": [],
+                "joined_at": TIMESTAMP,
+                "deaf": false,
+                "mute": false,
+                "flags": 0,
+            },
+            "token": token,
+            "version": 1,
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "context": 0,
+            "attachment_size_limit": 8_388_608,
+        });
+        self.dispatch("INTERACTION_CREATE", payload).await;
+        SentInteraction { id, token }
+    }
+}
+
+/// A user object as Discord sends it.
+pub fn user_json(id: &str, bot: bool) -> Value {
+    json!({
+        "id": id,
+        "username": format!("user{id}"),
+        "discriminator": "0",
+        "global_name": null,
+        "avatar": null,
+        "bot": bot,
+    })
+}
+
+/// A complete message object.
+pub fn message_json(
+    id: &str,
+    channel: &str,
+    guild: Option<&str>,
+    author: Value,
+    content: &str,
+) -> Value {
+    let mut m = json!({
+        "id": id,
+        "channel_id": channel,
+        "author": author,
+        "content": content,
+        "timestamp": TIMESTAMP,
+        "edited_timestamp": null,
+        "tts": false,
+        "mention_everyone": false,
+        "mentions": [],
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": [],
+        "pinned": false,
+        "type": 0,
+        "flags": 0,
+    });
+    if let Some(guild) = guild {
+        m["guild_id"] = json!(guild);
+    }
+    m
+}
+
+impl Inner {
+    fn new_id(&self) -> String {
+        self.next_id.fetch_add(1, Ordering::SeqCst).to_string()
+    }
+
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+        self.changed.notify_waiters();
+    }
+
+    fn set_live(&self, live: Option<Live>) {
+        self.live.send_replace(live);
+        self.changed.notify_waiters();
+    }
+
+    async fn wait_live(&self) -> Live {
+        let mut rx = self.live.subscribe();
+        let live = tokio::time::timeout(CONNECT_WAIT, rx.wait_for(Option::is_some))
+            .await
+            .expect("the bot is connected to the fake gateway")
+            .expect("fake gateway state is alive");
+        live.clone().expect("checked above")
+    }
+
+    /// The live connection, which from now on no longer counts as live.
+    async fn take_live(&self) -> Live {
+        let live = self.wait_live().await;
+        self.set_live(None);
+        live
+    }
+
+    async fn dispatch(&self, event: &str, d: Value) {
+        let live = self.wait_live().await;
+        live.tx
+            .send(Command::Dispatch(event.into(), d))
+            .expect("the live gateway connection takes the dispatch");
+    }
+
+    fn thread_json(&self, id: &str, thread: &Thread, name: &str) -> Value {
+        json!({
+            "id": id,
+            "type": 11,
+            "guild_id": GUILD_ID,
+            "parent_id": thread.parent,
+            "owner_id": thread.owner,
+            "name": name,
+            "last_message_id": null,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "total_message_sent": 0,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": false,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": TIMESTAMP,
+                "locked": false,
+            },
+        })
+    }
+
+    fn channel_json(&self, id: &str) -> Value {
+        if let Some(thread) = self.threads.lock().unwrap().get(id) {
+            return self.thread_json(id, thread, "a thread");
+        }
+        json!({
+            "id": id,
+            "type": 0,
+            "guild_id": GUILD_ID,
+            "name": "general",
+            "position": 0,
+            "permission_overwrites": [],
+            "parent_id": null,
+            "nsfw": false,
+            "topic": null,
+            "last_message_id": null,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+        })
+    }
+
+    /// The guild of a channel the bot posts in: a thread's guild, a channel a test
+    /// used, else the guild (the fake has one).
+    fn guild_of(&self, channel: &str) -> Option<String> {
+        if self.threads.lock().unwrap().contains_key(channel) {
+            return Some(GUILD_ID.into());
+        }
+        match self.channel_guilds.lock().unwrap().get(channel) {
+            Some(guild) => guild.clone(),
+            None => Some(GUILD_ID.into()),
+        }
+    }
+
+    fn bot_message(&self, channel: &str, body: &Value) -> Value {
+        let id = self.new_id();
+        let guild = self.guild_of(channel);
+        let mut m = message_json(
+            &id,
+            channel,
+            guild.as_deref(),
+            user_json(BOT_ID, true),
+            body["content"].as_str().unwrap_or_default(),
+        );
+        if let Some(reference) = body.get("message_reference") {
+            m["type"] = json!(19);
+            m["message_reference"] = reference.clone();
+        }
+        m
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// REST
+// ---------------------------------------------------------------------------------
+
+fn discord_error(status: u16, code: u64, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, Json(json!({"code": code, "message": message}))).into_response()
+}
+
+async fn rest(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri
+        .path()
+        .strip_prefix("/api/v10")
+        .unwrap_or(uri.path())
+        .to_string();
+    let call = Call {
+        method: method.to_string(),
+        path: path.clone(),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(Into::into),
+        at: Instant::now(),
+    };
+    inner.record(call.clone());
+
+    let scripted = {
+        let mut failures = inner.failures.lock().unwrap();
+        let at = failures
+            .iter()
+            .position(|f| f.method == call.method && path.ends_with(&f.path_suffix));
+        at.and_then(|i| failures.remove(i))
+    };
+    if let Some(f) = scripted {
+        return discord_error(f.status, f.code, &f.message);
+    }
+
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (call.method.as_str(), segments.as_slice()) {
+        ("GET", ["gateway"]) => {
+            Json(json!({"url": format!("ws://127.0.0.1:{}/gateway", inner.port)})).into_response()
+        }
+        ("GET", ["gateway", "bot"]) => Json(json!({
+            "url": format!("ws://127.0.0.1:{}/gateway", inner.port),
+            "shards": 1,
+            "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+        }))
+        .into_response(),
+        ("GET", ["users", "@me"]) => Json(user_json(BOT_ID, true)).into_response(),
+        ("GET", ["oauth2", "applications", "@me"]) => Json(json!({
+            "id": APP_ID,
+            "name": "agent-bridge test",
+            "icon": null,
+            "description": "",
+            "bot_public": true,
+            "bot_require_code_grant": false,
+            "verify_key": "0000",
+            "flags": 0,
+            "owner": user_json("1", false),
+        }))
+        .into_response(),
+        ("GET", ["channels", id]) => Json(inner.channel_json(id)).into_response(),
+        ("POST", ["channels", _, "typing"]) => StatusCode::NO_CONTENT.into_response(),
+        ("POST", ["channels", channel, "messages"]) => {
+            let message = inner.bot_message(channel, &call.body);
+            // Discord sends the bot its own messages too; the bot must ignore them.
+            let echo = inner.clone();
+            let payload = message.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    if echo.live.borrow().is_some() {
+                        echo.dispatch("MESSAGE_CREATE", payload).await;
+                    }
+                })
+                .await;
+            });
+            Json(message).into_response()
+        }
+        ("PATCH", ["channels", channel, "messages", id]) => {
+            let mut message = inner.bot_message(channel, &call.body);
+            message["id"] = json!(id);
+            Json(message).into_response()
+        }
+        ("POST", ["channels", parent, "messages", message, "threads"]) => {
+            let mut threads = inner.threads.lock().unwrap();
+            if threads.contains_key(*parent) {
+                return discord_error(400, 50024, "Cannot execute action on this channel type");
+            }
+            if threads.contains_key(*message) {
+                return discord_error(
+                    400,
+                    160_004,
+                    "A thread has already been created for this message",
+                );
+            }
+            let thread = Thread {
+                parent: (*parent).into(),
+                owner: BOT_ID.into(),
+            };
+            let name = call.body["name"].as_str().unwrap_or("thread").to_string();
+            let json = inner.thread_json(message, &thread, &name);
+            threads.insert((*message).into(), thread);
+            Json(json).into_response()
+        }
+        ("PUT", ["applications", app, "commands"]) => {
+            let commands: Vec<Value> = call
+                .body
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut c| {
+                    c["id"] = json!(inner.new_id());
+                    c["application_id"] = json!(app);
+                    c["version"] = json!(inner.new_id());
+                    if c.get("type").is_none() {
+                        c["type"] = json!(1);
+                    }
+                    c
+                })
+                .collect();
+            Json(Value::Array(commands)).into_response()
+        }
+        ("POST", ["interactions", _id, _token, "callback"]) => StatusCode::NO_CONTENT.into_response(),
+        ("PATCH", ["webhooks", _app, _token, "messages", "@original"])
+        | ("POST", ["webhooks", _app, _token]) => {
+            // Interaction responses live in the interaction's channel, which this route
+            // does not name; the message's channel does not matter to the bot.
+            Json(inner.bot_message("0", &call.body)).into_response()
+        }
+        _ => discord_error(404, 0, "404: Not Found"),
+    }
+}
+
+/// Hands axum the connections that are not for the gateway.
+struct SortedListener {
+    rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for SortedListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The acceptor is gone (the fake is shutting down): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// Peeks at a new connection's first bytes: `GET /gateway` is the WebSocket.
+async fn is_gateway_request(stream: &TcpStream) -> bool {
+    const PREFIX: &[u8] = b"GET /gateway";
+    let mut buf = [0u8; 12];
+    let peek = async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(n) if n >= PREFIX.len() => return true,
+                Ok(0) | Err(_) => return false,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), peek)
+        .await
+        .unwrap_or(false)
+        && buf == PREFIX
+}
+
+// ---------------------------------------------------------------------------------
+// Gateway
+// ---------------------------------------------------------------------------------
+
+async fn gateway_connection(inner: Arc<Inner>, stream: TcpStream) {
+    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    let (mut out, mut incoming) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let hello = json!({"op": 10, "d": {"heartbeat_interval": inner.heartbeat_interval_ms}});
+    if out.send(WsMessage::text(hello.to_string())).await.is_err() {
+        return;
+    }
+    let mut mine = false;
+    loop {
+        tokio::select! {
+            frame = incoming.next() => {
+                let text = match frame {
+                    Some(Ok(WsMessage::Text(t))) => t.to_string(),
+                    Some(Ok(WsMessage::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
+                };
+                let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                let reply = match frame["op"].as_u64() {
+                    Some(1) => Some(json!({"op": 11})),
+                    Some(2) => {
+                        inner.identify_payloads.lock().unwrap().push(frame["d"].clone());
+                        let session = format!("session-{}", inner.new_id());
+                        *inner.session_id.lock().unwrap() = session.clone();
+                        inner.seq.store(0, Ordering::SeqCst);
+                        let ready = ready_payload(&inner, &session);
+                        let s = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                        if out.send(WsMessage::text(json!({"op": 0, "t": "READY", "s": s, "d": ready}).to_string())).await.is_err() {
+                            break;
+                        }
+                        mine = true;
+                        inner.identifies.fetch_add(1, Ordering::SeqCst);
+                        inner.set_live(Some(Live { tx: tx.clone() }));
+                        None
+                    }
+                    Some(6) => {
+                        let current = inner.session_id.lock().unwrap().clone();
+                        if frame["d"]["session_id"].as_str() == Some(current.as_str()) {
+                            let s = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                            if out.send(WsMessage::text(json!({"op": 0, "t": "RESUMED", "s": s, "d": {}}).to_string())).await.is_err() {
+                                break;
+                            }
+                            mine = true;
+                            inner.resumes.fetch_add(1, Ordering::SeqCst);
+                            inner.set_live(Some(Live { tx: tx.clone() }));
+                            None
+                        } else {
+                            // Unknown session: not resumable, identify again.
+                            Some(json!({"op": 9, "d": false}))
+                        }
+                    }
+                    _ => None,
+                };
+                if let Some(reply) = reply {
+                    if out.send(WsMessage::text(reply.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            command = rx.recv() => match command {
+                Some(Command::Dispatch(event, d)) => {
+                    let s = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    let frame = json!({"op": 0, "t": event, "s": s, "d": d});
+                    if out.send(WsMessage::text(frame.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Command::Close(code)) => {
+                    let frame = CloseFrame { code: CloseCode::from(code), reason: "closed by the test".into() };
+                    let _ = out.send(WsMessage::Close(Some(frame))).await;
+                    let _ = out.flush().await;
+                    mine = false;
+                    break;
+                }
+                Some(Command::Drop) | None => {
+                    mine = false;
+                    break;
+                }
+            }
+        }
+    }
+    // A connection that ended by itself (the bot closed it) is no longer live.
+    if mine {
+        inner.set_live(None);
+    }
+    inner.changed.notify_waiters();
+}
+
+fn ready_payload(inner: &Inner, session: &str) -> Value {
+    json!({
+        "v": 10,
+        "user": {
+            "id": BOT_ID,
+            "username": "agent-bridge",
+            "discriminator": "0",
+            "global_name": null,
+            "avatar": null,
+            "bot": true,
+            "verified": true,
+            "mfa_enabled": false,
+            "flags": 0,
+        },
+        "guilds": [{"id": GUILD_ID, "unavailable": true}],
+        "session_id": session,
+        "resume_gateway_url": format!("ws://127.0.0.1:{}/gateway", inner.port),
+        "shard": [0, 1],
+        "application": {"id": APP_ID, "flags": 0},
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Log capture
+// ---------------------------------------------------------------------------------
+
+/// WARN and ERROR lines logged by `agent_bridge::discord`, captured process-wide.
+#[derive(Default)]
+pub struct CapturedLogs {
+    lines: Mutex<Vec<String>>,
+}
+
+impl CapturedLogs {
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a captured line contains `needle`.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line containing {needle:?} within {timeout:?}; captured: {:#?}",
+                self.lines()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Installs the capture as the global subscriber, once. `None` when another global
+/// subscriber was installed first (then log lines cannot be asserted).
+pub fn capture_logs() -> Option<Arc<CapturedLogs>> {
+    static CAPTURE: OnceLock<Option<Arc<CapturedLogs>>> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            let logs = Arc::new(CapturedLogs::default());
+            tracing_subscriber::registry()
+                .with(CaptureLayer(logs.clone()))
+                .try_init()
+                .ok()
+                .map(|()| logs)
+        })
+        .clone()
+}
+
+struct CaptureLayer(Arc<CapturedLogs>);
+
+fn captured(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_event()
+        && *meta.level() <= tracing::Level::WARN
+        && meta.target().starts_with("agent_bridge::discord")
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
+    fn register_callsite(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if captured(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        captured(meta)
+    }
+
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0.insert_str(0, &format!("{value:?}"));
+                } else {
+                    self.0.push_str(&format!(" {}={value:?}", field.name()));
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.0.insert_str(0, value);
+                } else {
+                    self.0.push_str(&format!(" {}={value}", field.name()));
+                }
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0
+            .lines
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", event.metadata().level(), fields.0));
+    }
+}
