@@ -1,33 +1,179 @@
 //! Slack: the Events API receiver at `POST /slack/events` and replies through the Web
-//! API. (Being built; see issue "Slack".)
+//! API (slack-morphism), in the thread of the message they answer.
+//!
+//! # Layout
+//!
+//! - `events`: the HTTP handler — limit, verify, parse, filter, dedupe, hand off.
+//! - `signature`: Slack's v0 request signature (pure).
+//! - `dedupe`: once-only deliveries and followed threads, decided by the store.
+//! - `mrkdwn`: agent Markdown → Slack mrkdwn with everything Slack could expand
+//!   escaped (pure).
+//! - `web_api`: `auth.test`, `chat.postMessage`, `reactions.*` with 429 handling, and
+//!   the `ChatSink` that answers in a thread.
+//!
+//! Slack never blocks the rest of the bridge: [`start`] tries `auth.test` once and then
+//! keeps retrying in the background; until it succeeds `/readyz` shows Slack down and
+//! events are answered 503 so Slack delivers them again later. This module depends on
+//! `core` (relay, store port, chunking) and its SDK, never on another platform.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+pub mod dedupe;
+pub mod events;
+pub mod mrkdwn;
+pub mod signature;
+pub mod web_api;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
 use axum::Router;
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument};
 
-use crate::config::SlackConfig;
+use crate::config::{SlackConfig, SlackRespondTo};
 use crate::core::{Relay, Store};
 
+use self::dedupe::{AnsweredThreads, Dedupe};
+use self::web_api::{Identity, WebApi};
+
+/// Events API request bodies above this are refused with 413 (SPEC §6).
+pub const EVENTS_BODY_LIMIT: usize = 1024 * 1024;
+
+/// How long start-up waits for the first `auth.test` before moving on and retrying
+/// in the background.
+const FIRST_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Backoff between `auth.test` attempts after a failure: doubling, capped.
+const AUTH_RETRY_FIRST: Duration = Duration::from_secs(1);
+const AUTH_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// A started Slack integration, ready to be mounted.
-pub struct SlackApp {}
+pub struct SlackApp {
+    shared: Arc<Shared>,
+}
+
+/// What the events handler reads; shared with the `auth.test` task.
+pub(crate) struct Shared {
+    signing_secret: SecretString,
+    relay: Relay,
+    /// `None` when the HTTP client could not be built (no root certificates); Slack
+    /// then stays down and events get 503.
+    api: Option<Arc<WebApi>>,
+    /// Set once, by the first successful `auth.test`. Until then the bridge cannot
+    /// recognise its own mention or messages, so events are refused with 503.
+    identity: OnceLock<Identity>,
+    dedupe: Dedupe,
+    threads: Arc<AnsweredThreads>,
+    respond_to: SlackRespondTo,
+    follow_threads: bool,
+    progress_reaction: Option<String>,
+}
 
 /// Starts Slack: `auth.test` (retried in the background until it succeeds; `ready`
 /// is set then). Never fails start-up of the rest of the bridge.
 pub async fn start(
-    _cfg: SlackConfig,
-    _relay: Relay,
-    _store: Arc<dyn Store>,
-    _ready: Arc<AtomicBool>,
-    _shutdown: CancellationToken,
+    cfg: SlackConfig,
+    relay: Relay,
+    store: Arc<dyn Store>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
 ) -> SlackApp {
-    tracing::error!("Slack support is not built yet; SLACK_BOT_TOKEN is ignored");
-    SlackApp {}
+    let api = match WebApi::new(&cfg.api_base, &cfg.bot_token) {
+        Ok(api) => Some(Arc::new(api)),
+        Err(e) => {
+            error!(error = %e, "cannot build the Slack Web API client; Slack stays down");
+            None
+        }
+    };
+    let shared = Arc::new(Shared {
+        signing_secret: cfg.signing_secret,
+        relay,
+        api: api.clone(),
+        identity: OnceLock::new(),
+        dedupe: Dedupe::new(store.clone()),
+        threads: Arc::new(AnsweredThreads::new(store)),
+        respond_to: cfg.respond_to,
+        follow_threads: cfg.follow_threads,
+        progress_reaction: cfg.progress_reaction,
+    });
+    let Some(api) = api else {
+        return SlackApp { shared };
+    };
+
+    // One attempt inline: in the common case Slack is ready before the HTTP server
+    // takes its first event, so nothing is refused with 503 at start-up.
+    match tokio::time::timeout(FIRST_AUTH_TIMEOUT, api.auth_test()).await {
+        Ok(Ok(identity)) => authenticated(&shared, identity, &ready),
+        first => {
+            match first {
+                Ok(Err(e)) => warn!(
+                    slack_error = e.code(),
+                    error = %e,
+                    "Slack auth.test failed; retrying in the background"
+                ),
+                _ => warn!("Slack auth.test timed out; retrying in the background"),
+            }
+            let task = authenticate_until_done(shared.clone(), api, ready, shutdown);
+            tokio::spawn(task.instrument(tracing::info_span!("slack_auth")));
+        }
+    }
+    SlackApp { shared }
+}
+
+/// Retries `auth.test` with a doubling backoff until it succeeds or shutdown.
+async fn authenticate_until_done(
+    shared: Arc<Shared>,
+    api: Arc<WebApi>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut delay = AUTH_RETRY_FIRST;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                info!("shutdown before Slack auth.test succeeded");
+                return;
+            }
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match api.auth_test().await {
+            Ok(identity) => {
+                authenticated(&shared, identity, &ready);
+                return;
+            }
+            Err(e) => {
+                delay = (delay * 2).min(AUTH_RETRY_MAX);
+                warn!(
+                    slack_error = e.code(),
+                    error = %e,
+                    retry_in_secs = delay.as_secs(),
+                    "Slack auth.test failed"
+                );
+            }
+        }
+    }
+}
+
+fn authenticated(shared: &Shared, identity: Identity, ready: &AtomicBool) {
+    info!(
+        user_id = %identity.user_id,
+        bot_id = identity.bot_id.as_deref().unwrap_or("-"),
+        team_id = %identity.team_id,
+        "connected to Slack"
+    );
+    // Only this function sets it, once per start; a second value could not differ.
+    let _ = shared.identity.set(identity);
+    ready.store(true, Ordering::Release);
 }
 
 /// The public routes Slack needs (`POST /slack/events`), with their own state and
 /// body limit, to be merged into the server's router.
-pub fn routes(_app: SlackApp) -> Router {
+pub fn routes(app: SlackApp) -> Router {
     Router::new()
+        .route("/slack/events", post(events::handle))
+        .with_state(app.shared)
+        .layer(DefaultBodyLimit::max(EVENTS_BODY_LIMIT))
 }

@@ -10,4 +10,5 @@ mod deploy;
 mod discord;
 mod http_api;
 mod relay;
+mod slack;
 mod store;

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod db;
 pub mod discord;
+pub mod slack;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,144 @@
+//! Once-only handling of Slack deliveries, and the memory of threads the bot answered
+//! in — both kept in the store (`Store::first_sighting`), so they hold across restarts
+//! and, with PostgreSQL, across replicas: the store's unique key decides who goes first.
+//!
+//! Two keys per answered message:
+//! - `slack:{event_id}` — Slack's retries (`X-Slack-Retry-Num`) and duplicate
+//!   deliveries carry the same `event_id`;
+//! - `slack:msg:{channel}:{ts}` — one message can arrive as two events (`app_mention`
+//!   and `message`) with different ids; the message's `ts` is what they share.
+//!
+//! Threads the bot answered in are remembered as `slack:thread:{channel}:{thread_ts}`
+//! sightings, with an in-memory map in front. `Store` has no plain "has this key been
+//! seen" read, so the durable check records a sighting that is already expired: by the
+//! `first_sighting` contract it answers `false` exactly when a live sighting exists,
+//! and the expired row it may leave changes nothing (the janitor purges it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use time::OffsetDateTime;
+use tracing::warn;
+
+use crate::core::ports::{Store, StoreError};
+
+/// How long an event id and a message key are remembered. Slack retries within about
+/// five minutes and SPEC asks for at least an hour; two leave a margin for clock skew
+/// between replicas.
+pub const EVENT_TTL: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// How long the bot keeps following a thread it answered in after its last answer.
+pub const THREAD_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// The in-memory map of followed threads is a cache; past this many entries it is
+/// cleared and refilled from the store as threads come up again.
+const THREAD_CACHE_MAX: usize = 100_000;
+
+/// Decides whether a delivery is the first one for its event and its message.
+pub struct Dedupe {
+    store: Arc<dyn Store>,
+}
+
+impl Dedupe {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Dedupe { store }
+    }
+
+    /// `true` when neither this event id nor this message was seen before, and records
+    /// both. `event_id` may be absent (it never is from Slack; the message key still
+    /// applies).
+    pub async fn first_delivery(
+        &self,
+        event_id: Option<&str>,
+        channel: &str,
+        ts: &str,
+    ) -> Result<bool, StoreError> {
+        let expires = OffsetDateTime::now_utc() + EVENT_TTL;
+        if let Some(id) = event_id {
+            if !self.store.first_sighting(&event_key(id), expires).await? {
+                return Ok(false);
+            }
+        }
+        self.store
+            .first_sighting(&message_key(channel, ts), expires)
+            .await
+    }
+}
+
+pub fn event_key(event_id: &str) -> String {
+    format!("slack:{event_id}")
+}
+
+pub fn message_key(channel: &str, ts: &str) -> String {
+    format!("slack:msg:{channel}:{ts}")
+}
+
+pub fn thread_key(channel: &str, thread_ts: &str) -> String {
+    format!("slack:thread:{channel}:{thread_ts}")
+}
+
+/// Threads `(channel, thread_ts)` the bot has answered in (`SLACK_FOLLOW_THREADS`).
+pub struct AnsweredThreads {
+    store: Arc<dyn Store>,
+    /// Threads known to be answered, so the common case costs no store round-trip.
+    /// Only positive answers are cached: another replica may answer in a thread at any
+    /// time.
+    known: DashMap<(String, String), ()>,
+}
+
+impl AnsweredThreads {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        AnsweredThreads {
+            store,
+            known: DashMap::new(),
+        }
+    }
+
+    /// Records that the bot answered in this thread. A store failure is logged: the
+    /// in-memory entry still lets this process follow the thread.
+    pub async fn mark(&self, channel: &str, thread_ts: &str) {
+        self.remember(channel, thread_ts);
+        let key = thread_key(channel, thread_ts);
+        // `first_sighting` only writes a key that is absent or expired. A thread
+        // answered again keeps its first expiry; THREAD_TTL is long enough for that.
+        let expires = OffsetDateTime::now_utc() + THREAD_TTL;
+        if let Err(e) = self.store.first_sighting(&key, expires).await {
+            warn!(error = %e, channel, thread = thread_ts, "could not record the answered thread");
+        }
+    }
+
+    /// Whether the bot has answered in this thread (here, after a restart, or on
+    /// another replica). A store failure counts as "no": staying quiet is the safe
+    /// mistake.
+    pub async fn contains(&self, channel: &str, thread_ts: &str) -> bool {
+        if self
+            .known
+            .contains_key(&(channel.to_owned(), thread_ts.to_owned()))
+        {
+            return true;
+        }
+        let key = thread_key(channel, thread_ts);
+        // An expiry in the past makes this a read: see the module docs.
+        let already_expired = OffsetDateTime::now_utc() - Duration::from_secs(1);
+        match self.store.first_sighting(&key, already_expired).await {
+            Ok(true) => false,
+            Ok(false) => {
+                self.remember(channel, thread_ts);
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, channel, thread = thread_ts, "could not check the thread");
+                false
+            }
+        }
+    }
+
+    fn remember(&self, channel: &str, thread_ts: &str) {
+        if self.known.len() >= THREAD_CACHE_MAX {
+            self.known.clear();
+        }
+        self.known
+            .insert((channel.to_owned(), thread_ts.to_owned()), ());
+    }
+}

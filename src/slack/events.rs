@@ -1,0 +1,553 @@
+//! `POST /slack/events`: the Events API receiver.
+//!
+//! Order matters and is the point of this module: read the raw body under the 1 MiB
+//! limit (413) → verify the signature on those exact bytes (401, nothing parsed) →
+//! parse (400) → `url_verification` / `ssl_check` answered at once → an
+//! `event_callback` is filtered, deduplicated in the store and handed to the relay,
+//! which queues the turn and returns, so Slack gets its 200 long before the agent
+//! answers. Unknown envelope and event types get 200 and are ignored, as Slack expects.
+//!
+//! A 503 asks Slack to retry later (it retries three times): while shutting down, and
+//! before `auth.test` has told the bridge who it is (it could not recognise its own
+//! mention or messages yet). The `is_accepting` check comes before the dedupe write,
+//! so a refused event is not marked as seen; the window between the two is a race
+//! with shutdown only.
+//!
+//! Wire types ([`Envelope`], [`EventBody`]) stay here and are converted by hand into
+//! `core::Inbound`. They are lenient on purpose: Slack adds fields all the time.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tracing::{debug, warn};
+
+use super::signature;
+use super::web_api::{Identity, ThreadSink};
+use super::Shared;
+use crate::config::SlackRespondTo;
+use crate::core::{Inbound, Platform, Rejected};
+use crate::http::error::ApiError;
+
+/// The outer JSON of every Events API request.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    challenge: Option<String>,
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    team_id: Option<String>,
+    #[serde(default)]
+    event: Option<Value>,
+}
+
+/// The inner `event` of an `event_callback`: the fields of `app_mention` and `message`
+/// the bridge reads. Everything is optional so any event object parses; what matters
+/// is decided in [`classify`].
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct EventBody {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub subtype: Option<String>,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub channel_type: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub bot_id: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub ts: Option<String>,
+    #[serde(default)]
+    pub thread_ts: Option<String>,
+    #[serde(default)]
+    pub hidden: Option<bool>,
+    #[serde(default)]
+    pub team: Option<String>,
+}
+
+/// What the bridge does with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Answer(Candidate),
+    /// Not for the bridge; the reason is logged at debug level.
+    Ignore(&'static str),
+}
+
+/// A message the bridge answers (subject to dedupe and, for thread follow-ups, to the
+/// bot having answered in that thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub channel: String,
+    pub user: String,
+    /// The message's own `ts` (its id).
+    pub ts: String,
+    /// Where the answer goes: the message's `thread_ts`, else its `ts`.
+    pub reply_thread: String,
+    /// The text with the bot's mention removed and Slack's escaping undone.
+    pub text: String,
+    /// Answer only if the bot has answered in this thread before.
+    pub needs_followed_thread: bool,
+}
+
+/// The routing rules of SPEC §5, pure: which events are answered.
+pub fn classify(
+    ev: &EventBody,
+    me: &Identity,
+    respond_to: SlackRespondTo,
+    follow_threads: bool,
+) -> Decision {
+    let is_mention = match ev.kind.as_str() {
+        "app_mention" => true,
+        "message" => false,
+        _ => return Decision::Ignore("event type not handled"),
+    };
+    // Plain messages, replies also sent to the channel, and files with a comment are
+    // people talking; every other subtype (edits, deletes, joins, bot posts…) is not.
+    match ev.subtype.as_deref() {
+        None | Some("thread_broadcast" | "file_share") => {}
+        Some(_) => return Decision::Ignore("message subtype not handled"),
+    }
+    if ev.hidden == Some(true) {
+        return Decision::Ignore("hidden message");
+    }
+    if ev.bot_id.is_some() {
+        return Decision::Ignore("message from a bot");
+    }
+    let Some(user) = ev.user.as_deref().filter(|u| !u.is_empty()) else {
+        return Decision::Ignore("message without a user");
+    };
+    if user == me.user_id {
+        return Decision::Ignore("the bot's own message");
+    }
+    let (Some(channel), Some(ts)) = (ev.channel.as_deref(), ev.ts.as_deref()) else {
+        return Decision::Ignore("message without channel or ts");
+    };
+    let raw_text = ev.text.as_deref().unwrap_or_default();
+    if ev.subtype.as_deref() == Some("file_share") && raw_text.trim().is_empty() {
+        return Decision::Ignore("file shared without text");
+    }
+    let thread_ts = ev.thread_ts.as_deref().filter(|t| !t.is_empty());
+    let answer = |needs_followed_thread| {
+        Decision::Answer(Candidate {
+            channel: channel.to_owned(),
+            user: user.to_owned(),
+            ts: ts.to_owned(),
+            reply_thread: thread_ts.unwrap_or(ts).to_owned(),
+            text: clean_text(raw_text, &me.user_id),
+            needs_followed_thread,
+        })
+    };
+    if is_mention {
+        return answer(false);
+    }
+    // Events API messages carry `channel_type`; fall back on the id's prefix (`D…` is
+    // a DM) rather than drop a message.
+    let is_dm = match ev.channel_type.as_deref() {
+        Some("im") => true,
+        Some("channel" | "group" | "mpim") => false,
+        Some(_) => return Decision::Ignore("channel type not handled"),
+        None => channel.starts_with('D'),
+    };
+    if is_dm {
+        return answer(false);
+    }
+    if respond_to == SlackRespondTo::Mentions && mentions(raw_text, &me.user_id) {
+        return Decision::Ignore("the app_mention event covers it");
+    }
+    if respond_to == SlackRespondTo::All {
+        return answer(false);
+    }
+    match thread_ts {
+        // A reply in a thread (not the thread's parent itself).
+        Some(thread) if follow_threads && thread != ts => answer(true),
+        _ => Decision::Ignore("channel message not addressed to the bot"),
+    }
+}
+
+fn mentions(text: &str, bot_user: &str) -> bool {
+    !bot_user.is_empty()
+        && (text.contains(&format!("<@{bot_user}>")) || text.contains(&format!("<@{bot_user}|")))
+}
+
+/// Removes the bot's mentions (`<@U1>`, `<@U1|name>`) and undoes Slack's escaping of
+/// `&`, `<`, `>`, so the agent reads what the person typed.
+pub fn clean_text(text: &str, bot_user: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let plain = format!("<@{bot_user}>");
+    let named = format!("<@{bot_user}|");
+    while let Some(start) = rest.find("<@") {
+        let tail = &rest[start..];
+        let skip = if !bot_user.is_empty() && tail.starts_with(&plain) {
+            Some(plain.len())
+        } else if !bot_user.is_empty() && tail.starts_with(&named) {
+            tail.find('>').map(|end| end + 1)
+        } else {
+            None
+        };
+        match skip {
+            Some(len) => {
+                out.push_str(&rest[..start]);
+                rest = &tail[len..];
+            }
+            None => {
+                out.push_str(&rest[..start + 2]);
+                rest = &tail[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    let unescaped = out
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    unescaped.trim().to_owned()
+}
+
+/// The handler of `POST /slack/events`.
+pub(crate) async fn handle(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+                .into_response();
+        }
+        Err(rejection) => {
+            return ApiError::bad_request(format!("could not read the body: {rejection}"))
+                .into_response();
+        }
+    };
+
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) = signature::verify(
+        shared.signing_secret.expose_secret().as_bytes(),
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+        &body,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    ) {
+        warn!(reason = %e, "refused a Slack events request");
+        return ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+    }
+
+    let envelope: Envelope = match serde_json::from_slice(&body) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            // Slack's SSL check is a form post (`ssl_check=1&token=…`), not JSON.
+            if is_form_ssl_check(&body) {
+                return StatusCode::OK.into_response();
+            }
+            return ApiError::bad_request(format!("malformed JSON body: {e}")).into_response();
+        }
+    };
+
+    match envelope.kind.as_str() {
+        "url_verification" => match envelope.challenge {
+            Some(challenge) => Json(json!({ "challenge": challenge })).into_response(),
+            None => ApiError::bad_request("url_verification without a challenge").into_response(),
+        },
+        "ssl_check" => StatusCode::OK.into_response(),
+        "event_callback" => {
+            let retry = header("x-slack-retry-num").map(str::to_owned);
+            on_event_callback(&shared, envelope, retry.as_deref()).await
+        }
+        "app_rate_limited" => {
+            warn!("Slack reports that this app exceeded the Events API rate limit; events were dropped");
+            StatusCode::OK.into_response()
+        }
+        other => {
+            debug!(
+                kind = other,
+                "ignoring an Events API request of unknown type"
+            );
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+fn is_form_ssl_check(body: &[u8]) -> bool {
+    url::form_urlencoded::parse(body).any(|(k, v)| k == "ssl_check" && v == "1")
+}
+
+async fn on_event_callback(shared: &Shared, envelope: Envelope, retry: Option<&str>) -> Response {
+    let Some(raw_event) = envelope.event else {
+        return ApiError::bad_request("event_callback without an event").into_response();
+    };
+    let event: EventBody = match serde_json::from_value(raw_event) {
+        Ok(event) => event,
+        Err(e) => {
+            return ApiError::bad_request(format!("malformed event: {e}")).into_response();
+        }
+    };
+    let event_id = envelope.event_id.as_deref();
+    if !shared.relay.is_accepting() {
+        return unavailable("shutting down");
+    }
+    let (Some(me), Some(api)) = (shared.identity.get(), shared.api.as_ref()) else {
+        return unavailable("not connected to Slack yet");
+    };
+
+    let candidate = match classify(&event, me, shared.respond_to, shared.follow_threads) {
+        Decision::Answer(candidate) => candidate,
+        Decision::Ignore(reason) => {
+            debug!(event_id, kind = %event.kind, reason, "ignoring Slack event");
+            return StatusCode::OK.into_response();
+        }
+    };
+    if candidate.needs_followed_thread
+        && !shared
+            .threads
+            .contains(&candidate.channel, &candidate.reply_thread)
+            .await
+    {
+        debug!(
+            event_id,
+            "ignoring a reply in a thread the bot is not part of"
+        );
+        return StatusCode::OK.into_response();
+    }
+    match shared
+        .dedupe
+        .first_delivery(event_id, &candidate.channel, &candidate.ts)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            debug!(event_id, retry, "duplicate Slack delivery ignored");
+            return StatusCode::OK.into_response();
+        }
+        Err(e) => {
+            // Without the store we cannot tell a retry from a new event; Slack will
+            // deliver it again.
+            warn!(error = %e, event_id, "dedupe store unavailable");
+            return unavailable("store unavailable");
+        }
+    }
+
+    let workspace = envelope
+        .team_id
+        .or(event.team)
+        .unwrap_or_else(|| me.team_id.clone());
+    let sink = Arc::new(ThreadSink {
+        api: api.clone(),
+        channel: candidate.channel.clone(),
+        thread_ts: candidate.reply_thread.clone(),
+        message_ts: candidate.ts.clone(),
+        reaction: shared.progress_reaction.clone(),
+        threads: shared.threads.clone(),
+    });
+    let inbound = Inbound {
+        platform: Platform::Slack,
+        workspace,
+        channel: candidate.channel,
+        thread: Some(candidate.reply_thread),
+        user: candidate.user,
+        message_id: candidate.ts,
+        text: candidate.text,
+    };
+    match shared.relay.submit(inbound, sink) {
+        Ok(_) => {
+            debug!(event_id, "Slack message handed to the relay");
+            StatusCode::OK.into_response()
+        }
+        // The relay already told the user it is busy, in the thread.
+        Err(Rejected::Busy) => StatusCode::OK.into_response(),
+        Err(Rejected::ShuttingDown) => unavailable("shutting down"),
+    }
+}
+
+fn unavailable(why: &str) -> Response {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Identity {
+        Identity {
+            user_id: "UBOT".into(),
+            bot_id: Some("BBOT".into()),
+            team_id: "T1".into(),
+        }
+    }
+
+    fn event(kind: &str, channel_type: Option<&str>, text: &str) -> EventBody {
+        EventBody {
+            kind: kind.into(),
+            channel: Some(
+                if channel_type == Some("im") {
+                    "D1"
+                } else {
+                    "C1"
+                }
+                .into(),
+            ),
+            channel_type: channel_type.map(Into::into),
+            user: Some("U1".into()),
+            text: Some(text.into()),
+            ts: Some("100.1".into()),
+            ..EventBody::default()
+        }
+    }
+
+    fn decide(ev: &EventBody, respond_to: SlackRespondTo, follow: bool) -> Decision {
+        classify(ev, &me(), respond_to, follow)
+    }
+
+    fn answered(d: &Decision) -> Option<&Candidate> {
+        match d {
+            Decision::Answer(c) => Some(c),
+            Decision::Ignore(_) => None,
+        }
+    }
+
+    #[test]
+    fn an_app_mention_is_answered_in_a_new_thread_without_the_mention() {
+        let d = decide(
+            &event("app_mention", None, "<@UBOT> what is &lt;b&gt; &amp; co?"),
+            SlackRespondTo::Mentions,
+            true,
+        );
+        let c = answered(&d).expect("answered");
+        assert_eq!(c.reply_thread, "100.1");
+        assert_eq!(c.text, "what is <b> & co?");
+        assert!(!c.needs_followed_thread);
+    }
+
+    #[test]
+    fn a_mention_inside_a_thread_is_answered_in_that_thread() {
+        let mut ev = event("app_mention", None, "<@UBOT|bridge> again");
+        ev.thread_ts = Some("99.9".into());
+        let c = answered(&decide(&ev, SlackRespondTo::Mentions, true))
+            .cloned()
+            .expect("answered");
+        assert_eq!(c.reply_thread, "99.9");
+        assert_eq!(c.text, "again");
+    }
+
+    #[test]
+    fn dms_are_answered_in_both_modes() {
+        for mode in [SlackRespondTo::Mentions, SlackRespondTo::All] {
+            let d = decide(&event("message", Some("im"), "hello"), mode, false);
+            assert!(answered(&d).is_some(), "{mode:?}");
+        }
+        let mut no_type = event("message", None, "hello");
+        no_type.channel = Some("D9".into());
+        assert!(answered(&decide(&no_type, SlackRespondTo::Mentions, false)).is_some());
+    }
+
+    #[test]
+    fn channel_messages_follow_respond_to() {
+        let ev = event("message", Some("channel"), "just chatting");
+        assert_eq!(
+            decide(&ev, SlackRespondTo::Mentions, true),
+            Decision::Ignore("channel message not addressed to the bot")
+        );
+        assert!(answered(&decide(&ev, SlackRespondTo::All, true)).is_some());
+    }
+
+    #[test]
+    fn a_channel_message_with_the_mention_is_left_to_app_mention() {
+        let ev = event("message", Some("channel"), "<@UBOT> hi");
+        assert_eq!(
+            decide(&ev, SlackRespondTo::Mentions, true),
+            Decision::Ignore("the app_mention event covers it")
+        );
+        // With `all` both events qualify; the per-message dedupe key keeps one.
+        assert!(answered(&decide(&ev, SlackRespondTo::All, true)).is_some());
+    }
+
+    #[test]
+    fn thread_replies_are_answered_only_when_following_threads() {
+        let mut ev = event("message", Some("channel"), "follow-up");
+        ev.thread_ts = Some("50.5".into());
+        let c = answered(&decide(&ev, SlackRespondTo::Mentions, true))
+            .cloned()
+            .expect("candidate");
+        assert!(c.needs_followed_thread);
+        assert_eq!(c.reply_thread, "50.5");
+        assert!(answered(&decide(&ev, SlackRespondTo::Mentions, false)).is_none());
+        // A thread's parent message is not a reply in it.
+        ev.thread_ts = ev.ts.clone();
+        assert!(answered(&decide(&ev, SlackRespondTo::Mentions, true)).is_none());
+    }
+
+    #[test]
+    fn bots_the_bot_itself_and_most_subtypes_are_ignored() {
+        let mut bot = event("message", Some("im"), "beep");
+        bot.bot_id = Some("B2".into());
+        assert!(answered(&decide(&bot, SlackRespondTo::All, true)).is_none());
+
+        let mut own = event("message", Some("im"), "my own answer");
+        own.user = Some("UBOT".into());
+        assert!(answered(&decide(&own, SlackRespondTo::All, true)).is_none());
+
+        for subtype in [
+            "message_changed",
+            "message_deleted",
+            "channel_join",
+            "bot_message",
+            "me_message",
+        ] {
+            let mut ev = event("message", Some("im"), "x");
+            ev.subtype = Some(subtype.into());
+            assert!(
+                answered(&decide(&ev, SlackRespondTo::All, true)).is_none(),
+                "{subtype}"
+            );
+        }
+        for subtype in ["thread_broadcast", "file_share"] {
+            let mut ev = event("message", Some("im"), "with text");
+            ev.subtype = Some(subtype.into());
+            assert!(
+                answered(&decide(&ev, SlackRespondTo::All, true)).is_some(),
+                "{subtype}"
+            );
+        }
+        let mut file = event("message", Some("im"), "  ");
+        file.subtype = Some("file_share".into());
+        assert!(answered(&decide(&file, SlackRespondTo::All, true)).is_none());
+
+        let mut hidden = event("message", Some("im"), "x");
+        hidden.hidden = Some(true);
+        assert!(answered(&decide(&hidden, SlackRespondTo::All, true)).is_none());
+
+        assert!(answered(&decide(
+            &event("reaction_added", None, ""),
+            SlackRespondTo::All,
+            true
+        ))
+        .is_none());
+    }
+
+    #[test]
+    fn clean_text_strips_only_the_bots_mentions() {
+        assert_eq!(clean_text("<@UBOT> hi <@U2>", "UBOT"), "hi <@U2>");
+        assert_eq!(clean_text("ask <@UBOT|bridge> now", "UBOT"), "ask  now");
+        assert_eq!(clean_text("<@UBOTX> hi", "UBOT"), "<@UBOTX> hi");
+        assert_eq!(clean_text("<@", "UBOT"), "<@");
+        assert_eq!(clean_text("<@UBOT>", "UBOT"), "");
+        assert_eq!(clean_text("a &amp;lt; b", "UBOT"), "a &lt; b");
+    }
+}

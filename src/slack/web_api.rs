@@ -1,0 +1,327 @@
+//! The Slack Web API calls the bridge makes (`auth.test`, `chat.postMessage`,
+//! `reactions.add`, `reactions.remove`) through slack-morphism, and [`ThreadSink`],
+//! the [`ChatSink`] that answers one Slack message in its thread.
+//!
+//! The client talks to `SLACK_API_BASE` over a hyper-rustls connector that also allows
+//! plain http, so tests run it against a local fake. Every call has a time limit (the
+//! hyper client has none, and a hung Slack must not wedge a conversation's lane) and
+//! waits out `429 Retry-After` a few times instead of failing the reply. Other API
+//! errors are logged with Slack's error code (`channel_not_found`, `not_in_channel`…),
+//! never with the token.
+//!
+//! Deliberately absent: Slack's proactive per-tier throttling (slack-morphism's rate
+//! controller would delay every post by its own estimate; the bridge posts a few
+//! messages per turn and relies on Slack's `Retry-After` instead).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::*;
+use tracing::{debug, warn};
+use url::Url;
+
+use super::dedupe::AnsweredThreads;
+use super::mrkdwn;
+use crate::core::chunk::split_text;
+use crate::core::ports::{ChatSink, SinkError};
+
+/// Slack truncates messages past 40,000 characters and advises staying under 4,000;
+/// 3,900 leaves room for the code-fence repair the splitter may add.
+pub const MESSAGE_LIMIT: usize = 3_900;
+
+/// How many times one call waits out a `429` before giving up.
+const MAX_RATE_LIMIT_RETRIES: u32 = 5;
+
+/// `Retry-After` is honoured up to this; a longer wait means Slack is throttling hard,
+/// and the reply is better failed (and logged) than held for minutes.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Used when a `429` comes without a readable `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One Web API call's limit, retries excluded.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a Web API call failed, by what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlackApiError {
+    /// Still rate limited after the retries.
+    #[error("rate limited by Slack (Retry-After {retry_after:?})")]
+    RateLimited { retry_after: Option<Duration> },
+    /// Slack answered `{"ok": false, "error": code}`.
+    #[error("Slack answered `{0}`")]
+    Api(String),
+    #[error("Slack did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Connection, TLS, HTTP status or decoding failure.
+    #[error("Slack request failed: {0}")]
+    Transport(String),
+}
+
+impl SlackApiError {
+    /// Slack's error code, for logs (`ratelimited` for a 429, `-` for transport).
+    pub fn code(&self) -> &str {
+        match self {
+            SlackApiError::Api(code) => code,
+            SlackApiError::RateLimited { .. } => "ratelimited",
+            SlackApiError::Timeout(_) => "timeout",
+            SlackApiError::Transport(_) => "-",
+        }
+    }
+}
+
+impl From<SlackClientError> for SlackApiError {
+    fn from(e: SlackClientError) -> Self {
+        match e {
+            SlackClientError::ApiError(api) => SlackApiError::Api(api.code),
+            SlackClientError::RateLimitError(rl) => SlackApiError::RateLimited {
+                retry_after: rl.retry_after,
+            },
+            other => SlackApiError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// Who the bridge is in the workspace, from `auth.test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The bot user's id (`U…`): how it is mentioned, and how its own messages are told apart.
+    pub user_id: String,
+    /// The bot's id (`B…`).
+    pub bot_id: Option<String>,
+    pub team_id: String,
+}
+
+/// The Web API client with the bot token. Not `Debug`: it holds the token.
+pub struct WebApi {
+    client: SlackClient<SlackClientHyperHttpsConnector>,
+    token: SlackApiToken,
+}
+
+impl WebApi {
+    /// A client for `api_base` (e.g. `https://slack.com/api`). Fails only when the TLS
+    /// configuration cannot be built (no usable root certificates).
+    pub fn new(api_base: &Url, token: &SecretString) -> Result<Self, SlackApiError> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| SlackApiError::Transport(format!("load root certificates: {e}")))?
+            // Plain http only reaches a base the operator configured (a proxy or a
+            // fake in tests); Slack itself is https.
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let connector = SlackClientHyperConnector::with_connector(https)
+            .with_slack_api_url(api_base.as_str().trim_end_matches('/'));
+        Ok(WebApi {
+            client: SlackClient::new(connector),
+            token: SlackApiToken::new(SlackApiTokenValue(token.expose_secret().to_owned())),
+        })
+    }
+
+    /// `auth.test`: the bot's own ids.
+    pub async fn auth_test(&self) -> Result<Identity, SlackApiError> {
+        let answer = self
+            .call("auth.test", || async {
+                self.client.open_session(&self.token).auth_test().await
+            })
+            .await?;
+        Ok(Identity {
+            user_id: answer.user_id.0,
+            bot_id: answer.bot_id.map(|b| b.0),
+            team_id: answer.team_id.0,
+        })
+    }
+
+    /// `chat.postMessage` in a thread; returns the posted message's `ts`.
+    pub async fn post_in_thread(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+    ) -> Result<String, SlackApiError> {
+        let request = SlackApiChatPostMessageRequest::new(
+            SlackChannelId(channel.to_owned()),
+            SlackMessageContent::new().with_text(text.to_owned()),
+        )
+        .with_thread_ts(SlackTs(thread_ts.to_owned()));
+        let answer = self
+            .call("chat.postMessage", || async {
+                self.client
+                    .open_session(&self.token)
+                    .chat_post_message(&request)
+                    .await
+            })
+            .await?;
+        Ok(answer.ts.0)
+    }
+
+    /// `reactions.add` on a message.
+    pub async fn add_reaction(
+        &self,
+        channel: &str,
+        ts: &str,
+        name: &str,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiReactionsAddRequest::new(
+            SlackChannelId(channel.to_owned()),
+            SlackReactionName(name.to_owned()),
+            SlackTs(ts.to_owned()),
+        );
+        self.call("reactions.add", || async {
+            self.client
+                .open_session(&self.token)
+                .reactions_add(&request)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `reactions.remove` from a message.
+    pub async fn remove_reaction(
+        &self,
+        channel: &str,
+        ts: &str,
+        name: &str,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiReactionsRemoveRequest::new(SlackReactionName(name.to_owned()))
+            .with_channel(SlackChannelId(channel.to_owned()))
+            .with_timestamp(SlackTs(ts.to_owned()));
+        self.call("reactions.remove", || async {
+            self.client
+                .open_session(&self.token)
+                .reactions_remove(&request)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs one call with a time limit, waiting out `429 Retry-After` up to
+    /// [`MAX_RATE_LIMIT_RETRIES`] times.
+    async fn call<T, F, Fut>(&self, method: &'static str, attempt: F) -> Result<T, SlackApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ClientResult<T>>,
+    {
+        let mut retries = 0;
+        loop {
+            let result = match tokio::time::timeout(CALL_TIMEOUT, attempt()).await {
+                Ok(result) => result.map_err(SlackApiError::from),
+                Err(_) => Err(SlackApiError::Timeout(CALL_TIMEOUT)),
+            };
+            match result {
+                Err(SlackApiError::RateLimited { retry_after })
+                    if retries < MAX_RATE_LIMIT_RETRIES =>
+                {
+                    let wait = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+                    if wait > MAX_RETRY_AFTER {
+                        return Err(SlackApiError::RateLimited { retry_after });
+                    }
+                    retries += 1;
+                    warn!(
+                        method,
+                        retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        retry = retries,
+                        "Slack rate limit; waiting Retry-After before retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Answers one Slack message: in its thread, with the progress reaction on the
+/// message while the agent works. Built per inbound message.
+pub struct ThreadSink {
+    pub api: Arc<WebApi>,
+    pub channel: String,
+    /// The thread the answer goes into (the message's `thread_ts`, else its `ts`).
+    pub thread_ts: String,
+    /// The user's message, which gets the progress reaction.
+    pub message_ts: String,
+    /// `SLACK_PROGRESS_REACTION`; `None` disables it.
+    pub reaction: Option<String>,
+    /// Told when an answer was posted, so later messages in the thread are followed.
+    pub threads: Arc<AnsweredThreads>,
+}
+
+#[async_trait]
+impl ChatSink for ThreadSink {
+    async fn working(&self) {
+        let Some(name) = &self.reaction else { return };
+        match self
+            .api
+            .add_reaction(&self.channel, &self.message_ts, name)
+            .await
+        {
+            Ok(()) => {}
+            // Another replica or an earlier attempt already put it there.
+            Err(SlackApiError::Api(code)) if code == "already_reacted" => {}
+            Err(e) => warn!(
+                slack_error = e.code(),
+                error = %e,
+                channel = %self.channel,
+                "could not add the progress reaction"
+            ),
+        }
+    }
+
+    async fn finished(&self) {
+        let Some(name) = &self.reaction else { return };
+        match self
+            .api
+            .remove_reaction(&self.channel, &self.message_ts, name)
+            .await
+        {
+            Ok(()) => {}
+            Err(SlackApiError::Api(code)) if code == "no_reaction" => {}
+            Err(e) => warn!(
+                slack_error = e.code(),
+                error = %e,
+                channel = %self.channel,
+                "could not remove the progress reaction"
+            ),
+        }
+    }
+
+    async fn send(&self, text: &str) -> Result<Vec<String>, SinkError> {
+        let converted = mrkdwn::to_mrkdwn(text);
+        let parts = split_text(&converted, MESSAGE_LIMIT);
+        if parts.is_empty() {
+            debug!(channel = %self.channel, "empty answer; nothing to post");
+        }
+        let mut posted = Vec::with_capacity(parts.len());
+        for part in &parts {
+            match self
+                .api
+                .post_in_thread(&self.channel, &self.thread_ts, part)
+                .await
+            {
+                Ok(ts) => posted.push(ts),
+                Err(e) => {
+                    warn!(
+                        slack_error = e.code(),
+                        error = %e,
+                        channel = %self.channel,
+                        thread = %self.thread_ts,
+                        posted = posted.len(),
+                        "chat.postMessage failed"
+                    );
+                    return Err(SinkError(format!("chat.postMessage: {e}")));
+                }
+            }
+        }
+        if !posted.is_empty() {
+            self.threads.mark(&self.channel, &self.thread_ts).await;
+        }
+        Ok(posted)
+    }
+}
