@@ -1,5 +1,5 @@
-//! `/healthz` (the process is alive) and `/readyz` (the store answers, every enabled
-//! part is connected, and the bridge is not shutting down).
+//! `/healthz` (the process is alive) and `/readyz` (the store and the agent answer,
+//! every enabled platform is connected, and the bridge is not shutting down).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,6 +80,8 @@ impl Readiness {
     }
 }
 
+const AGENT_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
@@ -94,6 +96,24 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Err(e) => {
             tracing::warn!(error = %e, "readiness: store unreachable");
             parts.insert("store".into(), json!("down"));
+            ready = false;
+        }
+    }
+    // The agent is reachable when `/health` answers within a short bound; a slow agent
+    // must not make the probe itself time out.
+    let agent = tokio::time::timeout(AGENT_PROBE_TIMEOUT, state.relay.agent().health()).await;
+    match agent {
+        Ok(Ok(())) => {
+            parts.insert("agent".into(), json!("up"));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: agent unhealthy");
+            parts.insert("agent".into(), json!("down"));
+            ready = false;
+        }
+        Err(_) => {
+            tracing::warn!("readiness: agent health check timed out");
+            parts.insert("agent".into(), json!("down"));
             ready = false;
         }
     }

@@ -333,3 +333,17 @@ async fn metrics_count_turns_and_agent_latency_in_prometheus_text() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn readiness_is_503_while_the_agent_is_unreachable() {
+    let dead = crate::support::agent::dead_url().await;
+    let app = TestApp::builder().var("AGENT_URL", &dead).start().await;
+    let resp = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = json_of(resp).await;
+    assert_eq!(body["parts"]["agent"], "down");
+    assert_eq!(body["parts"]["store"], "up");
+    let resp = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "alive even when not ready");
+    app.shutdown().await;
+}
