@@ -12,3 +12,4 @@ mod http_api;
 mod relay;
 mod slack;
 mod store;
+mod operate;
