@@ -14,9 +14,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentKind, Config};
 use crate::core::access::AccessSettings;
+use crate::core::ports::WebhookStore;
 use crate::core::{janitor, Agent, Relay, RelaySettings, Store};
 use crate::http::{self, AdminAuth, AppState, Readiness, RouteMounts};
-use crate::{agent, discord, slack, store};
+use crate::{agent, discord, slack, store, webhook};
 
 /// How long shutdown waits for turns in flight before giving up on them.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
@@ -24,6 +25,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// The store, the agent and the relay: what every command (run, console) needs.
 pub struct Core {
     pub store: Arc<dyn Store>,
+    /// The same store, seen through its webhook side (endpoints, delivery claims).
+    pub webhooks: Arc<dyn WebhookStore>,
     pub relay: Relay,
 }
 
@@ -36,7 +39,8 @@ impl Core {
             .await
             .context("open the store at DATABASE_URL")?;
         sql.migrate().await.context("apply store migrations")?;
-        let store: Arc<dyn Store> = Arc::new(sql);
+        let store: Arc<dyn Store> = Arc::new(sql.clone());
+        let webhooks: Arc<dyn WebhookStore> = Arc::new(sql);
         let mut agent_cfg = cfg.agent.clone();
         if let Some(kind) = agent_kind {
             agent_cfg.kind = kind;
@@ -50,6 +54,7 @@ impl Core {
             max_results: cfg.agent.max_results,
             max_concurrency: cfg.agent.max_concurrency,
             queue_capacity: RelaySettings::queue_for(cfg.agent.max_concurrency),
+            turn_hold: cfg.agent.timeout + Duration::from_secs(30),
             access: AccessSettings {
                 allowed_channels: cfg.conversation.allowed_channels.clone(),
                 blocked_users: cfg.conversation.blocked_users.clone(),
@@ -57,7 +62,11 @@ impl Core {
             },
         };
         let relay = Relay::new(agent, store.clone(), settings);
-        Ok(Core { store, relay })
+        Ok(Core {
+            store,
+            webhooks,
+            relay,
+        })
     }
 }
 
@@ -68,6 +77,8 @@ pub struct App {
     addr: SocketAddr,
     readiness: Readiness,
     shutdown_grace: Duration,
+    /// Delivers the outbox; spawned by `run`.
+    webhook_worker: webhook::Worker,
 }
 
 impl App {
@@ -77,6 +88,12 @@ impl App {
             .await
             .with_context(|| format!("bind HTTP_BIND {}", cfg.http.bind))?;
         let addr = listener.local_addr().context("read the bound address")?;
+        let webhook_worker = webhook::Worker::new(
+            core.webhooks.clone(),
+            webhook::WorkerSettings::from_config(&cfg.webhooks),
+            core.relay.metrics().clone(),
+        )
+        .context("set up the webhook delivery worker")?;
         Ok(App {
             cfg,
             core,
@@ -84,6 +101,7 @@ impl App {
             addr,
             readiness: Readiness::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            webhook_worker,
         })
     }
 
@@ -112,10 +130,24 @@ impl App {
             addr,
             readiness,
             shutdown_grace,
+            webhook_worker,
         } = self;
         let relay = core.relay.clone();
         let tasks = TaskTracker::new();
         let background = shutdown.child_token();
+
+        // The worker keeps delivering while turns drain; it stops with `background`.
+        let webhook_wake = webhook_worker.waker();
+        tasks.spawn(webhook_worker.run(background.clone()));
+        let backlog_store = core.webhooks.clone();
+        readiness.register_gauge(
+            "bridge_webhook_outbox_backlog",
+            "Webhook deliveries waiting to be delivered (pending).",
+            Arc::new(move || {
+                let store = backlog_store.clone();
+                Box::pin(async move { store.outbox_backlog().await.unwrap_or(0) })
+            }),
+        );
 
         tasks.spawn(janitor::run(
             core.store.clone(),
@@ -138,6 +170,13 @@ impl App {
         );
 
         let mut mounts = RouteMounts::default();
+        mounts.admin = mounts
+            .admin
+            .merge(http::webhooks::routes(webhook::WebhookService::new(
+                core.webhooks.clone(),
+                cfg.webhooks.allow_private_targets,
+                Some(webhook_wake),
+            )));
         if let Some(slack_cfg) = cfg.slack.clone() {
             let ready = readiness.register("slack");
             let slack_app = slack::start(

@@ -13,6 +13,8 @@
 //! - [`config`]: every environment variable, parsed once into typed sub-configs.
 //! - [`app`]: the composition root, the only place that names concrete types.
 //! - [`check`]: `agent-bridge check`, one line per configured part.
+//! - [`webhook`]: endpoint management and the delivery worker (signed, retried POSTs
+//!   of the outbox rows the store holds).
 //! - [`shutdown`], [`telemetry`]: signals and logging.
 
 pub mod agent;
@@ -27,3 +29,4 @@ pub mod shutdown;
 pub mod slack;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;

@@ -32,6 +32,9 @@ use super::ports::{
 };
 use super::sessions::SessionMap;
 
+/// How often a turn waiting behind another replica's turn asks the store again.
+const QUEUE_POLL: Duration = Duration::from_millis(20);
+
 /// What users over `USER_RATE_LIMIT` see.
 pub const RATE_LIMITED_REPLY: &str =
     "You're sending messages faster than I can answer them. Please wait a moment and try again.";
@@ -57,6 +60,10 @@ pub struct RelaySettings {
     pub queue_capacity: usize,
     /// `ALLOWED_CHANNELS`, `BLOCKED_USERS`, `USER_RATE_LIMIT`.
     pub access: AccessSettings,
+    /// How long a turn may hold its conversation's place in a shared store's queue
+    /// after the replica last showed it is alive: longer than one agent call
+    /// (`AGENT_TIMEOUT_SECS`) plus posting the answer.
+    pub turn_hold: Duration,
 }
 
 impl RelaySettings {
@@ -142,7 +149,7 @@ impl Relay {
         Relay {
             inner: Arc::new(Inner {
                 agent,
-                sessions: SessionMap::new(store.clone()),
+                sessions: SessionMap::new(store.clone(), store.is_shared()),
                 store,
                 lanes: Lanes::new(capacity),
                 permits: Semaphore::new(max_concurrency),
@@ -324,7 +331,17 @@ impl Relay {
 impl Inner {
     /// Runs a lane's turns one after another until the lane is empty.
     async fn run_lane(self: Arc<Self>, key: ConversationKey, mut turn: Turn) {
+        // With a shared store, other replicas may hold turns of this conversation too:
+        // each turn then also takes a ticket in the store's queue and waits for it.
+        let shared = self.store.is_shared();
+        let mut ticket = match shared {
+            true => self.enter_queue(&key, &turn).await,
+            false => None,
+        };
         loop {
+            if let Some(ticket) = ticket {
+                self.wait_in_queue(&key, ticket, turn.received).await;
+            }
             // Each turn runs as its own task so that a panic in one (a bug) cannot wedge
             // the conversation: the lane moves on to the next turn.
             let this = self.clone();
@@ -335,9 +352,59 @@ impl Inner {
             if let Err(e) = run.await {
                 tracing::error!(conversation = %key, error = %e, "turn task failed");
             }
-            match self.lanes.next(&key) {
-                Some(next) => turn = next,
+            let next = self.lanes.next(&key);
+            // The next local turn queues *before* this one leaves, so a later turn on
+            // another replica cannot slip in between two turns of this lane.
+            let next_ticket = match (&next, shared) {
+                (Some(next), true) => self.enter_queue(&key, next).await,
+                _ => None,
+            };
+            if let Some(ticket) = ticket {
+                if let Err(e) = self.store.turn_leave(ticket).await {
+                    warn!(error = %e, "could not leave the turn queue; the ticket will expire");
+                }
+            }
+            match next {
+                Some(next) => {
+                    turn = next;
+                    ticket = next_ticket;
+                }
                 None => return,
+            }
+        }
+    }
+
+    /// Takes a ticket for `turn` in the store's cross-replica queue. On a store error
+    /// the turn runs without one: order across replicas is then best effort, which
+    /// beats not answering.
+    async fn enter_queue(&self, key: &ConversationKey, turn: &Turn) -> Option<i64> {
+        let expires = OffsetDateTime::now_utc() + self.settings.turn_hold;
+        match self.store.turn_enter(key, turn.received, expires).await {
+            Ok(ticket) => Some(ticket),
+            Err(e) => {
+                warn!(error = %e, conversation = %key, "could not queue the turn across replicas");
+                None
+            }
+        }
+    }
+
+    /// Polls until the ticket is the oldest live one of its conversation. Each poll
+    /// extends the ticket, so a waiting turn never expires while its replica lives;
+    /// a dead replica's tickets stop counting `turn_hold` after its last poll.
+    async fn wait_in_queue(&self, key: &ConversationKey, ticket: i64, received: OffsetDateTime) {
+        loop {
+            let expires = OffsetDateTime::now_utc() + self.settings.turn_hold;
+            match self
+                .store
+                .turn_is_next(key, ticket, received, expires)
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => tokio::time::sleep(QUEUE_POLL).await,
+                Err(e) => {
+                    warn!(error = %e, conversation = %key, "turn queue unavailable; running the turn now");
+                    return;
+                }
             }
         }
     }

@@ -4,6 +4,9 @@
 //!
 //! Only a conversation's lane worker changes its entry (see `lanes`), so a
 //! read-modify-write here never races with another turn of the same conversation.
+//! With a store shared by several replicas the cache is bypassed for reads: another
+//! replica may have changed the conversation, and the cross-replica turn queue
+//! guarantees the store's copy is the latest when a turn starts.
 
 use std::sync::Arc;
 
@@ -16,13 +19,17 @@ use super::ports::{Conversation, Store, StoreError};
 pub struct SessionMap {
     cache: DashMap<ConversationKey, Conversation>,
     store: Arc<dyn Store>,
+    /// Other replicas write the same conversations: read the store on every turn
+    /// (the turn queue makes that read current) instead of trusting the cache.
+    shared: bool,
 }
 
 impl SessionMap {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, shared: bool) -> Self {
         SessionMap {
             cache: DashMap::new(),
             store,
+            shared,
         }
     }
 
@@ -34,8 +41,10 @@ impl SessionMap {
         scope: SessionScope,
         msg: &Inbound,
     ) -> Result<Conversation, StoreError> {
-        if let Some(conv) = self.cache.get(key) {
-            return Ok(conv.clone());
+        if !self.shared {
+            if let Some(conv) = self.cache.get(key) {
+                return Ok(conv.clone());
+            }
         }
         let conv = match self.store.conversation(key).await? {
             Some(conv) => conv,

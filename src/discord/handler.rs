@@ -246,12 +246,16 @@ impl EventHandler for Handler {
     }
 
     async fn message(&self, ctx: Context, msg: Message) {
-        self.relay.metrics().event_received(Platform::Discord, "MESSAGE_CREATE");
+        self.relay
+            .metrics()
+            .event_received(Platform::Discord, "MESSAGE_CREATE");
         self.on_message(&ctx.http, msg).await;
     }
 
     async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
-        self.relay.metrics().event_received(Platform::Discord, "INTERACTION_CREATE");
+        self.relay
+            .metrics()
+            .event_received(Platform::Discord, "INTERACTION_CREATE");
         if let Interaction::Command(command) = interaction {
             self.on_command(&ctx.http, command).await;
         }

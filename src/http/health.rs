@@ -23,10 +23,13 @@ type Part = (&'static str, Arc<AtomicBool>);
 pub type GaugeFn =
     Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>> + Send + Sync>;
 
+/// A registered gauge: name, help text, reader.
+type Gauge = (&'static str, &'static str, GaugeFn);
+
 #[derive(Clone, Default)]
 pub struct Readiness {
     parts: Arc<std::sync::RwLock<Vec<Part>>>,
-    gauges: Arc<std::sync::RwLock<Vec<(&'static str, &'static str, GaugeFn)>>>,
+    gauges: Arc<std::sync::RwLock<Vec<Gauge>>>,
     draining: Arc<AtomicBool>,
 }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod sessions;
+pub mod webhooks;
 
 pub use auth::AdminAuth;
 pub use health::Readiness;

@@ -9,10 +9,7 @@
 //!   and `message`) with different ids; the message's `ts` is what they share.
 //!
 //! Threads the bot answered in are remembered as `slack:thread:{channel}:{thread_ts}`
-//! sightings, with an in-memory map in front. `Store` has no plain "has this key been
-//! seen" read, so the durable check records a sighting that is already expired: by the
-//! `first_sighting` contract it answers `false` exactly when a live sighting exists,
-//! and the expired row it may leave changes nothing (the janitor purges it).
+//! sightings, with an in-memory map in front; a miss asks the store (`Store::seen`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,11 +116,9 @@ impl AnsweredThreads {
             return true;
         }
         let key = thread_key(channel, thread_ts);
-        // An expiry in the past makes this a read: see the module docs.
-        let already_expired = OffsetDateTime::now_utc() - Duration::from_secs(1);
-        match self.store.first_sighting(&key, already_expired).await {
-            Ok(true) => false,
-            Ok(false) => {
+        match self.store.seen(&key).await {
+            Ok(false) => false,
+            Ok(true) => {
                 self.remember(channel, thread_ts);
                 true
             }

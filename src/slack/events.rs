@@ -300,7 +300,10 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope, retry: Option<&s
         }
     };
     let event_id = envelope.event_id.as_deref();
-    shared.relay.metrics().event_received(Platform::Slack, &event.kind);
+    shared
+        .relay
+        .metrics()
+        .event_received(Platform::Slack, &event.kind);
     if !shared.relay.is_accepting() {
         return unavailable("shutting down");
     }

@@ -43,6 +43,13 @@ const INSERT_TRANSCRIPT: &str = "\
         (session_id, role, content, created_at, platform, channel, thread, user_id, message_id) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
+/// Two rows at once: a turn writes exactly two (the user's text and the reply), and
+/// each statement is a round-trip to the database.
+const INSERT_TRANSCRIPT_PAIR: &str = "\
+    INSERT INTO transcripts \
+        (session_id, role, content, created_at, platform, channel, thread, user_id, message_id) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9), ($10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
 const SELECT_HISTORY: &str = "\
     SELECT id, session_id, role, content, created_at, platform, channel, thread, user_id, \
            message_id \
@@ -77,6 +84,25 @@ const FIRST_SIGHTING: &str = "\
     WHERE seen_events.expires_at < $3";
 
 const PURGE_SIGHTINGS: &str = "DELETE FROM seen_events WHERE expires_at < $1";
+
+const SEEN: &str = "SELECT COUNT(*) FROM seen_events WHERE key = $1 AND expires_at >= $2";
+
+const TURN_ENTER: &str = "\
+    INSERT INTO turn_queue (conversation, received_at, expires_at) VALUES ($1, $2, $3) \
+    RETURNING id";
+
+const TURN_TOUCH: &str = "UPDATE turn_queue SET expires_at = $2 WHERE id = $1";
+
+/// Counts live tickets of the conversation ahead of this one; expired ones (a dead
+/// replica's) are ignored, and removed by the janitor's sweep.
+const TURN_AHEAD: &str = "\
+    SELECT COUNT(*) FROM turn_queue \
+    WHERE conversation = $1 AND expires_at >= $2 \
+      AND (received_at < $3 OR (received_at = $3 AND id < $4))";
+
+const TURN_LEAVE: &str = "DELETE FROM turn_queue WHERE id = $1";
+
+const PURGE_TURNS: &str = "DELETE FROM turn_queue WHERE expires_at < $1";
 
 #[derive(sqlx::FromRow)]
 struct ConversationRow {
@@ -204,6 +230,9 @@ impl Store for SqlStore {
         if commit.is_empty() {
             return Ok(());
         }
+        if let Some(batcher) = &self.batcher {
+            return batcher.commit(commit).await;
+        }
         on_pool!(self, |p| {
             async {
                 let mut tx = p.begin().await?;
@@ -221,19 +250,26 @@ impl Store for SqlStore {
                         .execute(&mut *tx)
                         .await?;
                 }
-                for t in &commit.transcript {
-                    sqlx::query(INSERT_TRANSCRIPT)
-                        .bind(&t.session_id)
-                        .bind(t.role.as_str())
-                        .bind(&t.content)
-                        .bind(to_ms(t.timestamp))
-                        .bind(t.platform.as_str())
-                        .bind(&t.channel)
-                        .bind(t.thread.as_deref())
-                        .bind(&t.user)
-                        .bind(t.message_id.as_deref())
-                        .execute(&mut *tx)
-                        .await?;
+                for pair in commit.transcript.chunks(2) {
+                    let sql = if pair.len() == 2 {
+                        INSERT_TRANSCRIPT_PAIR
+                    } else {
+                        INSERT_TRANSCRIPT
+                    };
+                    let mut q = sqlx::query(sql);
+                    for t in pair {
+                        q = q
+                            .bind(&t.session_id)
+                            .bind(t.role.as_str())
+                            .bind(&t.content)
+                            .bind(to_ms(t.timestamp))
+                            .bind(t.platform.as_str())
+                            .bind(&t.channel)
+                            .bind(t.thread.as_deref())
+                            .bind(&t.user)
+                            .bind(t.message_id.as_deref());
+                    }
+                    q.execute(&mut *tx).await?;
                 }
                 for e in &commit.events {
                     let at = to_ms(e.created_at);
@@ -294,6 +330,9 @@ impl Store for SqlStore {
         key: &str,
         expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        if let Some(batcher) = &self.batcher {
+            return batcher.first_sighting(key, to_ms(expires_at)).await;
+        }
         let now = to_ms(OffsetDateTime::now_utc());
         let changed = on_pool!(self, |p| {
             sqlx::query(FIRST_SIGHTING)
@@ -308,13 +347,90 @@ impl Store for SqlStore {
         Ok(changed > 0)
     }
 
-    async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        on_pool!(self, |p| {
-            sqlx::query(PURGE_SIGHTINGS)
-                .bind(to_ms(now))
-                .execute(p)
+    async fn seen(&self, key: &str) -> Result<bool, StoreError> {
+        let now = to_ms(OffsetDateTime::now_utc());
+        let n: i64 = on_pool!(self, |p| {
+            sqlx::query_scalar(SEEN)
+                .bind(key)
+                .bind(now)
+                .fetch_one(p)
                 .await
-                .map(|r| r.rows_affected())
+        })
+        .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    fn is_shared(&self) -> bool {
+        self.backend() == "postgres"
+    }
+
+    async fn turn_enter(
+        &self,
+        conversation: &ConversationKey,
+        received: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        on_pool!(self, |p| {
+            sqlx::query_scalar(TURN_ENTER)
+                .bind(conversation.as_str())
+                .bind(to_ms(received))
+                .bind(to_ms(expires_at))
+                .fetch_one(p)
+                .await
+        })
+        .map_err(db_err)
+    }
+
+    async fn turn_is_next(
+        &self,
+        conversation: &ConversationKey,
+        ticket: i64,
+        received: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let now = to_ms(OffsetDateTime::now_utc());
+        let ahead: i64 = on_pool!(self, |p| {
+            async {
+                sqlx::query(TURN_TOUCH)
+                    .bind(ticket)
+                    .bind(to_ms(expires_at))
+                    .execute(p)
+                    .await?;
+                sqlx::query_scalar(TURN_AHEAD)
+                    .bind(conversation.as_str())
+                    .bind(now)
+                    .bind(to_ms(received))
+                    .bind(ticket)
+                    .fetch_one(p)
+                    .await
+            }
+            .await
+        })
+        .map_err(db_err)?;
+        Ok(ahead == 0)
+    }
+
+    async fn turn_leave(&self, ticket: i64) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query(TURN_LEAVE)
+            .bind(ticket)
+            .execute(p)
+            .await
+            .map(drop))
+        .map_err(db_err)
+    }
+
+    async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        // Expired turn tickets are sightings of a kind too: a dead replica's.
+        on_pool!(self, |p| {
+            async {
+                let turns = sqlx::query(PURGE_TURNS).bind(to_ms(now)).execute(p).await?;
+                let seen = sqlx::query(PURGE_SIGHTINGS)
+                    .bind(to_ms(now))
+                    .execute(p)
+                    .await?;
+                Ok(turns.rows_affected() + seen.rows_affected())
+            }
+            .await
         })
         .map_err(db_err)
     }

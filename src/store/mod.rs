@@ -4,10 +4,13 @@
 //!
 //! # Layout
 //!
-//! - `mod.rs` (this file): connecting, migrations, the [`Pool`] enum, and the helpers
+//! - `mod.rs` (this file): connecting, migrations, the backend handle, and the helpers
 //!   every query shares (error mapping, millisecond timestamps, the `on_pool!` macro).
+//! - `batch.rs`: group commit for SQLite (`commit` and `first_sighting` batched into
+//!   one transaction of multi-row statements by a single writer task).
 //! - `chat.rs`: `impl Store for SqlStore` — conversations, transcripts, Slack event
 //!   sightings, and the outbox fan-out of `commit`.
+//! - `webhooks.rs`: endpoints, subscriptions and the delivery side of the outbox.
 //!
 //! Both backends run the **same SQL text**: sqlx's SQLite driver binds `$N` by number
 //! just as PostgreSQL does, and the schema (`migrations/{sqlite,postgres}`) keeps the
@@ -15,6 +18,23 @@
 //! `INTEGER` 0/1 for booleans). Method bodies are written once and expanded per
 //! backend by `on_pool!`, so each expansion is an ordinary monomorphic sqlx call that
 //! hits the per-connection prepared-statement cache.
+//!
+//! # Why SQLite gets a pool of one connection
+//!
+//! SQLite admits one writer at a time, so several connections only add `SQLITE_BUSY`
+//! waits between our own writers. One connection that never closes also makes
+//! `sqlite::memory:` (a database that lives exactly as long as its connection) work.
+//! sqlx's before-use ping is off for SQLite: each ping is a round-trip to the
+//! connection's worker thread and measured as a large part of a Slack event's CPU
+//! cost, and a local connection cannot be dropped by a server. Reads queue behind
+//! writes, which at a chat bridge's rate costs nothing measurable. The one rule this
+//! imposes: code holding the connection (an open transaction, a `PoolConnection`) must
+//! not call another store method, which would wait for that same connection until
+//! the acquire timeout.
+//!
+//! PostgreSQL keeps a real pool (several replicas, real concurrency) including sqlx's
+//! before-use ping, which recovers from connections the server dropped (restart,
+//! fail-over) instead of failing the next turn.
 //!
 //! What this module deliberately does not do: compile-time checked queries (there is
 //! no database at build time), schema work per call, or any webhook delivery logic
@@ -34,18 +54,20 @@ use time::OffsetDateTime;
 
 use crate::core::ports::StoreError;
 
+mod batch;
 mod chat;
+mod webhooks;
 
-/// How long a SQLite writer waits for another writer's lock before giving up.
+/// How long a SQLite statement waits for another process's lock (a second
+/// `agent-bridge migrate`, an operator's `sqlite3` shell) before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// SQLite serialises writers anyway; a few connections let readers run alongside.
-const SQLITE_MAX_CONNECTIONS: u32 = 8;
-/// How long a caller waits for a free pooled connection before the store reports
-/// itself unavailable.
+/// How long a caller waits for the pooled connection before the store reports itself
+/// unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Expands `$body` once per backend with `$pool` bound to the concrete pool, so each
 /// method is written once and still compiles to plain, monomorphic sqlx calls.
+/// `$body` must evaluate to the same type in both arms.
 macro_rules! on_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.pool {
@@ -56,10 +78,11 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// The connection pool of one backend. Public so tests (and, later, admin tooling) can
-/// run backend-specific SQL; the application only needs [`SqlStore`]'s methods.
+/// The connection pool of one backend. Public so tests and tooling can run
+/// backend-specific SQL; the application only needs [`SqlStore`]'s methods.
 #[derive(Clone)]
 pub enum Pool {
+    /// Exactly one connection (see the module docs).
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -68,6 +91,10 @@ pub enum Pool {
 #[derive(Clone)]
 pub struct SqlStore {
     pool: Pool,
+    /// SQLite only: the group-commit writer that `commit` and `first_sighting` go
+    /// through (see `batch`). `None` for PostgreSQL, whose pool already writes in
+    /// parallel, and for the writer's own fallback handle.
+    batcher: Option<std::sync::Arc<batch::Batcher>>,
 }
 
 impl fmt::Debug for SqlStore {
@@ -83,9 +110,9 @@ impl fmt::Debug for SqlStore {
 ///
 /// - `sqlite://PATH` or `sqlite:PATH`: the file is created if missing; WAL journal,
 ///   `synchronous=NORMAL`, a 5 s busy timeout and foreign keys on.
-/// - `sqlite::memory:`: a private in-memory database on one connection that is never
-///   recycled (the database lives exactly as long as that connection).
-/// - `postgres://…` or `postgresql://…`.
+/// - `sqlite::memory:`: a private in-memory database that lives as long as the store.
+/// - `postgres://…` or `postgresql://…`: a pool; one connection is opened here so that
+///   a wrong host, password or database name fails now, with the server's reason.
 ///
 /// Errors never contain the URL, so they are safe to log even when it holds a password.
 /// Migrations are not run here; call [`SqlStore::migrate`].
@@ -101,38 +128,43 @@ pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
             describe_scheme(url)
         )));
     };
-    Ok(SqlStore { pool })
+    let batcher = match &pool {
+        Pool::Sqlite(sqlite) => {
+            let direct = SqlStore {
+                pool: pool.clone(),
+                batcher: None,
+            };
+            Some(std::sync::Arc::new(batch::Batcher::start(
+                sqlite.clone(),
+                direct,
+            )))
+        }
+        Pool::Postgres(_) => None,
+    };
+    Ok(SqlStore { pool, batcher })
 }
 
 async fn connect_sqlite(url: &str) -> Result<SqlitePool, StoreError> {
-    let options = SqliteConnectOptions::from_str(url)
+    let mut options = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Unavailable(format!("DATABASE_URL is not a SQLite URL: {e}")))?
         .foreign_keys(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT);
-    let in_memory = is_sqlite_memory(url);
-    let pool = if in_memory {
-        // An in-memory database disappears with its last connection, so the pool keeps
-        // exactly one connection open for its whole life.
-        SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-    } else {
-        let options = options
+    if !is_sqlite_memory(url) {
+        options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal);
-        SqlitePoolOptions::new()
-            .max_connections(SQLITE_MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-    };
-    pool.map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))
+    }
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .test_before_acquire(false)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))
 }
 
 fn is_sqlite_memory(url: &str) -> bool {
@@ -150,7 +182,7 @@ async fn connect_postgres(url: &str) -> Result<PgPool, StoreError> {
         .connect()
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-    // The probe only tells us the server is reachable; it is not needed afterwards.
+    // The probe only proves the server accepts us; the pool opens its own connections.
     let _ = probe.close().await;
     Ok(PgPoolOptions::new()
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -177,8 +209,8 @@ fn describe_scheme(url: &str) -> String {
 /// Migrations for one backend. Missing migrations are ignored so that, during a
 /// rolling upgrade, an older replica keeps running against a schema a newer one has
 /// already extended (every migration must therefore be additive).
-fn migrator(backend: &Pool) -> Migrator {
-    let mut m = match backend {
+fn migrator(pool: &Pool) -> Migrator {
+    let mut m = match pool {
         Pool::Sqlite(_) => sqlx::migrate!("migrations/sqlite"),
         Pool::Postgres(_) => sqlx::migrate!("migrations/postgres"),
     };
@@ -219,7 +251,9 @@ impl SqlStore {
         .map_err(db_err)
     }
 
-    /// Closes every pooled connection, waiting for checked-out ones to come back.
+    /// Closes every pooled connection, waiting for checked-out ones to come back
+    /// (closing SQLite's checkpoints its WAL). Later calls fail with
+    /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
         on_pool!(self, |p| p.close().await)
     }

@@ -65,6 +65,29 @@ async fn postgres_store_keeps_data_across_restarts() {
     pg.remove().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_sqlite_file_agree_on_the_first_sighting() {
+    // Two processes (or a `migrate` run next to a server) share one file: the unique
+    // key decides between their connections, with the busy timeout absorbing the lock.
+    let (_dir, url) = db::sqlite_file_url().await;
+    let a = open(&url).await;
+    let b = open(&url).await;
+    let expires = OffsetDateTime::now_utc() + Duration::hours(1);
+
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { s.first_sighting("slack:EvShared", expires).await })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap().unwrap());
+    }
+
+    assert_eq!(winners, 1);
+}
+
 #[tokio::test]
 async fn two_memory_stores_are_separate_databases() {
     let a = open("sqlite::memory:").await;
@@ -168,6 +191,64 @@ async fn store_contract(s: &SqlStore) {
     commit_fans_events_out_to_subscribed_enabled_endpoints(s).await;
     unknown_stored_values_are_reported_as_corrupt(s).await;
     concurrent_sightings_of_one_key_have_exactly_one_winner(s).await;
+    seen_reads_a_live_sighting_without_writing(s).await;
+    the_turn_queue_is_ordered_by_arrival_and_skips_expired_tickets(s).await;
+}
+
+async fn seen_reads_a_live_sighting_without_writing(s: &SqlStore) {
+    let now = OffsetDateTime::now_utc();
+    assert!(!s.seen("seen:a").await.unwrap());
+    assert!(!s.seen("seen:a").await.unwrap(), "reading does not record");
+    assert!(s
+        .first_sighting("seen:a", now + Duration::seconds(60))
+        .await
+        .unwrap());
+    assert!(s.seen("seen:a").await.unwrap());
+    assert!(s
+        .first_sighting("seen:old", now - Duration::seconds(1))
+        .await
+        .unwrap());
+    assert!(
+        !s.seen("seen:old").await.unwrap(),
+        "an expired sighting is not seen"
+    );
+}
+
+async fn the_turn_queue_is_ordered_by_arrival_and_skips_expired_tickets(s: &SqlStore) {
+    let key = ConversationKey::from_stored("slack/T/queue");
+    let other = ConversationKey::from_stored("slack/T/other");
+    let now = OffsetDateTime::now_utc();
+    let live = now + Duration::seconds(60);
+    let t1 = now - Duration::milliseconds(30);
+    let t2 = now - Duration::milliseconds(20);
+    // Taken out of arrival order: the later message's ticket first.
+    let second = s.turn_enter(&key, t2, live).await.unwrap();
+    let first = s.turn_enter(&key, t1, live).await.unwrap();
+    let elsewhere = s.turn_enter(&other, t2, live).await.unwrap();
+    assert!(s.turn_is_next(&key, first, t1, live).await.unwrap());
+    assert!(!s.turn_is_next(&key, second, t2, live).await.unwrap());
+    assert!(
+        s.turn_is_next(&other, elsewhere, t2, live).await.unwrap(),
+        "conversations are independent"
+    );
+    s.turn_leave(first).await.unwrap();
+    assert!(s.turn_is_next(&key, second, t2, live).await.unwrap());
+
+    // A dead replica's ticket stops counting once it expires.
+    let dead = s
+        .turn_enter(&key, t1, now - Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(
+        s.turn_is_next(&key, second, t2, live).await.unwrap(),
+        "ticket {dead} expired"
+    );
+    assert!(
+        s.purge_sightings(OffsetDateTime::now_utc()).await.unwrap() >= 1,
+        "the janitor removes it"
+    );
+    s.turn_leave(second).await.unwrap();
+    s.turn_leave(elsewhere).await.unwrap();
 }
 
 async fn migrating_again_is_harmless(s: &SqlStore) {
@@ -676,85 +757,5 @@ async fn count(s: &SqlStore, sql: &str) -> i64 {
     match s.pool() {
         Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
         Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-    }
-}
-
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_bench() {
-    for url in ["file", "sqlite::memory:", "pg"] {
-        let (_dir, fileurl) = db::sqlite_file_url().await;
-        let pg = if url == "pg" {
-            PgSchema::create().await
-        } else {
-            None
-        };
-        let u = match url {
-            "file" => fileurl.clone(),
-            "pg" => match &pg {
-                Some(p) => p.url.clone(),
-                None => continue,
-            },
-            u => u.to_string(),
-        };
-        let s = open(&u).await;
-        s.execute_raw("INSERT INTO webhook_endpoints (id, url, ordered, secret, enabled, created_at) VALUES ('e1','http://x',0,'w',1,0); INSERT INTO webhook_subscriptions VALUES ('e1','*');").await.unwrap();
-        let n = 3000;
-        let run = |i: usize| {
-            let s = s.clone();
-            async move {
-                let now = OffsetDateTime::now_utc();
-                assert!(s
-                    .first_sighting(&format!("slack:Ev{i}"), now + Duration::hours(1))
-                    .await
-                    .unwrap());
-                let c = conv(&format!("slack/T/C{}", i % 50), Some("sess"), now);
-                let ev = OutboxEvent::new(
-                    EventKind::Conversation,
-                    Some(c.key.to_string()),
-                    &json!({"q": "hello there", "r": "a reply of some length"}),
-                    now,
-                );
-                s.commit(Commit {
-                    conversations: vec![c],
-                    transcript: vec![
-                        entry("sess", Role::User, "hello there", now),
-                        entry("sess", Role::Assistant, "a reply", now),
-                    ],
-                    events: vec![ev],
-                })
-                .await
-                .unwrap();
-            }
-        };
-        for i in 0..200 {
-            run(i).await;
-        }
-        let t0 = std::time::Instant::now();
-        let c0 = cpu_ticks();
-        for i in 200..200 + n {
-            run(i).await;
-        }
-        let wall = t0.elapsed();
-        let cpu = cpu_ticks() - c0;
-        eprintln!(
-            "BENCH {url}: wall {:?}/iter, cpu {} us/iter",
-            wall / n as u32,
-            cpu as f64 * 10_000.0 / n as f64
-        );
-        s.close().await;
-        if let Some(p) = pg {
-            p.remove().await;
-        }
     }
 }

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod db;
 pub mod discord;
+pub mod receiver;
 pub mod slack;
 
 use std::collections::HashMap;
