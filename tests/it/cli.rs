@@ -219,3 +219,65 @@ async fn check_prints_one_line_per_part_and_fails_on_a_dead_agent() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn check_reaches_slack_and_discord_and_prints_the_invite_url() {
+    use crate::support::discord::{FakeDiscord, BOT_ID};
+    use crate::support::slack::FakeSlack;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    let discord = FakeDiscord::start().await;
+    let out = bridge(dir.path())
+        .arg("check")
+        .env("AGENT_URL", agent.url())
+        .env("SLACK_BOT_TOKEN", "xoxb-check-token")
+        .env("SLACK_SIGNING_SECRET", "check-secret")
+        .env("SLACK_API_BASE", slack.api_base())
+        .env("DISCORD_TOKEN", "discord-check-token")
+        .env("DISCORD_API_BASE", discord.url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let slack_line = stdout.lines().find(|l| l.contains("slack")).unwrap();
+    assert!(
+        slack_line.starts_with("ok") && slack_line.contains("all scopes granted"),
+        "{slack_line}"
+    );
+    let discord_line = stdout.lines().find(|l| l.contains("discord")).unwrap();
+    let invite = format!(
+        "client_id={BOT_ID}&scope=bot%20applications.commands&permissions={}",
+        agent_bridge::check::DISCORD_PERMISSIONS
+    );
+    assert!(
+        discord_line.starts_with("ok") && discord_line.contains(&invite),
+        "{discord_line}"
+    );
+    assert!(!stdout.contains("xoxb-check-token") && !stdout.contains("discord-check-token"));
+
+    // A Slack token the workspace refuses fails the check with Slack's reason.
+    slack.fail("auth.test", "invalid_auth");
+    let out = bridge(dir.path())
+        .arg("check")
+        .env("AGENT_URL", agent.url())
+        .env("SLACK_BOT_TOKEN", "xoxb-check-token")
+        .env("SLACK_SIGNING_SECRET", "check-secret")
+        .env("SLACK_API_BASE", slack.api_base())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("invalid_auth")),
+        "{stdout}"
+    );
+}

@@ -591,3 +591,29 @@ async fn slash_reset_and_personality_are_the_chat_commands() {
     assert!(app.agent.requests_to("/conversation").is_empty());
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn only_allowed_channels_are_answered_and_blocked_users_never() {
+    let (fake, app) = start(&[
+        ("ALLOWED_CHANNELS", "2001"),
+        ("BLOCKED_USERS", "3000000000000000666"),
+    ])
+    .await;
+    fake.guild_message("2002", USER, &format!("{} elsewhere", fake.mention()))
+        .await;
+    fake.guild_message(
+        "2001",
+        "3000000000000000666",
+        &format!("{} blocked", fake.mention()),
+    )
+    .await;
+    fake.guild_message("2001", USER, &format!("{} allowed", fake.mention()))
+        .await;
+    let posts = fake.wait_messages(1, WAIT).await;
+    assert_eq!(posts[0].path, "/channels/2001/messages");
+    assert_eq!(posts[0].content(), "answer to: allowed");
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(fake.messages().len(), 1, "{:#?}", fake.messages());
+    assert_eq!(app.agent.requests_to("/conversation").len(), 1);
+    app.shutdown().await;
+}

@@ -663,3 +663,40 @@ async fn events_while_shutting_down_get_503() {
     s.agent_calls_stay(0).await;
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn blocked_users_and_channels_outside_allowed_channels_get_no_answer() {
+    let s = Setup::with(&[("BLOCKED_USERS", "U666"), ("ALLOWED_CHANNELS", "C1,D1")]).await;
+    let blocked = EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> hi")).user("U666");
+    assert_eq!(s.send_event(&blocked).await, 200);
+    let elsewhere = EventBuilder::app_mention("C2", &format!("<@{BOT_USER}> hi"));
+    assert_eq!(s.send_event(&elsewhere).await, 200);
+    s.agent_calls_stay(0).await;
+    let allowed = EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> hi"));
+    assert_eq!(s.send_event(&allowed).await, 200);
+    let posts = s.slack.wait_for("chat.postMessage", 1, WAIT).await;
+    assert_eq!(posts[0].param("channel").as_deref(), Some("C1"));
+    s.slack.assert_stays("chat.postMessage", 1, QUIET).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_user_over_the_rate_limit_is_told_so_in_the_thread() {
+    let s = Setup::with(&[("USER_RATE_LIMIT", "1/min")]).await;
+    for text in ["one", "two"] {
+        let ev = EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> {text}"));
+        assert_eq!(s.send_event(&ev).await, 200);
+    }
+    let posts = s.slack.wait_for("chat.postMessage", 2, WAIT).await;
+    let texts: Vec<_> = posts.iter().map(|p| p.text()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("answer to: one")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("faster than I can answer")),
+        "{texts:?}"
+    );
+    s.agent_calls_stay(1).await;
+    s.shutdown().await;
+}
