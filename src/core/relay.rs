@@ -571,15 +571,7 @@ impl Inner {
             },
             now,
         );
-        self.store
-            .commit(Commit {
-                conversations: vec![conv.clone()],
-                transcript: vec![],
-                events: vec![event],
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.sessions.put(conv);
+        self.save(conv, event).await?;
         Ok("Done. Your next message starts a new conversation.".into())
     }
 
@@ -653,18 +645,22 @@ impl Inner {
             },
             now,
         );
-        self.store
-            .commit(Commit {
-                conversations: vec![conv.clone()],
-                transcript: vec![],
-                events: vec![event],
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.sessions.put(conv);
+        self.save(conv, event).await?;
         Ok(format!(
             "From now on this conversation uses the personality `{id}`."
         ))
+    }
+
+    /// Commits a command's change of a conversation with its event, then caches it.
+    async fn save(&self, conv: Conversation, event: OutboxEvent) -> Result<(), String> {
+        let commit = Commit {
+            conversations: vec![conv.clone()],
+            transcript: vec![],
+            events: vec![event],
+        };
+        self.store.commit(commit).await.map_err(|e| e.to_string())?;
+        self.sessions.put(conv);
+        Ok(())
     }
 
     async fn load(&self, key: &ConversationKey, msg: &Inbound) -> Result<Conversation, String> {
