@@ -52,14 +52,15 @@ impl Dedupe {
         ts: &str,
     ) -> Result<bool, StoreError> {
         let expires = OffsetDateTime::now_utc() + EVENT_TTL;
+        // Both keys in one store round-trip: the event id (retries, duplicates) and
+        // the message (the app_mention + message pair). Recording the message key of
+        // a retried event changes nothing: its first delivery recorded it already.
+        let mut keys = Vec::with_capacity(2);
         if let Some(id) = event_id {
-            if !self.store.first_sighting(&event_key(id), expires).await? {
-                return Ok(false);
-            }
+            keys.push(event_key(id));
         }
-        self.store
-            .first_sighting(&message_key(channel, ts), expires)
-            .await
+        keys.push(message_key(channel, ts));
+        self.store.first_sightings(&keys, expires).await
     }
 }
 

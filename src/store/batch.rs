@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 256;
 enum Op {
     Commit(Commit, oneshot::Sender<Result<(), StoreError>>),
     Sighting {
-        key: String,
+        keys: Vec<String>,
         expires_at: i64,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
@@ -57,15 +57,16 @@ impl Batcher {
         answer.await.map_err(|_| closed())?
     }
 
-    pub(crate) async fn first_sighting(
+    /// `true` when every key was a first sighting.
+    pub(crate) async fn first_sightings(
         &self,
-        key: &str,
+        keys: Vec<String>,
         expires_at: i64,
     ) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.ops
             .send(Op::Sighting {
-                key: key.to_string(),
+                keys,
                 expires_at,
                 reply,
             })
@@ -98,12 +99,12 @@ async fn writer(pool: SqlitePool, direct: SqlStore, mut rx: mpsc::UnboundedRecei
                             let _ = reply.send(direct.commit(commit).await);
                         }
                         Op::Sighting {
-                            key,
+                            keys,
                             expires_at,
                             reply,
                         } => {
                             let result = match super::from_ms(expires_at) {
-                                Ok(at) => direct.first_sighting(&key, at).await,
+                                Ok(at) => direct.first_sightings(&keys, at).await,
                                 Err(e) => Err(e),
                             };
                             let _ = reply.send(result);
@@ -125,9 +126,13 @@ fn answer(batch: &mut Vec<Op>, first: &HashSet<String>) {
             Op::Commit(_, reply) => {
                 let _ = reply.send(Ok(()));
             }
-            Op::Sighting { key, reply, .. } => {
-                let is_first = first.contains(&key) && answered.insert(key);
-                let _ = reply.send(Ok(is_first));
+            Op::Sighting { keys, reply, .. } => {
+                // Short-circuits: a key after one that was not first stays unclaimed
+                // for a later caller in the batch, which the database did record.
+                let all_first = keys
+                    .into_iter()
+                    .all(|key| first.contains(&key) && answered.insert(key));
+                let _ = reply.send(Ok(all_first));
             }
         }
     }
@@ -143,10 +148,12 @@ async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, Store
     let mut sightings: HashMap<&str, i64> = HashMap::new();
     for op in batch {
         if let Op::Sighting {
-            key, expires_at, ..
+            keys, expires_at, ..
         } = op
         {
-            sightings.entry(key.as_str()).or_insert(*expires_at);
+            for key in keys {
+                sightings.entry(key.as_str()).or_insert(*expires_at);
+            }
         }
     }
     let mut first = HashSet::new();

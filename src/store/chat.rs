@@ -331,7 +331,9 @@ impl Store for SqlStore {
         expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         if let Some(batcher) = &self.batcher {
-            return batcher.first_sighting(key, to_ms(expires_at)).await;
+            return batcher
+                .first_sightings(vec![key.to_string()], to_ms(expires_at))
+                .await;
         }
         let now = to_ms(OffsetDateTime::now_utc());
         let changed = on_pool!(self, |p| {
@@ -345,6 +347,23 @@ impl Store for SqlStore {
         })
         .map_err(db_err)?;
         Ok(changed > 0)
+    }
+
+    async fn first_sightings(
+        &self,
+        keys: &[String],
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        if let Some(batcher) = &self.batcher {
+            return batcher
+                .first_sightings(keys.to_vec(), to_ms(expires_at))
+                .await;
+        }
+        let mut all_new = true;
+        for key in keys {
+            all_new &= self.first_sighting(key, expires_at).await?;
+        }
+        Ok(all_new)
     }
 
     async fn seen(&self, key: &str) -> Result<bool, StoreError> {
