@@ -281,3 +281,27 @@ async fn check_reaches_slack_and_discord_and_prints_the_invite_url() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn the_console_honours_the_rate_limit_like_any_platform() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bridge(dir.path())
+        .args(["console", "--agent", "echo"])
+        .env("USER_RATE_LIMIT", "1/min")
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first\nsecond\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("agent> echo (turn 1): first"), "{stdout}");
+    assert!(stdout.contains("faster than I can answer"), "{stdout}");
+    assert!(
+        !stdout.contains("second"),
+        "the second line never reached the agent: {stdout}"
+    );
+}
