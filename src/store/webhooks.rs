@@ -28,9 +28,10 @@
 //! worker whose lease expired and whose row was re-claimed cannot overwrite the new
 //! holder's state.
 //!
-//! The two claim statements differ only in those locking details and in how the
-//! "skip these endpoints" list is passed (`json_each` vs. a `text[]`); every other
-//! statement is shared text, expanded per backend by `on_pool!`.
+//! The two claim statements differ only in those locking details, in how the "skip
+//! these endpoints" list is passed (`json_each` vs. a `text[]`) and in SQLite's
+//! `INDEXED BY` (the index comes from migration 0004); every other statement is shared
+//! text, expanded per backend by `on_pool!`.
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -94,37 +95,54 @@ const SET_ENABLED: &str =
     "UPDATE webhook_endpoints SET enabled = $2, disabled_reason = $3 WHERE id = $1";
 
 /// The due-row predicate shared by both claim statements (`d` is the candidate row,
-/// `$1` now). The ordered check reads only pending rows, through the partial index
+/// `$1` now; `skipped` is the backend's "id is in the `$4` skip list" test).
+///
+/// It is shaped for the partial index `webhook_deliveries_pending_due (endpoint_id,
+/// next_attempt_at) WHERE status = 'pending'`: the candidates are looked up endpoint
+/// by endpoint, only for endpoints that are enabled and not skipped. So a large
+/// backlog of a skipped (saturated, e.g. hanging) endpoint is never scanned — with a
+/// single `(status, next_attempt_at)` range every claim would wade through it. There
+/// is deliberately no `ORDER BY` across endpoints: within one endpoint the index hands
+/// rows out oldest first, and the worker skips an endpoint once it holds a window of
+/// its rows, so no endpoint can monopolise the claims.
+///
+/// The ordered check reads only pending rows, through the partial index
 /// `webhook_deliveries_pending_order`.
 macro_rules! due_rows {
-    () => {
-        "d.status = 'pending' \
-         AND d.next_attempt_at <= $1 \
-         AND (d.locked_until IS NULL OR d.locked_until <= $1) \
-         AND EXISTS ( \
-             SELECT 1 FROM webhook_endpoints e \
-             WHERE e.id = d.endpoint_id AND e.enabled = 1 \
-               AND (e.ordered = 0 OR d.ordering_key IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM webhook_deliveries p \
-                   WHERE p.endpoint_id = d.endpoint_id \
-                     AND p.ordering_key = d.ordering_key \
-                     AND p.status = 'pending' \
-                     AND p.id < d.id)))"
+    ($skipped:literal) => {
+        concat!(
+            "d.status = 'pending' \
+             AND d.endpoint_id IN ( \
+                 SELECT e.id FROM webhook_endpoints e \
+                 WHERE e.enabled = 1 AND NOT ",
+            $skipped,
+            ") \
+             AND d.next_attempt_at <= $1 \
+             AND (d.locked_until IS NULL OR d.locked_until <= $1) \
+             AND (d.ordering_key IS NULL \
+                  OR NOT EXISTS (SELECT 1 FROM webhook_endpoints o \
+                                 WHERE o.id = d.endpoint_id AND o.ordered = 1) \
+                  OR NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
+                                 WHERE p.endpoint_id = d.endpoint_id \
+                                   AND p.ordering_key = d.ordering_key \
+                                   AND p.status = 'pending' \
+                                   AND p.id < d.id))"
+        )
     };
 }
 
 /// `$1` now, `$2` the lease, `$3` the limit, `$4` a JSON array of endpoint ids to skip.
 /// The body comes back with the row (a correlated subquery in `RETURNING`), so a claim
-/// is one round-trip.
+/// is one round-trip. `INDEXED BY` pins the plan described at [`due_rows`] (without
+/// statistics SQLite would prefer `webhook_deliveries_due`), and turns a missing index
+/// into an error instead of a silent slowdown.
 const CLAIM_SQLITE: &str = concat!(
     "UPDATE webhook_deliveries SET locked_until = $2, updated_at = $1 \
      WHERE id IN ( \
-         SELECT d.id FROM webhook_deliveries d \
+         SELECT d.id FROM webhook_deliveries d INDEXED BY webhook_deliveries_pending_due \
          WHERE ",
-    due_rows!(),
-    " AND d.endpoint_id NOT IN (SELECT value FROM json_each($4)) \
-         ORDER BY d.next_attempt_at, d.id \
-         LIMIT $3) \
+    due_rows!("e.id IN (SELECT value FROM json_each($4))"),
+    " LIMIT $3) \
      RETURNING id, event_id, endpoint_id, attempts, \
          (SELECT ev.body FROM webhook_events ev \
           WHERE ev.id = webhook_deliveries.event_id) AS body"
@@ -136,11 +154,9 @@ const CLAIM_POSTGRES: &str = concat!(
     "WITH due AS ( \
          SELECT d.id FROM webhook_deliveries d \
          WHERE ",
-    due_rows!(),
-    " AND NOT (d.endpoint_id = ANY($4)) \
-         ORDER BY d.next_attempt_at, d.id \
-         LIMIT $3 \
-         FOR UPDATE SKIP LOCKED) \
+    due_rows!("(e.id = ANY($4))"),
+    " LIMIT $3 \
+         FOR UPDATE OF d SKIP LOCKED) \
      UPDATE webhook_deliveries w SET locked_until = $2, updated_at = $1 \
      FROM due WHERE w.id = due.id \
      RETURNING w.id, w.event_id, w.endpoint_id, w.attempts, \

@@ -74,6 +74,9 @@ const RESULT_QUEUE: usize = 4096;
 /// Results written per recorder transaction at most.
 const RECORD_BATCH: usize = 512;
 
+/// How long the recorder waits for more results before writing a batch.
+const RECORD_LINGER: Duration = Duration::from_millis(2);
+
 /// Tuning of the worker. [`WorkerSettings::from_config`] fills it from
 /// `WEBHOOK_*`; the rest are defaults sized for one process on a small machine.
 #[derive(Debug, Clone)]
@@ -147,10 +150,10 @@ struct Shared {
     /// it. An entry lives while rows are held, so the map stays as small as the set of
     /// endpoints with work in flight.
     slots: Mutex<HashMap<String, Slot>>,
-    /// Claimed rows whose delivery has not ended: id → lease (renewals update it).
-    /// An entry leaves when its delivery ends, so what remains after abandoned
-    /// deliveries at shutdown is exactly what to give back to the store.
-    held: Mutex<HashMap<i64, i64>>,
+    /// Claimed rows whose delivery has not ended: id → the lease values the row may
+    /// carry in the store. An entry leaves when its delivery ends, so what remains
+    /// after abandoned deliveries at shutdown is exactly what to give back.
+    held: Mutex<HashMap<i64, Leases>>,
     /// Live [`Hold`]s (rows counted against the bounds), readable without a lock on
     /// the claim path.
     held_total: AtomicUsize,
@@ -158,6 +161,24 @@ struct Shared {
     /// keeps one permit when nobody waits, so a poke between a claim and the next
     /// wait is not lost.
     wake: Arc<Notify>,
+}
+
+/// The lease of a held row, and the one a renewal in flight may have written: a
+/// delivery abandoned during `renew_lease` leaves it unknown which of the two the
+/// store holds, so shutdown presents both when it releases the row.
+#[derive(Debug, Clone, Copy)]
+struct Leases {
+    current: i64,
+    renewing: Option<i64>,
+}
+
+impl Leases {
+    fn held(current: i64) -> Self {
+        Leases {
+            current,
+            renewing: None,
+        }
+    }
 }
 
 struct Slot {
@@ -230,19 +251,24 @@ impl Worker {
             let shared = shared.clone();
             tasks.spawn(async move { shared.deliver(row, target).await });
         }
-        let mut results = Vec::with_capacity(n);
+        // Each result is written as soon as its attempt ends, as the running worker's
+        // recorder would: a row must not sit finished but unmarked while its lease
+        // runs out behind a slower one.
         while let Some(joined) = tasks.join_next().await {
             if let Ok(Some(result)) = joined {
-                results.push(result);
+                shared
+                    .store
+                    .record_results(std::slice::from_ref(&result))
+                    .await?;
             }
         }
-        shared.store.record_results(&results).await?;
         Ok(n)
     }
 
     /// Delivers until `shutdown` is cancelled; then lets requests in flight finish for
     /// [`WorkerSettings::shutdown_grace`], writes their results, and releases the
     /// leases of the rest so the next start sends them at once.
+    #[tracing::instrument(name = "webhook_worker", skip_all)]
     pub async fn run(self, shutdown: CancellationToken) {
         let shared = self.shared;
         let (results_tx, results_rx) = mpsc::channel(RESULT_QUEUE);
@@ -323,6 +349,11 @@ impl Worker {
             .await
             .is_err()
         {
+            // Rows still queued must not start as the abandoned requests free their
+            // permits: close the semaphores first, then cut the requests short.
+            for slot in lock(&shared.slots).values() {
+                slot.permits.close();
+            }
             abandon.cancel();
             deliveries.wait().await;
         }
@@ -331,9 +362,16 @@ impl Worker {
         if let Err(e) = recorder.await {
             warn!(error = %e, "webhook recorder task failed");
         }
-        let leftover: Vec<(i64, i64)> = lock(&shared.held).drain().collect();
+        let leftover: Vec<(i64, Leases)> = lock(&shared.held).drain().collect();
         if !leftover.is_empty() {
-            match shared.store.release_deliveries(&leftover).await {
+            // Every lease value the row may carry; only the one it does matches.
+            let pairs: Vec<(i64, i64)> = leftover
+                .iter()
+                .flat_map(|&(id, l)| {
+                    std::iter::once((id, l.current)).chain(l.renewing.map(|r| (id, r)))
+                })
+                .collect();
+            match shared.store.release_deliveries(&pairs).await {
                 Ok(()) => info!(
                     released = leftover.len(),
                     "webhook deliveries released for the next start"
@@ -445,7 +483,7 @@ impl Shared {
                 .entry(row.endpoint_id.clone())
                 .or_insert_with(|| Arc::new(Target::new(endpoint, slot.permits.clone(), now)))
                 .clone();
-            held.insert(row.id, row.lease);
+            held.insert(row.id, Leases::held(row.lease));
             self.held_total.fetch_add(1, Ordering::AcqRel);
             out.push((
                 Held {
@@ -461,28 +499,39 @@ impl Shared {
         Ok(out)
     }
 
-    /// One attempt of one row, see [`Shared::deliver_inner`]. However it ends — unless
-    /// the future is dropped (abandoned at shutdown) — the row leaves `held`: either the
-    /// recorder now owns its fate, or its lease is lost or left to expire.
+    /// One attempt of one row, see [`Shared::deliver_inner`]. Unless it is abandoned
+    /// (shutdown closed the semaphore, or dropped this future), the row leaves `held`:
+    /// either the recorder now owns its fate, or its lease is lost or left to expire.
+    /// An abandoned row stays in `held` and is released by shutdown.
     async fn deliver(self: Arc<Self>, held: Held, target: Arc<Target>) -> Option<DeliveryResult> {
         let id = held.row.id;
-        let result = self.clone().deliver_inner(held, target).await;
-        lock(&self.held).remove(&id);
-        result
+        match self.clone().deliver_inner(held, target).await {
+            Ok(result) => {
+                lock(&self.held).remove(&id);
+                result
+            }
+            Err(Abandoned) => None,
+        }
     }
 
     /// Waits for the endpoint's semaphore, renews the lease if the wait ate into it,
-    /// sends, and decides what the outcome means. `None` when the lease was lost
+    /// sends, and decides what the outcome means. `Ok(None)` when the lease was lost
     /// meanwhile (another worker owns the row now).
     async fn deliver_inner(
         self: Arc<Self>,
         held: Held,
         target: Arc<Target>,
-    ) -> Option<DeliveryResult> {
+    ) -> Result<Option<DeliveryResult>, Abandoned> {
         let Held { hold, mut row } = held;
-        // FIFO per endpoint; the semaphore is never closed, so this cannot fail (if it
-        // did, the row would be left to its lease).
-        let _permit = target.permits.clone().acquire_owned().await.ok()?;
+        // FIFO per endpoint. Shutdown closes the semaphores first, so rows still
+        // queued give up here instead of starting (and renewing) as the abandoned
+        // requests free their permits.
+        let _permit = target
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Abandoned)?;
 
         let lease = self.settings.lease();
         let now_ms = unix_ms(OffsetDateTime::now_utc());
@@ -492,18 +541,25 @@ impl Shared {
             // Queued long enough that the request might outlive the lease: extend it,
             // presenting the old one so a lost lease is noticed.
             let until = now_ms.saturating_add(lease_ms);
+            lock(&self.held).insert(
+                row.id,
+                Leases {
+                    current: row.lease,
+                    renewing: Some(until),
+                },
+            );
             match self.store.renew_lease(row.id, row.lease, until).await {
                 Ok(true) => {
-                    lock(&self.held).insert(row.id, until);
+                    lock(&self.held).insert(row.id, Leases::held(until));
                     row.lease = until;
                 }
                 Ok(false) => {
                     debug!(delivery = row.id, "webhook lease lost while queued");
-                    return None;
+                    return Ok(None);
                 }
                 Err(e) => {
                     warn!(error = %e, delivery = row.id, "could not renew a webhook lease");
-                    return None;
+                    return Ok(None);
                 }
             }
         }
@@ -522,7 +578,7 @@ impl Shared {
             warn!(endpoint = %target.endpoint_id, "webhook endpoint answered 410 Gone; disabled");
         }
         drop(hold);
-        Some(DeliveryResult {
+        Ok(Some(DeliveryResult {
             delivery_id: row.id,
             endpoint_id: target.endpoint_id.clone(),
             lease: row.lease,
@@ -530,7 +586,7 @@ impl Shared {
             next_attempt_at: plan.next_attempt_at,
             attempt: attempt.record,
             disable_endpoint: plan.disable_reason,
-        })
+        }))
     }
 
     /// Sends the request and reads the answer; never fails, every problem becomes the
@@ -634,6 +690,9 @@ impl Shared {
         })
     }
 }
+
+/// A delivery given up at shutdown; its row is released rather than left to its lease.
+struct Abandoned;
 
 /// A claimed row and the worker's hold on it.
 struct Held {
@@ -785,12 +844,27 @@ fn truncate_utf8(bytes: &[u8], limit: usize) -> String {
 }
 
 /// Writes results in batches, one transaction each, until every sender is gone.
+///
+/// After the first result of a batch arrives it waits [`RECORD_LINGER`] for more
+/// (unless the batch is already full): under load this turns hundreds of one-row
+/// transactions a second into a few large ones, which matters because every write
+/// transaction takes SQLite's single write lock that turns also need. The linger only
+/// delays marking (what an ordered endpoint's next row waits for), never a send.
 async fn record_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<DeliveryResult>) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     loop {
         batch.clear();
         if rx.recv_many(&mut batch, RECORD_BATCH).await == 0 {
             return;
+        }
+        if batch.len() < RECORD_BATCH {
+            tokio::time::sleep(RECORD_LINGER).await;
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(result) => batch.push(result),
+                    Err(_) => break,
+                }
+            }
         }
         write_results(&shared, &batch).await;
         // An ordered endpoint's next row (or a retry due at once) may be claimable now.

@@ -240,7 +240,8 @@ async fn a_receiver_failing_twice_then_succeeding_gets_three_attempts_with_the_s
     let app = app_with(&[("WEBHOOK_RETRY_SCHEDULE", "300ms,600ms")]).await;
     let rx = Receiver::start().await;
     rx.push(Reply::status(500));
-    rx.push(Reply::status(502));
+    // A redirect is a failure, never followed.
+    rx.push(Reply::redirect("/elsewhere"));
     let created = register(&app, json!({"url": rx.url(), "events": ["*"]})).await;
     let secret = created["secret"].as_str().unwrap();
 
@@ -257,7 +258,7 @@ async fn a_receiver_failing_twice_then_succeeding_gets_three_attempts_with_the_s
     );
     assert_eq!(
         got.iter().map(|r| r.answered).collect::<Vec<_>>(),
-        [Some(500), Some(502), Some(200)]
+        [Some(500), Some(307), Some(200)]
     );
     // ±20% jitter, plus the worker's poll and the turn-around on the slow side.
     let (first, second) = (gap(&got[0], &got[1]), gap(&got[1], &got[2]));
@@ -279,9 +280,17 @@ async fn a_receiver_failing_twice_then_succeeding_gets_three_attempts_with_the_s
         .iter()
         .map(|a| a["response_code"].clone())
         .collect();
-    assert_eq!(codes, [json!(500), json!(502), json!(200)]);
+    assert_eq!(codes, [json!(500), json!(307), json!(200)]);
     assert_eq!(log[0]["attempt_log"][0]["response_body"], "answered 500");
     assert_eq!(log[0]["attempt_log"][0]["error"], "HTTP 500");
+    assert!(log[0]["attempt_log"][1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("redirect"));
+    assert!(
+        got.iter().all(|r| r.path == "/hook"),
+        "the redirect was not followed"
+    );
     app.shutdown().await;
 }
 
@@ -532,7 +541,13 @@ async fn emit_events(app: &TestApp, n: usize, tag: &str) -> HashMap<String, Inst
 
 #[tokio::test]
 async fn a_hanging_receiver_does_not_delay_another_endpoint() {
-    let app = app_with(&[]).await;
+    // Our own database file: it must outlive the app (checked after shutdown).
+    let (_keep, db_url) = db::sqlite_file_url().await;
+    let app = TestApp::builder()
+        .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+        .database(&db_url)
+        .start()
+        .await;
     let hanging = Receiver::start().await;
     hanging.set_hang(true);
     let healthy = Receiver::start().await;
@@ -562,8 +577,29 @@ async fn a_hanging_receiver_does_not_delay_another_endpoint() {
         "at most the per-endpoint limit in flight: {hung}"
     );
 
-    hanging.set_hang(false);
+    // Shutting down with requests still hanging: after a short grace they are
+    // abandoned and their rows released, so the next start sends them at once.
+    let started = Instant::now();
     app.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let store = open_store(&db_url).await;
+    let sql = "SELECT COUNT(*) FROM webhook_deliveries WHERE locked_until IS NOT NULL";
+    let leased: i64 = match store.pool() {
+        agent_bridge::store::Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        agent_bridge::store::Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+    }
+    .unwrap();
+    assert_eq!(leased, 0, "every lease was given back");
+    assert_eq!(
+        store.outbox_backlog().await.unwrap(),
+        N as u64,
+        "the hanging endpoint's rows wait"
+    );
+    hanging.set_hang(false);
 }
 
 #[tokio::test]
@@ -946,86 +982,340 @@ async fn postgres_two_workers_on_one_schema_deliver_each_of_200_events_exactly_o
     pg.remove().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_tmp_throughput() {
-    let n: usize = std::env::var("WH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20000);
-    let hang = std::env::var("WH_HANG").is_ok();
-    let live = std::env::var("WH_LIVE").is_ok();
-    let (_keep, db_url) = db::sqlite_file_url().await;
-    let app = TestApp::builder()
-        .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
-        .var("RUST_LOG", "error")
-        .database(&db_url)
-        .start()
-        .await;
+// ---------------------------------------------------------------------------------
+// The worker and the store's claim, driven directly
+// ---------------------------------------------------------------------------------
+
+use std::sync::Arc;
+
+use agent_bridge::core::metrics::Metrics;
+use agent_bridge::core::ports::{ClaimRequest, Commit, Store, WebhookEndpoint, WebhookStore};
+use agent_bridge::store::SqlStore;
+use agent_bridge::webhook::{Worker, WorkerSettings};
+
+async fn open_store(url: &str) -> SqlStore {
+    let s = agent_bridge::store::connect(url).await.unwrap();
+    s.migrate().await.unwrap();
+    s
+}
+
+fn endpoint_at(id: &str, url: &str, ordered: bool) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: id.into(),
+        url: url.into(),
+        description: None,
+        token: None,
+        ordered,
+        secret: agent_bridge::webhook::sign::generate_secret(),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        enabled: true,
+        disabled_reason: None,
+        created_at: OffsetDateTime::now_utc(),
+        events: vec!["*".into()],
+    }
+}
+
+/// Writes one conversation event per key through `Store::commit` (the outbox
+/// fan-out); returns the event ids in order.
+async fn commit_events(s: &SqlStore, keys: &[&str]) -> Vec<String> {
+    let mut ids = vec![];
+    for key in keys {
+        let ev = OutboxEvent::new(
+            EventKind::Conversation,
+            Some(key.to_string()),
+            &json!({ "key": key }),
+            OffsetDateTime::now_utc() - time::Duration::seconds(1),
+        );
+        ids.push(ev.id.as_str().to_string());
+        s.commit(Commit {
+            events: vec![ev],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    }
+    ids
+}
+
+fn settings(f: impl FnOnce(&mut WorkerSettings)) -> WorkerSettings {
+    let cfg = crate::support::config(&[
+        ("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+        ("WEBHOOK_RETRY_SCHEDULE", "10ms"),
+    ]);
+    let mut s = WorkerSettings::from_config(&cfg.webhooks);
+    f(&mut s);
+    s
+}
+
+fn claim_now(skip: &[&str], lease: Duration) -> ClaimRequest {
+    let now = OffsetDateTime::now_utc();
+    ClaimRequest {
+        now,
+        lease_until: now + lease,
+        limit: 100,
+        skip_endpoints: skip.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn worker_tick_drains_due_rows_step_by_step() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    let store = open_store(&url).await;
     let rx = Receiver::start().await;
-    let slow = Receiver::start().await;
-    register(&app, json!({"url": rx.url(), "events": ["*"]})).await;
-    if hang {
-        slow.set_hang(true);
-        register(&app, json!({"url": slow.url(), "events": ["*"]})).await;
-    }
-    let (app, core) = if live {
-        (Some(app), None)
-    } else {
-        app.shutdown().await;
-        (
-            None,
-            Some(crate::support::core_on(&db_url, "http://127.0.0.1:9").await),
-        )
-    };
-    let relay = match (&app, &core) {
-        (Some(a), _) => a.relay.clone(),
-        (_, Some(c)) => c.relay.clone(),
-        _ => unreachable!(),
-    };
-    let t0 = Instant::now();
-    let mut written = HashMap::new();
-    for chunk in 0..(n / 100) {
-        let mut evs = vec![];
-        for i in 0..100 {
-            let ev = OutboxEvent::new(
-                EventKind::Conversation,
-                Some(format!("k{}", (chunk * 100 + i) % 500)),
-                &json!({"n": i, "pad": "x".repeat(800)}),
-                OffsetDateTime::now_utc(),
-            );
-            evs.push(ev);
-        }
-        let ids: Vec<_> = evs.iter().map(|e| e.id.as_str().to_string()).collect();
-        relay.record(evs).await.unwrap();
-        let now = Instant::now();
-        for id in ids {
-            written.insert(id, now);
-        }
-    }
-    let emitted = t0.elapsed();
-    let app = match app {
-        Some(a) => a,
-        None => {
-            TestApp::builder()
-                .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
-                .var("RUST_LOG", "error")
-                .database(&db_url)
-                .start()
-                .await
-        }
-    };
-    let t1 = Instant::now();
-    let got = rx.wait_for(n, Duration::from_secs(120)).await;
-    let total = t1.elapsed();
-    let first = got.first().unwrap().arrived;
-    let last = got.last().unwrap().arrived;
-    let mut lat: Vec<_> = got
+    rx.push(Reply::status(500));
+    store
+        .create_endpoint(&endpoint_at("ep_tick", &rx.url(), false))
+        .await
+        .unwrap();
+    let ids = commit_events(&store, &["a", "b", "c"]).await;
+    let metrics = Arc::new(Metrics::default());
+    let worker = Worker::new(Arc::new(store.clone()), settings(|_| {}), metrics.clone()).unwrap();
+
+    assert_eq!(worker.tick().await.unwrap(), 3);
+    assert_eq!(rx.count(), 3);
+    // One failed and is due again after ~10 ms; the others are done.
+    assert_eq!(store.outbox_backlog().await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(worker.tick().await.unwrap(), 1);
+    assert_eq!(worker.tick().await.unwrap(), 0);
+    assert_eq!(store.outbox_backlog().await.unwrap(), 0);
+    let seen: HashSet<_> = rx
+        .requests()
         .iter()
-        .map(|r| r.arrived.duration_since(written[r.webhook_id()]))
+        .map(|r| r.webhook_id().to_string())
         .collect();
-    lat.sort();
-    eprintln!("n={n} live={live} emitted in {emitted:?}, delivered {total:?} after; delivery span {:?} => {:.0}/s; p50 {:?} p99 {:?} max {:?}; slow got {}",
-        last - first, n as f64 / (last - first).as_secs_f64(), lat[n/2], lat[n*99/100], lat[n-1], slow.count());
-    slow.set_hang(false);
+    assert_eq!(seen, ids.into_iter().collect());
+    let mut out = String::new();
+    metrics.render(&mut out);
+    assert!(
+        out.contains("bridge_webhook_deliveries_total{outcome=\"delivered\"} 3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bridge_webhook_deliveries_total{outcome=\"retrying\"} 1"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_queued_behind_a_slow_endpoint_renews_its_lease_before_it_is_sent() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    let store = open_store(&url).await;
+    let rx = Receiver::start().await;
+    rx.set_hang(true);
+    store
+        .create_endpoint(&endpoint_at("ep_slow", &rx.url(), false))
+        .await
+        .unwrap();
+    let ids = commit_events(&store, &["one", "two", "three"]).await;
+    // One request at a time, each timing out after 1 s; leases last 1.2 s.
+    let worker = Worker::new(
+        Arc::new(store.clone()),
+        settings(|s| {
+            s.per_endpoint_concurrency = 1;
+            s.timeout = Duration::from_secs(1);
+            s.lease_margin = Duration::from_millis(200);
+            s.schedule = agent_bridge::webhook::schedule::RetrySchedule::parse("1h").unwrap();
+        }),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    let tick = tokio::spawn(async move { worker.tick().await });
+
+    // At ~1.35 s the first row has timed out and the second, sent at ~1 s, renewed its
+    // lease before going out; the third still waits with its original, expired lease.
+    tokio::time::sleep(Duration::from_millis(1350)).await;
+    let other = store
+        .claim_deliveries(&claim_now(&[], Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let taken: Vec<_> = other.iter().map(|r| r.event_id.clone()).collect();
+    assert_eq!(
+        taken,
+        [ids[2].clone()],
+        "only the un-renewed row is up for grabs"
+    );
+
+    // The worker notices it lost the third row and leaves it to its new holder.
+    assert_eq!(tick.await.unwrap().unwrap(), 3);
+    let sent: Vec<_> = rx
+        .requests()
+        .iter()
+        .map(|r| r.webhook_id().to_string())
+        .collect();
+    assert_eq!(sent, [ids[0].clone(), ids[1].clone()]);
+    rx.set_hang(false);
+}
+
+/// The store's claim semantics, for SQLite and PostgreSQL alike.
+async fn claim_contract(s: &SqlStore) {
+    s.create_endpoint(&endpoint_at("ep_o", "http://r.test/o", true))
+        .await
+        .unwrap();
+    s.create_endpoint(&endpoint_at("ep_u", "http://r.test/u", false))
+        .await
+        .unwrap();
+    let ids = commit_events(s, &["k1", "k1", "k2"]).await;
+    let lease = Duration::from_secs(30);
+
+    // Ordered: k1's second event waits for its first; the unordered endpoint gets all.
+    let rows = s
+        .claim_deliveries(&claim_now(&["ep_u"], lease))
+        .await
+        .unwrap();
+    let mut got: Vec<_> = rows.iter().map(|r| r.event_id.clone()).collect();
+    got.sort();
+    let mut want = vec![ids[0].clone(), ids[2].clone()];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(rows
+        .iter()
+        .all(|r| r.endpoint_id == "ep_o" && r.body.contains("\"key\"")));
+    // Leased rows are not claimed twice; the skipped endpoint's rows are still there.
+    assert!(s
+        .claim_deliveries(&claim_now(&["ep_u"], lease))
+        .await
+        .unwrap()
+        .is_empty());
+    let unordered = s.claim_deliveries(&claim_now(&[], lease)).await.unwrap();
+    assert_eq!(unordered.len(), 3);
+    assert!(unordered.iter().all(|r| r.endpoint_id == "ep_u"));
+
+    // Delivering k1's first event releases its second.
+    let first = rows.iter().find(|r| r.event_id == ids[0]).unwrap();
+    let now = OffsetDateTime::now_utc();
+    s.record_results(&[agent_bridge::core::ports::DeliveryResult {
+        delivery_id: first.id,
+        endpoint_id: first.endpoint_id.clone(),
+        lease: first.lease,
+        status: agent_bridge::core::ports::DeliveryStatus::Delivered,
+        next_attempt_at: now,
+        attempt: agent_bridge::core::ports::AttemptRecord {
+            attempted_at: now,
+            status_code: Some(200),
+            response_body: Some("ok".into()),
+            duration_ms: 1,
+            error: None,
+        },
+        disable_endpoint: None,
+    }])
+    .await
+    .unwrap();
+    let next = s.claim_deliveries(&claim_now(&[], lease)).await.unwrap();
+    assert_eq!(
+        next.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>(),
+        [ids[1].clone()]
+    );
+
+    // Disabled endpoints are not claimed.
+    s.release_deliveries(&[(next[0].id, next[0].lease)])
+        .await
+        .unwrap();
+    s.set_endpoint_enabled("ep_o", false, Some("gone"))
+        .await
+        .unwrap();
+    assert!(s
+        .claim_deliveries(&claim_now(&[], lease))
+        .await
+        .unwrap()
+        .is_empty());
+    let log = s.deliveries("ep_o", 10).await.unwrap();
+    assert_eq!(log.len(), 3);
+    assert_eq!(log.iter().filter(|d| d.attempt_log.len() == 1).count(), 1);
+}
+
+/// Two store handles claim concurrently until nothing is left; no row is handed out
+/// twice.
+async fn concurrent_claims_never_overlap(a: SqlStore, b: SqlStore) {
+    a.create_endpoint(&endpoint_at("ep_c", "http://r.test/c", false))
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    commit_events(&a, &keys).await;
+    let drain = |s: SqlStore| async move {
+        let mut mine = vec![];
+        loop {
+            let mut req = claim_now(&[], Duration::from_secs(60));
+            req.limit = 7;
+            let rows = s.claim_deliveries(&req).await.unwrap();
+            if rows.is_empty() {
+                return mine;
+            }
+            mine.extend(rows.into_iter().map(|r| r.id));
+            tokio::task::yield_now().await;
+        }
+    };
+    let (x, y) = tokio::join!(tokio::spawn(drain(a)), tokio::spawn(drain(b)));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let all: HashSet<_> = x.iter().chain(y.iter()).collect();
+    assert_eq!(x.len() + y.len(), 200, "{} + {}", x.len(), y.len());
+    assert_eq!(all.len(), 200, "no row claimed twice");
+}
+
+#[tokio::test]
+async fn store_claims_honour_leases_order_skips_and_disabled_endpoints_on_sqlite() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    claim_contract(&open_store(&url).await).await;
+}
+
+#[tokio::test]
+async fn store_claims_honour_leases_order_skips_and_disabled_endpoints_on_postgres() {
+    let Some(pg) = db::PgSchema::create().await else {
+        return;
+    };
+    claim_contract(&open_store(&pg.url).await).await;
+    pg.remove().await;
+}
+
+#[tokio::test]
+async fn concurrent_claims_on_one_sqlite_file_never_overlap() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    let a = open_store(&url).await;
+    let b = open_store(&url).await;
+    concurrent_claims_never_overlap(a, b).await;
+}
+
+#[tokio::test]
+async fn concurrent_claims_on_one_postgres_schema_never_overlap() {
+    let Some(pg) = db::PgSchema::create().await else {
+        return;
+    };
+    let a = open_store(&pg.url).await;
+    let b = open_store(&pg.url).await;
+    concurrent_claims_never_overlap(a, b).await;
+    pg.remove().await;
+}
+
+#[tokio::test]
+async fn a_url_that_turns_private_after_registration_is_refused_at_delivery_time() {
+    // Private targets disallowed. The endpoint is written straight to the store, as if
+    // its name had resolved to a public address at registration and changed since.
+    let app = TestApp::spawn().await;
+    let rx = Receiver::start().await;
+    let store = open_store(&app.db_url).await;
+    for (id, url) in [
+        ("ep_literal", rx.url()),
+        (
+            "ep_name",
+            format!("http://localhost:{}/hook", rx.addr.port()),
+        ),
+    ] {
+        store
+            .create_endpoint(&endpoint_at(id, &url, false))
+            .await
+            .unwrap();
+    }
+    app.turn("C-ssrf", "where does this go?", &RecordingSink::new())
+        .await;
+
+    for id in ["ep_literal", "ep_name"] {
+        let log = wait_deliveries(&app, id, |l| l.len() == 1 && l[0]["status"] == "failed").await;
+        let error = log[0]["error"].as_str().unwrap();
+        assert!(error.contains("private"), "{id}: {error}");
+        assert_eq!(log[0]["response_code"], Value::Null);
+    }
+    assert_eq!(rx.count(), 0, "nothing reached the private address");
     app.shutdown().await;
 }

@@ -94,7 +94,8 @@ impl Received {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    pub retry_after: Option<String>,
+    /// Extra response headers (`retry-after`, `location`, …).
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
@@ -102,13 +103,22 @@ impl Reply {
     pub fn status(status: u16) -> Self {
         Reply {
             status,
-            retry_after: None,
+            headers: vec![],
             body: format!("answered {status}"),
         }
     }
 
-    pub fn retry_after(mut self, value: &str) -> Self {
-        self.retry_after = Some(value.to_string());
+    pub fn retry_after(self, value: &str) -> Self {
+        self.header("retry-after", value)
+    }
+
+    /// A 307 to `location` (a path on this receiver, or any URL).
+    pub fn redirect(location: &str) -> Self {
+        Reply::status(307).header("location", location)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
         self
     }
 }
@@ -206,9 +216,13 @@ impl Receiver {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let notified = self.inner.changed.notified();
-            let requests = self.requests();
-            if done(&requests) {
-                return Ok(requests);
+            // Judged under the lock: cloning thousands of recorded requests on every
+            // arrival would make the receiver, not the bridge, the bottleneck.
+            {
+                let requests = self.inner.requests.lock().unwrap();
+                if done(&requests) {
+                    return Ok(requests.clone());
+                }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(self.requests());
@@ -276,10 +290,11 @@ async fn handle(
         reply.body,
     )
         .into_response();
-    if let Some(value) = reply.retry_after {
-        response
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from_str(&value).unwrap());
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(&value).unwrap(),
+        );
     }
     response
 }
