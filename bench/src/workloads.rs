@@ -1,0 +1,803 @@
+//! The workloads of ../shared/BENCH.md. Each `wN` runs one round: the floor and the
+//! bridge (alternating which goes first by round), each bridge measurement on a fresh
+//! process with a fresh SQLite file.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::Full;
+use hyper::{Method, Request, StatusCode};
+
+use crate::fakes::{Fakes, MAX_SEQ};
+use crate::gen::{self, Load, LoadResult, Mode};
+use crate::procs::{self, BridgeCfg, Proc, API_TOKEN, SIGNING_SECRET};
+use crate::report::{Budget, Report};
+use crate::slackev::EventMaker;
+use crate::util::{hwm_mib, now_ns, request};
+
+pub struct Ctx {
+    pub bridge_bin: PathBuf,
+    pub self_bin: PathBuf,
+    pub fakes: Fakes,
+    pub duration: Duration,
+    pub conns: usize,
+    pub w1_rate: f64,
+    pub w1_channels: u64,
+    pub w3_rate: f64,
+    pub w4_events: u64,
+    pub w4_rate: f64,
+    pub w4_lat_events: u64,
+    pub w5_convs: u64,
+    pub w6_starts: usize,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[bench {:>7.1}s] {}", now_ns() as f64 / 1e9, msg.as_ref());
+}
+
+fn settings_note(r: &LoadResult) -> String {
+    let mut s = format!("{} ok, {} errors", r.ok, r.errors);
+    if !r.statuses.is_empty() {
+        s.push_str(&format!(" {:?}", r.statuses));
+    }
+    s
+}
+
+/// Samples VmRSS of a pid every 50 ms until stopped; returns the peak in MiB.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<f64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while !s.load(Ordering::Relaxed) {
+                peak = peak.max(crate::util::rss_mib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak.max(crate::util::rss_mib(pid))
+        });
+        RssSampler { stop, handle }
+    }
+    fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(0.0)
+    }
+}
+
+/// Waits until the fake Slack has at least `posts` postMessage calls, every added
+/// reaction was removed, and nothing arrived for 250 ms.
+async fn wait_replies(f: &Fakes, posts: u64, timeout: Duration) -> bool {
+    let s = &f.slack.stats;
+    let start = Instant::now();
+    loop {
+        let p = s.posts.load(Ordering::Relaxed);
+        let add = s.react_add.load(Ordering::Relaxed);
+        let rem = s.react_remove.load(Ordering::Relaxed);
+        let quiet = now_ns().saturating_sub(s.last_call_ns.load(Ordering::Relaxed)) > 250_000_000;
+        if p >= posts && rem >= add && quiet {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn acks() -> Arc<Vec<AtomicU8>> {
+    Arc::new((0..MAX_SEQ).map(|_| AtomicU8::new(0)).collect())
+}
+
+/// Every acknowledged event answered exactly once, nothing else answered.
+fn exactly_once(f: &Fakes, acks: &[AtomicU8], issued: u64) -> (bool, String) {
+    let (mut good, mut missing, mut dup, mut unexpected) = (0u64, 0u64, 0u64, 0u64);
+    for i in 0..(issued as usize).min(MAX_SEQ) {
+        let a = acks[i].load(Ordering::Relaxed) > 0;
+        let c = f.slack.per_seq[i].load(Ordering::Relaxed);
+        match (a, c) {
+            (true, 1) => good += 1,
+            (true, 0) => missing += 1,
+            (_, c) if c > 1 => dup += 1,
+            (false, _) => unexpected += 1,
+            _ => {}
+        }
+    }
+    let stray = f.slack.stats.unknown_thread.load(Ordering::Relaxed);
+    let busy = f.slack.stats.busy_posts.load(Ordering::Relaxed);
+    let errs = f.slack.stats.error_posts.load(Ordering::Relaxed);
+    let ok = missing == 0 && dup == 0 && unexpected == 0 && stray == 0 && good > 0;
+    (
+        ok,
+        format!(
+            "{good} answered once ({busy} of them with the busy reply, {errs} with ERROR_REPLY), {missing} unanswered, {dup} answered twice+, {unexpected} answered without a 200, {stray} posts to unknown threads"
+        ),
+    )
+}
+
+fn slack_cfg(f: &Fakes) -> BridgeCfg {
+    BridgeCfg {
+        echo: true,
+        slack: Some(f.slack_addr),
+        ..BridgeCfg::default()
+    }
+}
+
+async fn probe_slack(ctx: &Ctx) -> Result<(), String> {
+    let (b, _) = procs::start_bridge(&ctx.bridge_bin, &slack_cfg(&ctx.fakes))
+        .await
+        .map_err(|e| format!("bridge with Slack did not start: {e}"))?;
+    let maker = EventMaker::new(SIGNING_SECRET, 1, "probe", b.addr);
+    let req = maker.request(3_999_999);
+    let (parts, body) = req.into_parts();
+    let body: Bytes = http_body_util::BodyExt::collect(body).await.map(|c| c.to_bytes()).unwrap_or_default();
+    let hdr = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let (ts, sig) = (hdr("x-slack-request-timestamp"), hdr("x-slack-signature"));
+    let res = request(
+        b.addr,
+        Method::POST,
+        "/slack/events",
+        &[("x-slack-request-timestamp", &ts), ("x-slack-signature", &sig)],
+        Some(body),
+    )
+    .await;
+    b.stop(Duration::from_secs(3));
+    match res {
+        Ok((StatusCode::OK, _)) => Ok(()),
+        Ok((s, body)) => Err(format!(
+            "POST /slack/events answered {s}: {}",
+            String::from_utf8_lossy(&body).chars().take(120).collect::<String>()
+        )),
+        Err(e) => Err(format!("POST /slack/events failed: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// W1
+// ---------------------------------------------------------------------------------
+
+pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
+    let w = "W1";
+    rep.declare(w, &format!("throughput ({} conns)", ctx.conns), "req/s", Some(Budget::RatioAtLeast(0.5)));
+    rep.declare(w, &format!("p50 @{}/s", ctx.w1_rate), "ms", None);
+    rep.declare(w, &format!("p99 @{}/s", ctx.w1_rate), "ms", Some(Budget::AtMost(1.0)));
+    rep.declare(w, &format!("p99.9 @{}/s", ctx.w1_rate), "ms", None);
+    rep.declare(w, "CPU per event at max load, replies included", "µs", Some(Budget::AtMost(40.0)));
+    rep.declare(w, &format!("CPU per event @{}/s, replies included", ctx.w1_rate), "µs", None);
+    rep.declare(w, "every event answered exactly once", "ok", Some(Budget::AllOk));
+    rep.declare(w, "RSS under load (peak)", "MiB", Some(Budget::AtMost(40.0)));
+}
+
+struct Side {
+    gen_cpu_us: f64,
+    load: LoadResult,
+    cpu_us: f64,
+    rss_peak: f64,
+    once: Option<(bool, String)>,
+}
+
+async fn w1_measure(ctx: &Ctx, floor: bool, mode: Mode) -> Result<Side> {
+    let f = &ctx.fakes;
+    f.reset();
+    let proc: Proc = if floor {
+        procs::start_floor(&ctx.self_bin).await?
+    } else {
+        procs::start_bridge(&ctx.bridge_bin, &slack_cfg(f)).await?.0
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let maker = Arc::new(EventMaker::new(SIGNING_SECRET, ctx.w1_channels, "", proc.addr));
+    let acks = acks();
+    let a2 = acks.clone();
+    let sampler = RssSampler::start(proc.pid);
+    let cpu0 = proc.cpu();
+    let gen0 = crate::util::thread_cpu_secs("gen-");
+    let load = gen::run(Load {
+        addr: proc.addr,
+        conns: ctx.conns,
+        mode,
+        duration: Some(ctx.duration),
+        total: Some(MAX_SEQ as u64 - 10),
+        make: Arc::new(move |seq| maker.request(seq)),
+        on_resp: Some(Arc::new(move |seq, status, _| {
+            if status == StatusCode::OK {
+                a2[seq as usize].store(1, Ordering::Relaxed);
+            }
+        })),
+        gate: None,
+    })
+    .await?;
+    let gen_cpu_us = (crate::util::thread_cpu_secs("gen-") - gen0) / (load.ok + load.errors).max(1) as f64 * 1e6;
+    let mut once = None;
+    if !floor {
+        let done = wait_replies(f, load.ok, Duration::from_secs(180)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (ok, mut detail) = exactly_once(f, &acks, load.ok + load.errors);
+        if !done {
+            detail.push_str(" (timed out waiting for the replies)");
+        }
+        once = Some((ok && done, detail));
+    }
+    let cpu1 = proc.cpu();
+    let rss_peak = sampler.finish().max(hwm_mib(proc.pid));
+    let cpu_us = (cpu1 - cpu0) / load.ok.max(1) as f64 * 1e6;
+    proc.stop(Duration::from_secs(5));
+    Ok(Side { gen_cpu_us, load, cpu_us, rss_peak, once })
+}
+
+pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
+    let w = "W1";
+    if let Err(why) = probe_slack(ctx).await {
+        rep.skip(w, &why);
+        log(format!("W1 skipped: {why}"));
+        return Ok(());
+    }
+    let tput = format!("throughput ({} conns)", ctx.conns);
+    let rate = ctx.w1_rate;
+    let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+    for floor in order {
+        let who = if floor { "floor" } else { "bridge" };
+        log(format!("W1 {who}: {} conns for {:?}", ctx.conns, ctx.duration));
+        let s = w1_measure(ctx, floor, Mode::Closed).await?;
+        log(format!("W1 {who}: {:.0} req/s, {:.1} µs CPU/event; {}", s.load.rps(), s.cpu_us, settings_note(&s.load)));
+        let push = |rep: &mut Report, m: &str, v: f64| if floor { rep.floor(w, m, v) } else { rep.bridge(w, m, v) };
+        push(rep, &tput, s.load.rps());
+        push(rep, "CPU per event at max load, replies included", s.cpu_us);
+        let rss_first = s.rss_peak;
+        rep.note(w, &tput, format!("{who} round {round}: the generator spent {:.1} µs CPU per request", s.gen_cpu_us));
+        if s.load.errors > 0 {
+            rep.note(w, &tput, format!("{who} round {round}: {}", settings_note(&s.load)));
+        }
+        if let Some((ok, detail)) = s.once {
+            rep.bridge(w, "every event answered exactly once", if ok { 1.0 } else { 0.0 });
+            rep.note(w, "every event answered exactly once", format!("round {round}, max load: {detail}"));
+        }
+
+        log(format!("W1 {who}: {rate}/s for {:?}", ctx.duration));
+        let s = w1_measure(ctx, floor, Mode::Rate(rate)).await?;
+        log(format!(
+            "W1 {who}: p50 {:.3} p99 {:.3} p99.9 {:.3} ms, {:.1} µs CPU/event; {}",
+            s.load.ms(0.5), s.load.ms(0.99), s.load.ms(0.999), s.cpu_us, settings_note(&s.load)
+        ));
+        push(rep, &format!("p50 @{rate}/s"), s.load.ms(0.5));
+        push(rep, &format!("p99 @{rate}/s"), s.load.ms(0.99));
+        push(rep, &format!("p99.9 @{rate}/s"), s.load.ms(0.999));
+        push(rep, &format!("CPU per event @{rate}/s, replies included"), s.cpu_us);
+        push(rep, "RSS under load (peak)", rss_first.max(s.rss_peak));
+        if s.load.max_dispatch_lag_ns > 1_000_000 {
+            rep.note(w, &format!("p99 @{rate}/s"), format!("{who} round {round}: pacer ran up to {:.1} ms late (counted in latency)", s.load.max_dispatch_lag_ns as f64 / 1e6));
+        }
+        if let Some((ok, detail)) = s.once {
+            rep.bridge(w, "every event answered exactly once", if ok { 1.0 } else { 0.0 });
+            rep.note(w, "every event answered exactly once", format!("round {round}, {rate}/s: {detail}"));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// W2
+// ---------------------------------------------------------------------------------
+
+pub fn declare_w2(rep: &mut Report, ctx: &Ctx) {
+    let w = "W2";
+    rep.declare(w, &format!("throughput ({} conns)", ctx.conns), "req/s", Some(Budget::RatioAtLeast(0.4)));
+    rep.declare(w, &format!("p50 @{}/s", ctx.w1_rate), "ms", Some(Budget::AddedAtMost(0.2)));
+    rep.declare(w, &format!("p99 @{}/s", ctx.w1_rate), "ms", None);
+    rep.declare(w, "CPU per request at max load (floor: fake agent)", "µs", None);
+}
+
+fn w2_request(addr: std::net::SocketAddr, floor: bool, seq: u64) -> Request<Full<Bytes>> {
+    let (path, body) = if floor {
+        ("/query", format!(r#"{{"query":"bench query {seq}","max_results":3,"personality_id":null}}"#))
+    } else {
+        ("/agent-query", format!(r#"{{"query":"bench query {seq}"}}"#))
+    };
+    Request::post(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
+        .body(Full::new(Bytes::from(body)))
+        .expect("request")
+}
+
+async fn w2_measure(ctx: &Ctx, floor: bool, mode: Mode) -> Result<(LoadResult, f64)> {
+    let f = &ctx.fakes;
+    f.reset();
+    let bridge = if floor {
+        None
+    } else {
+        let cfg = BridgeCfg { echo: false, agent: Some(f.agent_addr), ..BridgeCfg::default() };
+        Some(procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0)
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = bridge.as_ref().map(|b| b.addr).unwrap_or(f.agent_addr);
+    let cpu = || bridge.as_ref().map(|b| b.cpu()).unwrap_or_else(|| f.cpu_secs());
+    let cpu0 = cpu();
+    let load = gen::run(Load {
+        addr,
+        conns: ctx.conns,
+        mode,
+        duration: Some(ctx.duration),
+        total: None,
+        make: Arc::new(move |seq| w2_request(addr, floor, seq)),
+        on_resp: None,
+        gate: None,
+    })
+    .await?;
+    let cpu_us = (cpu() - cpu0) / load.ok.max(1) as f64 * 1e6;
+    if let Some(b) = bridge {
+        b.stop(Duration::from_secs(5));
+    }
+    Ok((load, cpu_us))
+}
+
+pub async fn w2(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
+    let w = "W2";
+    let tput = format!("throughput ({} conns)", ctx.conns);
+    let rate = ctx.w1_rate;
+    let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+    for floor in order {
+        let who = if floor { "floor" } else { "bridge" };
+        let push = |rep: &mut Report, m: &str, v: f64| if floor { rep.floor(w, m, v) } else { rep.bridge(w, m, v) };
+        log(format!("W2 {who}: {} conns for {:?}", ctx.conns, ctx.duration));
+        let (l, cpu_us) = w2_measure(ctx, floor, Mode::Closed).await?;
+        log(format!("W2 {who}: {:.0} req/s, {:.1} µs CPU/req; {}", l.rps(), cpu_us, settings_note(&l)));
+        push(rep, &tput, l.rps());
+        push(rep, "CPU per request at max load (floor: fake agent)", cpu_us);
+        if l.errors > 0 {
+            rep.note(w, &tput, format!("{who} round {round}: {}", settings_note(&l)));
+        }
+        log(format!("W2 {who}: {rate}/s for {:?}", ctx.duration));
+        let (l, _) = w2_measure(ctx, floor, Mode::Rate(rate)).await?;
+        log(format!("W2 {who}: p50 {:.3} p99 {:.3} ms; {}", l.ms(0.5), l.ms(0.99), settings_note(&l)));
+        push(rep, &format!("p50 @{rate}/s"), l.ms(0.5));
+        push(rep, &format!("p99 @{rate}/s"), l.ms(0.99));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// W3
+// ---------------------------------------------------------------------------------
+
+pub fn declare_w3(rep: &mut Report, ctx: &Ctx) {
+    let w = "W3";
+    let r = ctx.w3_rate;
+    rep.declare(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), "ms", Some(Budget::Below(2.0)));
+    rep.declare(w, &format!("turn overhead p50, in + out @{r}/s"), "ms", None);
+    rep.declare(w, &format!("turn overhead p99.9, in + out @{r}/s"), "ms", None);
+    rep.declare(w, "in: event sent → agent call received, p99", "ms", None);
+    rep.declare(w, "out: agent answered → chat.postMessage received, p99", "ms", None);
+    rep.declare(w, "W3 without the progress reaction: p99, in + out", "ms", None);
+}
+
+async fn w3_measure(ctx: &Ctx, reaction: Option<String>) -> Result<(Histogram<u64>, Histogram<u64>, Histogram<u64>, String)> {
+    let f = &ctx.fakes;
+    f.reset();
+    let cfg = BridgeCfg {
+        echo: false,
+        agent: Some(f.agent_addr),
+        slack: Some(f.slack_addr),
+        reaction,
+        ..BridgeCfg::default()
+    };
+    let (b, _) = procs::start_bridge(&ctx.bridge_bin, &cfg).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let maker = Arc::new(EventMaker::new(SIGNING_SECRET, 200, "w3id=", b.addr));
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..MAX_SEQ).map(|_| AtomicU64::new(0)).collect());
+    let s2 = sent.clone();
+    let load = gen::run(Load {
+        addr: b.addr,
+        conns: 16,
+        mode: Mode::Rate(ctx.w3_rate),
+        duration: Some(ctx.duration),
+        total: None,
+        make: Arc::new(move |seq| {
+            let r = maker.request(seq);
+            s2[seq as usize].store(now_ns(), Ordering::Relaxed);
+            r
+        }),
+        on_resp: None,
+        gate: None,
+    })
+    .await?;
+    let done = wait_replies(f, load.ok, Duration::from_secs(60)).await;
+    b.stop(Duration::from_secs(5));
+    let agent: std::collections::HashMap<u64, (u64, u64)> =
+        f.agent.w3.lock().unwrap().iter().map(|&(s, rx, tx)| (s, (rx, tx))).collect();
+    let posts = f.slack.w3.lock().unwrap().clone();
+    let mk = || Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("hist");
+    let (mut total, mut hin, mut hout) = (mk(), mk(), mk());
+    let mut matched = 0;
+    for (seq, post_rx) in posts {
+        let Some(&(a_rx, a_tx)) = agent.get(&seq) else { continue };
+        let s = sent[seq as usize].load(Ordering::Relaxed);
+        let din = a_rx.saturating_sub(s);
+        let dout = post_rx.saturating_sub(a_tx);
+        total.saturating_record((din + dout).max(1_000));
+        hin.saturating_record(din.max(1_000));
+        hout.saturating_record(dout.max(1_000));
+        matched += 1;
+    }
+    let note = format!(
+        "{} events sent, {} turns matched (agent call + post){}",
+        load.ok,
+        matched,
+        if done { "" } else { ", timed out waiting for replies" }
+    );
+    Ok((total, hin, hout, note))
+}
+
+pub async fn w3(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
+    let w = "W3";
+    if let Err(why) = probe_slack(ctx).await {
+        rep.skip(w, &why);
+        return Ok(());
+    }
+    let r = ctx.w3_rate;
+    log(format!("W3: {r} turns/s over 200 conversations for {:?}", ctx.duration));
+    let (total, hin, hout, note) = w3_measure(ctx, None).await?;
+    let ms = |h: &Histogram<u64>, q| h.value_at_quantile(q) as f64 / 1e6;
+    log(format!("W3: p50 {:.3} p99 {:.3} ms (in p99 {:.3}, out p99 {:.3}); {note}", ms(&total, 0.5), ms(&total, 0.99), ms(&hin, 0.99), ms(&hout, 0.99)));
+    rep.bridge(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), ms(&total, 0.99));
+    rep.bridge(w, &format!("turn overhead p50, in + out @{r}/s"), ms(&total, 0.5));
+    rep.bridge(w, &format!("turn overhead p99.9, in + out @{r}/s"), ms(&total, 0.999));
+    rep.bridge(w, "in: event sent → agent call received, p99", ms(&hin, 0.99));
+    rep.bridge(w, "out: agent answered → chat.postMessage received, p99", ms(&hout, 0.99));
+    rep.note(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), format!("round {round}: {note}; Slack only (no fake Discord gateway in the harness)"));
+    let (total, _, _, _) = w3_measure(ctx, Some(String::new())).await?;
+    rep.bridge(w, "W3 without the progress reaction: p99, in + out", ms(&total, 0.99));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// W4
+// ---------------------------------------------------------------------------------
+
+pub fn declare_w4(rep: &mut Report, ctx: &Ctx) {
+    let w = "W4";
+    let n = ctx.w4_events;
+    rep.declare(w, &format!("deliveries/s, {n} events drained to a fast receiver (floor: direct posts)"), "1/s", Some(Budget::AtLeast(5000.0)));
+    rep.declare(w, &format!("events + deliveries end to end, {n} events"), "1/s", None);
+    rep.declare(w, &format!("healthy endpoint p99 delivery latency, {} events @{}/s, with a hanging endpoint (floor: alone)", ctx.w4_lat_events, ctx.w4_rate), "ms", Some(Budget::AddedBelow(100.0)));
+}
+
+async fn register(b: &Proc, url: &str) -> Result<(StatusCode, String)> {
+    let body = serde_json::json!({"url": url, "events": ["*"], "description": "bench"}).to_string();
+    let (s, body) = request(
+        b.addr,
+        Method::POST,
+        "/webhooks",
+        &[("authorization", &format!("Bearer {API_TOKEN}"))],
+        Some(Bytes::from(body)),
+    )
+    .await?;
+    Ok((s, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn w4_cfg(f: &Fakes, timeout_secs: Option<u64>) -> BridgeCfg {
+    let mut cfg = BridgeCfg { echo: true, webhooks_private: true, agent: Some(f.agent_addr), ..BridgeCfg::default() };
+    if let Some(t) = timeout_secs {
+        cfg.extra.push(("WEBHOOK_TIMEOUT_SECS".into(), t.to_string()));
+    }
+    cfg
+}
+
+fn w4_request(addr: std::net::SocketAddr, seq: u64) -> Request<Full<Bytes>> {
+    Request::post("/agent-query")
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
+        .body(Full::new(Bytes::from(format!(r#"{{"query":"bench w4seq={seq}"}}"#))))
+        .expect("request")
+}
+
+async fn wait_hook(f: &Fakes, n: u64, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while f.hook.received.load(Ordering::Relaxed) < n {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Delivery latency p99 (ms) of the healthy endpoint at a fixed event rate.
+async fn w4_latency(ctx: &Ctx, with_hanging: bool) -> Result<(f64, String)> {
+    let f = &ctx.fakes;
+    f.reset();
+    let (b, _) = procs::start_bridge(&ctx.bridge_bin, &w4_cfg(f, None)).await?;
+    let (s, body) = register(&b, &format!("http://{}/hook", f.hook_addr)).await?;
+    if s != StatusCode::CREATED && s != StatusCode::OK {
+        return Err(anyhow!("POST /webhooks answered {s}: {body}"));
+    }
+    if with_hanging {
+        let (s, body) = register(&b, &format!("http://{}/hook", f.hang_addr)).await?;
+        if !s.is_success() {
+            return Err(anyhow!("POST /webhooks (hanging) answered {s}: {body}"));
+        }
+    }
+    let n = ctx.w4_lat_events;
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n as usize).map(|_| AtomicU64::new(0)).collect());
+    let (s2, addr) = (sent.clone(), b.addr);
+    let load = gen::run(Load {
+        addr,
+        conns: ctx.conns,
+        mode: Mode::Rate(ctx.w4_rate),
+        duration: None,
+        total: Some(n),
+        make: Arc::new(move |seq| {
+            s2[seq as usize].store(now_ns(), Ordering::Relaxed);
+            w4_request(addr, seq)
+        }),
+        on_resp: None,
+        gate: None,
+    })
+    .await?;
+    let all = wait_hook(f, load.ok, Duration::from_secs(60)).await;
+    let mut h = Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3)?;
+    let rx = f.hook.rx.lock().unwrap().clone();
+    let mut seen = vec![false; n as usize];
+    for (seq, t) in &rx {
+        if let Some(s) = sent.get(*seq as usize) {
+            seen[*seq as usize] = true;
+            h.saturating_record(t.saturating_sub(s.load(Ordering::Relaxed)).max(1_000));
+        }
+    }
+    // Never delivered within the wait: count them at the wait's end.
+    let missing = seen.iter().filter(|x| !**x).count() as u64;
+    let end = now_ns();
+    for (i, s) in sent.iter().enumerate() {
+        if !seen[i] {
+            h.saturating_record(end.saturating_sub(s.load(Ordering::Relaxed)));
+        }
+    }
+    let hang = f.hang.connections.load(Ordering::Relaxed);
+    b.stop(Duration::from_secs(3));
+    let note = format!(
+        "{} events ({}), {} delivered to the healthy endpoint{}, {missing} missing; hanging endpoint got {hang} connection(s)",
+        load.ok,
+        settings_note(&load),
+        rx.len(),
+        if all { "" } else { " (gave up waiting)" }
+    );
+    Ok((h.value_at_quantile(0.99) as f64 / 1e6, note))
+}
+
+pub async fn w4(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
+    let w = "W4";
+    let f = &ctx.fakes;
+    let n = ctx.w4_events;
+    let m_rate = format!("deliveries/s, {n} events drained to a fast receiver (floor: direct posts)");
+    let m_e2e = format!("events + deliveries end to end, {n} events");
+    let m_lat = format!("healthy endpoint p99 delivery latency, {} events @{}/s, with a hanging endpoint (floor: alone)", ctx.w4_lat_events, ctx.w4_rate);
+
+    // Probe: is the webhook API there?
+    {
+        f.reset();
+        let (b, _) = procs::start_bridge(&ctx.bridge_bin, &w4_cfg(f, None)).await?;
+        let res = register(&b, &format!("http://{}/hook", f.hook_addr)).await;
+        b.stop(Duration::from_secs(3));
+        match res {
+            Ok((s, _)) if s.is_success() => {}
+            Ok((s, body)) => {
+                let why = format!("POST /webhooks answered {s} {}", body.chars().take(80).collect::<String>());
+                log(format!("W4 skipped: {why}"));
+                rep.skip(w, &why);
+                return Ok(());
+            }
+            Err(e) => {
+                rep.skip(w, &format!("POST /webhooks failed: {e}"));
+                return Ok(());
+            }
+        }
+    }
+
+    // Floor: the receiver's own ceiling, posting webhook-shaped bodies directly.
+    let floor_first = round % 2 == 0;
+    let floor = || async {
+        f.reset();
+        let addr = f.hook_addr;
+        let l = gen::run(Load {
+            addr,
+            conns: ctx.conns,
+            mode: Mode::Closed,
+            duration: None,
+            total: Some(n),
+            make: Arc::new(move |seq| {
+                let body = format!(
+                    r#"{{"id":"evt_{seq:020}","type":"query","event":"query","timestamp":"2026-11-26T00:00:00Z","data":{{"request_id":"req_{seq:032}","query":"bench w4seq={seq}","response":"echo: bench w4seq={seq}","session_id":null,"error":null}}}}"#
+                );
+                Request::post("/hook")
+                    .header(hyper::header::HOST, addr.to_string())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .header("webhook-id", format!("evt_{seq:020}"))
+                    .header("webhook-timestamp", "1764115200")
+                    .header("webhook-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("request")
+            }),
+            on_resp: None,
+            gate: None,
+        })
+        .await?;
+        anyhow::Ok(l.rps())
+    };
+    if floor_first {
+        rep.floor(w, &m_rate, floor().await?);
+    }
+
+    // Bridge: a backlog of n events behind a gated receiver, then released.
+    log(format!("W4: {n} events into the outbox behind a gated receiver"));
+    f.reset();
+    let (b, _) = procs::start_bridge(&ctx.bridge_bin, &w4_cfg(f, Some(300))).await?;
+    register(&b, &format!("http://{}/hook", f.hook_addr)).await?;
+    f.hook.gated.store(true, Ordering::SeqCst);
+    let addr = b.addr;
+    let t_gen = Instant::now();
+    let load = gen::run(Load {
+        addr,
+        conns: ctx.conns,
+        mode: Mode::Closed,
+        duration: None,
+        total: Some(n),
+        make: Arc::new(move |seq| w4_request(addr, seq)),
+        on_resp: None,
+        gate: None,
+    })
+    .await?;
+    let gen_secs = t_gen.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = f.hook.held.load(Ordering::Relaxed);
+    let t0 = now_ns();
+    f.hook.release();
+    let all = wait_hook(f, load.ok, Duration::from_secs(300)).await;
+    let t1 = f.hook.last_ns.load(Ordering::Relaxed);
+    let got = f.hook.received.load(Ordering::Relaxed);
+    let rate = got as f64 / ((t1.saturating_sub(t0)) as f64 / 1e9).max(1e-3);
+    let e2e = got as f64 / (gen_secs + (t1.saturating_sub(t0)) as f64 / 1e9 + 0.5);
+    b.stop(Duration::from_secs(3));
+    log(format!("W4: {rate:.0} deliveries/s from the backlog; {held} held at the gate; events made at {:.0}/s", load.ok as f64 / gen_secs));
+    rep.bridge(w, &m_rate, rate);
+    rep.bridge(w, &m_e2e, e2e);
+    rep.note(w, &m_rate, format!(
+        "round {round}: {got}/{} delivered{}; {held} requests were already in flight at the gate; /agent-query made the events at {:.0}/s",
+        load.ok, if all { "" } else { " (gave up waiting)" }, load.ok as f64 / gen_secs
+    ));
+    if !floor_first {
+        rep.floor(w, &m_rate, floor().await?);
+    }
+
+    // Latency: healthy alone vs. healthy + hanging.
+    for hanging in if floor_first { [false, true] } else { [true, false] } {
+        log(format!("W4: {} events at {}/s, hanging endpoint: {hanging}", ctx.w4_lat_events, ctx.w4_rate));
+        let (p99, note) = w4_latency(ctx, hanging).await?;
+        log(format!("W4: healthy p99 {p99:.2} ms; {note}"));
+        if hanging {
+            rep.bridge(w, &m_lat, p99);
+        } else {
+            rep.floor(w, &m_lat, p99);
+        }
+        rep.note(w, &m_lat, format!("round {round}, hanging {hanging}: {note}"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// W5
+// ---------------------------------------------------------------------------------
+
+pub fn declare_w5(rep: &mut Report, ctx: &Ctx) {
+    rep.declare("W5", "RSS idle after start (Slack on, echo agent)", "MiB", Some(Budget::AtMost(20.0)));
+    rep.declare("W5", &format!("RSS after {} conversations had one turn (Slack events route)", ctx.w5_convs), "MiB", Some(Budget::AtMost(150.0)));
+    rep.declare("W5", "CPU per turn while mapping them, replies included", "µs", None);
+}
+
+pub async fn w5(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
+    let w = "W5";
+    let f = &ctx.fakes;
+    let n = ctx.w5_convs;
+    let m_after = format!("RSS after {n} conversations had one turn (Slack events route)");
+    let slack_ok = probe_slack(ctx).await;
+    f.reset();
+    let (b, _) = procs::start_bridge(&ctx.bridge_bin, &slack_cfg(f)).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let idle = b.rss();
+    rep.bridge(w, "RSS idle after start (Slack on, echo agent)", idle);
+    log(format!("W5: idle RSS {idle:.1} MiB"));
+    if let Err(why) = slack_ok {
+        rep.note(w, &m_after, format!("skipped: {why}"));
+        rep.skip(w, &why);
+        b.stop(Duration::from_secs(3));
+        return Ok(());
+    }
+    log(format!("W5: {n} conversations, one turn each"));
+    let maker = Arc::new(EventMaker::new(SIGNING_SECRET, n, "", b.addr));
+    let issued = Arc::new(AtomicU64::new(0));
+    let (i2, i3) = (issued.clone(), issued.clone());
+    let slack = f.slack.clone();
+    let acks = acks();
+    let a2 = acks.clone();
+    let cpu0 = b.cpu();
+    let t = Instant::now();
+    let load = gen::run(Load {
+        addr: b.addr,
+        conns: 16,
+        mode: Mode::Closed,
+        duration: None,
+        total: Some(n),
+        make: Arc::new(move |seq| {
+            i2.fetch_add(1, Ordering::Relaxed);
+            maker.request(seq)
+        }),
+        on_resp: Some(Arc::new(move |seq, status, _| {
+            if status == StatusCode::OK {
+                a2[seq as usize].store(1, Ordering::Relaxed);
+            }
+        })),
+        // Keep fewer turns in flight than the relay's queue admits, so every
+        // conversation gets a real turn rather than the busy reply.
+        gate: Some(Arc::new(move || {
+            i3.load(Ordering::Relaxed) < slack.stats.posts.load(Ordering::Relaxed) + 192
+        })),
+    })
+    .await?;
+    let done = wait_replies(f, load.ok, Duration::from_secs(120)).await;
+    let secs = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let cpu_us = (b.cpu() - cpu0) / load.ok.max(1) as f64 * 1e6;
+    let after = b.rss();
+    let hwm = hwm_mib(b.pid);
+    let (ok, detail) = exactly_once(f, &acks, load.ok + load.errors);
+    b.stop(Duration::from_secs(5));
+    log(format!("W5: RSS {after:.1} MiB after {} turns ({:.0} turns/s), peak {hwm:.1}; {detail}", load.ok, load.ok as f64 / secs));
+    rep.bridge(w, &m_after, after);
+    rep.bridge(w, "CPU per turn while mapping them, replies included", cpu_us);
+    rep.note(w, &m_after, format!(
+        "round {round}: {} turns at {:.0}/s, peak RSS {hwm:.1} MiB; {detail}{}{}",
+        load.ok, load.ok as f64 / secs,
+        if ok { "" } else { " — NOT every event answered once" },
+        if done { "" } else { " (timed out waiting for replies)" }
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// W6
+// ---------------------------------------------------------------------------------
+
+pub fn declare_w6(rep: &mut Report, ctx: &Ctx) {
+    rep.declare("W6", &format!("start-up: spawn → /readyz 200, fresh SQLite, Slack on (median of {})", ctx.w6_starts), "ms", Some(Budget::AtMost(200.0)));
+    rep.declare("W6", "start-up without Slack (HTTP + store only)", "ms", None);
+}
+
+pub async fn w6(ctx: &Ctx, rep: &mut Report, _round: usize) -> Result<()> {
+    let f = &ctx.fakes;
+    for slack in [true, false] {
+        let mut v = Vec::new();
+        for _ in 0..ctx.w6_starts {
+            let cfg = if slack { slack_cfg(f) } else { BridgeCfg { echo: true, ..BridgeCfg::default() } };
+            let (b, took) = procs::start_bridge(&ctx.bridge_bin, &cfg).await?;
+            v.push(took.as_secs_f64() * 1e3);
+            b.stop(Duration::from_secs(3));
+        }
+        let med = crate::util::median(&v).unwrap_or(f64::NAN);
+        log(format!("W6 (slack {slack}): {v:.1?} ms → median {med:.1}"));
+        if slack {
+            rep.bridge("W6", &format!("start-up: spawn → /readyz 200, fresh SQLite, Slack on (median of {})", ctx.w6_starts), med);
+        } else {
+            rep.bridge("W6", "start-up without Slack (HTTP + store only)", med);
+        }
+    }
+    Ok(())
+}
