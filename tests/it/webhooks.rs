@@ -1319,3 +1319,49 @@ async fn a_url_that_turns_private_after_registration_is_refused_at_delivery_time
     assert_eq!(rx.count(), 0, "nothing reached the private address");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_count_delivery_outcomes_and_show_the_outbox_backlog() {
+    let app = app_with(&[("WEBHOOK_RETRY_SCHEDULE", "10ms")]).await;
+    let ok = Receiver::start().await;
+    let dead = Receiver::start().await;
+    dead.set_status(500);
+    register(&app, json!({"url": ok.url(), "events": ["conversation"]})).await;
+    register(&app, json!({"url": dead.url(), "events": ["conversation"]})).await;
+    let sink = crate::support::RecordingSink::new();
+    app.turn("C1", "count me", &sink).await;
+    ok.wait_for(1, WAIT).await;
+    dead.wait_for(2, WAIT).await;
+
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // Outcomes are counted when decided and written to the store a moment later.
+        let settled = text.contains("bridge_webhook_deliveries_total{outcome=\"failed\"} 1")
+            && text.lines().any(|l| l == "bridge_webhook_outbox_backlog 0");
+        if settled || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for line in [
+        "bridge_webhook_deliveries_total{outcome=\"delivered\"} 1",
+        "bridge_webhook_deliveries_total{outcome=\"retrying\"} 1",
+        "bridge_webhook_deliveries_total{outcome=\"failed\"} 1",
+        "bridge_webhook_outbox_backlog 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    app.shutdown().await;
+}
