@@ -134,7 +134,10 @@ impl App {
         } = self;
         let relay = core.relay.clone();
         let tasks = TaskTracker::new();
-        let background = shutdown.child_token();
+        // Cancelled by hand after the drain (not a child of `shutdown`, which would
+        // cancel it at once): the webhook worker and the janitor keep going while turns
+        // in flight finish and emit their events.
+        let background = CancellationToken::new();
 
         // The worker keeps delivering while turns drain; it stops with `background`.
         let webhook_wake = webhook_worker.waker();
