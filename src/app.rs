@@ -141,6 +141,7 @@ impl App {
 
         // The worker keeps delivering while turns drain; it stops with `background`.
         let webhook_wake = webhook_worker.waker();
+        let flush_wake = webhook_worker.waker();
         tasks.spawn(webhook_worker.run(background.clone()));
         let backlog_store = core.webhooks.clone();
         readiness.register_gauge(
@@ -245,6 +246,7 @@ impl App {
                 "shutdown grace elapsed with turns still running"
             );
         }
+        flush_outbox(&*core.webhooks, &flush_wake).await;
         background.cancel();
         stop_serving.cancel();
         if tokio::time::timeout(Duration::from_secs(5), &mut server)
@@ -258,5 +260,41 @@ impl App {
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
         tracing::info!("agent-bridge stopped");
         Ok(())
+    }
+}
+
+/// How long shutdown waits at most for the outbox to empty after the last turns, and
+/// how long it waits without progress (a hanging or failing endpoint) before leaving
+/// the rest for the next start.
+const FLUSH_BOUND: Duration = Duration::from_secs(3);
+const FLUSH_STALL: Duration = Duration::from_millis(250);
+
+/// Gives the webhook worker a bounded moment to deliver what the last turns emitted.
+async fn flush_outbox(store: &dyn crate::core::ports::WebhookStore, wake: &tokio::sync::Notify) {
+    let started = tokio::time::Instant::now();
+    let mut last = u64::MAX;
+    let mut progress = started;
+    loop {
+        wake.notify_one();
+        let pending = match store.outbox_backlog().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the outbox before stopping");
+                return;
+            }
+        };
+        if pending == 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if pending < last {
+            last = pending;
+            progress = now;
+        }
+        if now - started >= FLUSH_BOUND || now - progress >= FLUSH_STALL {
+            tracing::info!(pending, "webhook deliveries left for the next start");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -240,3 +240,35 @@ async fn json_logs_carry_the_turn_and_no_log_line_ever_holds_a_secret() {
     );
     assert!(turn["latency_ms"].is_u64(), "{turn}");
 }
+
+#[tokio::test]
+async fn the_event_of_a_turn_finished_during_shutdown_is_still_delivered() {
+    use crate::support::receiver::Receiver;
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    let receiver = Receiver::start().await;
+    let bridge = Bridge::start(&agent, &slack, &[("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")]).await;
+    let resp = bridge
+        .client
+        .post(format!("{}/webhooks", bridge.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"url": receiver.url(), "events": ["conversation"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    agent.set_delay(Duration::from_millis(1000));
+
+    assert_eq!(bridge.mention("last words").await, 200);
+    agent.wait_for_requests(1, Duration::from_secs(5)).await;
+    bridge.terminate().await;
+
+    let out = tokio::time::timeout(Duration::from_secs(20), bridge.child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1, "delivered before the process exited");
+    assert_eq!(got[0].json()["data"]["query"], "last words");
+}
