@@ -265,15 +265,12 @@ impl FakeAgent {
     }
 }
 
-/// A URL where nothing listens: a port that was just bound and released, so connecting
-/// is refused.
+/// A URL where nothing listens, so connecting is refused.
 pub async fn dead_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind for dead url");
-    let addr = listener.local_addr().expect("dead url address");
-    drop(listener);
-    format!("http://{addr}")
+    // Port 1 (tcpmux) is below the ephemeral range, so no test's listener can ever
+    // take it, unlike a port bound and released here, which a parallel test's fake
+    // may pick up a moment later.
+    "http://127.0.0.1:1".to_string()
 }
 
 /// Counts a request as in flight for as long as it lives, also when the client gives
