@@ -190,3 +190,20 @@ pub fn find_num(hay: &[u8], key: &[u8]) -> Option<u64> {
     }
     any.then_some(n)
 }
+
+/// Voluntary + involuntary context switches of every live thread of a process.
+pub fn ctx_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in dir.flatten() {
+            if let Ok(status) = std::fs::read_to_string(e.path().join("status")) {
+                for line in status.lines() {
+                    if line.starts_with("voluntary_ctxt_switches") || line.starts_with("nonvoluntary_ctxt_switches") {
+                        total += line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    total
+}

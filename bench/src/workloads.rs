@@ -173,25 +173,29 @@ pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
     rep.declare(w, &format!("p99.9 @{}/s", ctx.w1_rate), "ms", None);
     rep.declare(w, "CPU per event at max load, replies included", "µs", Some(Budget::AtMost(40.0)));
     rep.declare(w, &format!("CPU per event @{}/s, replies included", ctx.w1_rate), "µs", None);
+    rep.declare(w, "context switches per event at max load (all threads)", "1", None);
+    rep.declare(w, "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)", "µs", None);
     rep.declare(w, "every event answered exactly once", "ok", Some(Budget::AllOk));
     rep.declare(w, "RSS under load (peak)", "MiB", Some(Budget::AtMost(40.0)));
 }
 
 struct Side {
     gen_cpu_us: f64,
+    ctx_per_req: f64,
     load: LoadResult,
     cpu_us: f64,
     rss_peak: f64,
     once: Option<(bool, String)>,
 }
 
-async fn w1_measure(ctx: &Ctx, floor: bool, mode: Mode) -> Result<Side> {
+async fn w1_measure(ctx: &Ctx, floor: bool, mode: Mode, reaction: Option<String>) -> Result<Side> {
     let f = &ctx.fakes;
     f.reset();
     let proc: Proc = if floor {
         procs::start_floor(&ctx.self_bin).await?
     } else {
-        procs::start_bridge(&ctx.bridge_bin, &slack_cfg(f)).await?.0
+        let cfg = BridgeCfg { reaction, ..slack_cfg(f) };
+        procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let maker = Arc::new(EventMaker::new(SIGNING_SECRET, ctx.w1_channels, "", proc.addr));
@@ -199,6 +203,7 @@ async fn w1_measure(ctx: &Ctx, floor: bool, mode: Mode) -> Result<Side> {
     let a2 = acks.clone();
     let sampler = RssSampler::start(proc.pid);
     let cpu0 = proc.cpu();
+    let ctx0 = crate::util::ctx_switches(proc.pid);
     let gen0 = crate::util::thread_cpu_secs("gen-");
     let load = gen::run(Load {
         addr: proc.addr,
@@ -227,10 +232,11 @@ async fn w1_measure(ctx: &Ctx, floor: bool, mode: Mode) -> Result<Side> {
         once = Some((ok && done, detail));
     }
     let cpu1 = proc.cpu();
+    let ctx_per_req = crate::util::ctx_switches(proc.pid).saturating_sub(ctx0) as f64 / load.ok.max(1) as f64;
     let rss_peak = sampler.finish().max(hwm_mib(proc.pid));
     let cpu_us = (cpu1 - cpu0) / load.ok.max(1) as f64 * 1e6;
     proc.stop(Duration::from_secs(5));
-    Ok(Side { gen_cpu_us, load, cpu_us, rss_peak, once })
+    Ok(Side { gen_cpu_us, ctx_per_req, load, cpu_us, rss_peak, once })
 }
 
 pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
@@ -246,11 +252,12 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     for floor in order {
         let who = if floor { "floor" } else { "bridge" };
         log(format!("W1 {who}: {} conns for {:?}", ctx.conns, ctx.duration));
-        let s = w1_measure(ctx, floor, Mode::Closed).await?;
+        let s = w1_measure(ctx, floor, Mode::Closed, None).await?;
         log(format!("W1 {who}: {:.0} req/s, {:.1} µs CPU/event; {}", s.load.rps(), s.cpu_us, settings_note(&s.load)));
         let push = |rep: &mut Report, m: &str, v: f64| if floor { rep.floor(w, m, v) } else { rep.bridge(w, m, v) };
         push(rep, &tput, s.load.rps());
         push(rep, "CPU per event at max load, replies included", s.cpu_us);
+        push(rep, "context switches per event at max load (all threads)", s.ctx_per_req);
         let rss_first = s.rss_peak;
         rep.note(w, &tput, format!("{who} round {round}: the generator spent {:.1} µs CPU per request", s.gen_cpu_us));
         if s.load.errors > 0 {
@@ -262,7 +269,7 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         }
 
         log(format!("W1 {who}: {rate}/s for {:?}", ctx.duration));
-        let s = w1_measure(ctx, floor, Mode::Rate(rate)).await?;
+        let s = w1_measure(ctx, floor, Mode::Rate(rate), None).await?;
         log(format!(
             "W1 {who}: p50 {:.3} p99 {:.3} p99.9 {:.3} ms, {:.1} µs CPU/event; {}",
             s.load.ms(0.5), s.load.ms(0.99), s.load.ms(0.999), s.cpu_us, settings_note(&s.load)
@@ -278,6 +285,16 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         if let Some((ok, detail)) = s.once {
             rep.bridge(w, "every event answered exactly once", if ok { 1.0 } else { 0.0 });
             rep.note(w, "every event answered exactly once", format!("round {round}, {rate}/s: {detail}"));
+        }
+        if !floor {
+            log(format!("W1 bridge without the progress reaction: {} conns for {:?}", ctx.conns, ctx.duration));
+            let s = w1_measure(ctx, false, Mode::Closed, Some(String::new())).await?;
+            log(format!("W1 bridge, no reaction: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+            rep.bridge(w, "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)", s.cpu_us);
+            if let Some((ok, detail)) = s.once {
+                rep.bridge(w, "every event answered exactly once", if ok { 1.0 } else { 0.0 });
+                rep.note(w, "every event answered exactly once", format!("round {round}, max load, no reaction: {detail}"));
+            }
         }
     }
     Ok(())
@@ -378,9 +395,10 @@ pub fn declare_w3(rep: &mut Report, ctx: &Ctx) {
     rep.declare(w, "in: event sent → agent call received, p99", "ms", None);
     rep.declare(w, "out: agent answered → chat.postMessage received, p99", "ms", None);
     rep.declare(w, "W3 without the progress reaction: p99, in + out", "ms", None);
+    rep.declare(w, "ack (Slack's 200) p99 during W3", "ms", None);
 }
 
-async fn w3_measure(ctx: &Ctx, reaction: Option<String>) -> Result<(Histogram<u64>, Histogram<u64>, Histogram<u64>, String)> {
+async fn w3_measure(ctx: &Ctx, reaction: Option<String>) -> Result<(Histogram<u64>, Histogram<u64>, Histogram<u64>, String, (f64, f64))> {
     let f = &ctx.fakes;
     f.reset();
     let cfg = BridgeCfg {
@@ -428,13 +446,14 @@ async fn w3_measure(ctx: &Ctx, reaction: Option<String>) -> Result<(Histogram<u6
         hout.saturating_record(dout.max(1_000));
         matched += 1;
     }
+    let ack = (load.ms(0.5), load.ms(0.99));
     let note = format!(
         "{} events sent, {} turns matched (agent call + post){}",
         load.ok,
         matched,
         if done { "" } else { ", timed out waiting for replies" }
     );
-    Ok((total, hin, hout, note))
+    Ok((total, hin, hout, note, ack))
 }
 
 pub async fn w3(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
@@ -445,7 +464,7 @@ pub async fn w3(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     }
     let r = ctx.w3_rate;
     log(format!("W3: {r} turns/s over 200 conversations for {:?}", ctx.duration));
-    let (total, hin, hout, note) = w3_measure(ctx, None).await?;
+    let (total, hin, hout, note, ack) = w3_measure(ctx, None).await?;
     let ms = |h: &Histogram<u64>, q| h.value_at_quantile(q) as f64 / 1e6;
     log(format!("W3: p50 {:.3} p99 {:.3} ms (in p99 {:.3}, out p99 {:.3}); {note}", ms(&total, 0.5), ms(&total, 0.99), ms(&hin, 0.99), ms(&hout, 0.99)));
     rep.bridge(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), ms(&total, 0.99));
@@ -454,7 +473,9 @@ pub async fn w3(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     rep.bridge(w, "in: event sent → agent call received, p99", ms(&hin, 0.99));
     rep.bridge(w, "out: agent answered → chat.postMessage received, p99", ms(&hout, 0.99));
     rep.note(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), format!("round {round}: {note}; Slack only (no fake Discord gateway in the harness)"));
-    let (total, _, _, _) = w3_measure(ctx, Some(String::new())).await?;
+    rep.bridge(w, "ack (Slack's 200) p99 during W3", ack.1);
+    rep.note(w, "ack (Slack's 200) p99 during W3", format!("round {round}: ack p50 {:.3} ms, p99 {:.3} ms (the figure is the p99)", ack.0, ack.1));
+    let (total, _, _, _, _) = w3_measure(ctx, Some(String::new())).await?;
     rep.bridge(w, "W3 without the progress reaction: p99, in + out", ms(&total, 0.99));
     Ok(())
 }
