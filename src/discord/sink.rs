@@ -256,14 +256,7 @@ impl ChatSink for MessageSink {
                 .await
             {
                 Ok(posted) => ids.push(posted.id.to_string()),
-                Err(e) => {
-                    let cause = describe(&e);
-                    return Err(SinkError(if total > 1 {
-                        format!("part {} of {total}: {cause}", i + 1)
-                    } else {
-                        cause
-                    }));
-                }
+                Err(e) => return Err(part_failed(i, total, &e)),
             }
         }
         Ok(ids)
@@ -289,4 +282,14 @@ async fn renew_typing(http: Arc<Http>, channel: ChannelId, stop: CancellationTok
             }
         }
     }
+}
+
+/// The error for part `i` (0-based) of a `total`-part answer that Discord refused.
+pub(super) fn part_failed(i: usize, total: usize, e: &serenity::Error) -> SinkError {
+    let cause = describe(e);
+    SinkError(if total > 1 {
+        format!("part {} of {total}: {cause}", i + 1)
+    } else {
+        cause
+    })
 }

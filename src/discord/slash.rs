@@ -15,8 +15,8 @@ use serenity::all::{
     CreateCommandOption, CreateInteractionResponseFollowup, EditInteractionResponse, Http,
 };
 
-use super::sink::no_pings;
-use super::{describe, MESSAGE_LIMIT};
+use super::sink::{no_pings, part_failed};
+use super::MESSAGE_LIMIT;
 use crate::core::chunk::split_text;
 use crate::core::ports::{ChatSink, SinkError};
 
@@ -115,14 +115,7 @@ impl ChatSink for InteractionSink {
             };
             match posted {
                 Ok(message) => ids.push(message.id.to_string()),
-                Err(e) => {
-                    let cause = describe(&e);
-                    return Err(SinkError(if total > 1 {
-                        format!("part {} of {total}: {cause}", i + 1)
-                    } else {
-                        cause
-                    }));
-                }
+                Err(e) => return Err(part_failed(i, total, &e)),
             }
         }
         Ok(ids)
