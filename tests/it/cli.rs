@@ -156,7 +156,9 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
             .json(&serde_json::json!({"query": "slow one"}))
             .send(),
     );
-    agent.wait_for_requests(1, Duration::from_secs(5)).await;
+    agent
+        .wait_for_requests_to("/query", 1, Duration::from_secs(5))
+        .await;
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])

@@ -116,7 +116,9 @@ async fn sigterm_stops_intake_but_the_answer_in_flight_is_still_posted() {
     agent.set_delay(Duration::from_millis(1500));
 
     assert_eq!(bridge.mention("slow question").await, 200);
-    agent.wait_for_requests(1, Duration::from_secs(5)).await;
+    agent
+        .wait_for_requests_to("/conversation", 1, Duration::from_secs(5))
+        .await;
     bridge.terminate().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -260,7 +262,9 @@ async fn the_event_of_a_turn_finished_during_shutdown_is_still_delivered() {
     agent.set_delay(Duration::from_millis(1000));
 
     assert_eq!(bridge.mention("last words").await, 200);
-    agent.wait_for_requests(1, Duration::from_secs(5)).await;
+    agent
+        .wait_for_requests_to("/conversation", 1, Duration::from_secs(5))
+        .await;
     bridge.terminate().await;
 
     let out = tokio::time::timeout(Duration::from_secs(20), bridge.child.wait_with_output())

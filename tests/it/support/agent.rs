@@ -179,27 +179,48 @@ impl FakeAgent {
     /// Waits until at least `n` requests arrived and returns them all; panics after
     /// `timeout` with what did arrive.
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        self.wait_until(None, n, timeout).await
+    }
+
+    /// Waits until at least `n` requests to `path` arrived (other paths, such as the
+    /// readiness probe's `/health`, do not count) and returns those.
+    pub async fn wait_for_requests_to(
+        &self,
+        path: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Recorded> {
+        self.wait_until(Some(path), n, timeout).await
+    }
+
+    async fn wait_until(&self, path: Option<&str>, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let matching = || match path {
+            Some(p) => self.requests_to(p),
+            None => self.requests(),
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Register interest before looking, so an arrival in between is not missed.
             let notified = self.inner.arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let seen = self.requests();
+            let seen = matching();
             if seen.len() >= n {
                 return seen;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let seen = self.requests();
+                let seen = matching();
                 if seen.len() >= n {
                     return seen;
                 }
-                let paths: Vec<String> = seen
+                let paths: Vec<String> = self
+                    .requests()
                     .iter()
                     .map(|r| format!("{} {}", r.method, r.path))
                     .collect();
                 panic!(
-                    "fake agent: expected {n} request(s) within {timeout:?}, got {}: {paths:?}",
+                    "fake agent: expected {n} request(s) to {} within {timeout:?}, got {}: {paths:?}",
+                    path.unwrap_or("any path"),
                     seen.len()
                 );
             }
