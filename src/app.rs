@@ -62,6 +62,8 @@ impl Core {
             },
         };
         let relay = Relay::new(agent, store.clone(), settings);
+        let preloading = relay.clone();
+        tokio::spawn(async move { preloading.preload().await });
         Ok(Core {
             store,
             webhooks,

@@ -121,6 +121,10 @@ pub struct SlackConfig {
     pub follow_threads: bool,
     /// `SLACK_PROGRESS_REACTION`, default `eyes`; empty disables (`None`).
     pub progress_reaction: Option<String>,
+    /// `SLACK_PROGRESS_REACTION_DELAY_MS`, default 500: the reaction goes on only when
+    /// the agent takes longer (an instant answer needs no "working" sign, and each
+    /// reaction is two Web API calls on Slack's tight `reactions.*` rate tier).
+    pub progress_reaction_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +240,8 @@ impl Config {
         )?;
         let slack_follow_threads = boolean(&vars, "SLACK_FOLLOW_THREADS", true)?;
         let slack_progress_reaction = progress_reaction(&vars)?;
+        let slack_progress_reaction_delay =
+            Duration::from_millis(number(&vars, &SLACK_PROGRESS_REACTION_DELAY_MS)?);
 
         let conversation = ConversationConfig {
             scope,
@@ -280,6 +286,7 @@ impl Config {
                 respond_to: slack_respond_to,
                 follow_threads: slack_follow_threads,
                 progress_reaction: slack_progress_reaction,
+                progress_reaction_delay: slack_progress_reaction_delay,
             }),
             (None, None) => None,
             // Half a Slack configuration is almost always a forgotten line, so it stops
@@ -414,6 +421,15 @@ const TRANSCRIPT_RETENTION_DAYS: Number = Number {
     max: 36_500,
     noun: "days",
     example: "30",
+};
+
+const SLACK_PROGRESS_REACTION_DELAY_MS: Number = Number {
+    var: "SLACK_PROGRESS_REACTION_DELAY_MS",
+    default: 500,
+    min: 0,
+    max: 60_000,
+    noun: "milliseconds",
+    example: "500",
 };
 
 const WEBHOOK_TIMEOUT_SECS: Number = Number {
@@ -840,8 +856,8 @@ mod tests {
     }
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
-    /// "off", not "default").
-    const OPTIONAL_VARS: [&str; 28] = [
+    /// "off", not "default"), and the bridge's own additions.
+    const OPTIONAL_VARS: [&str; 29] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -861,6 +877,7 @@ mod tests {
         "SLACK_API_BASE",
         "SLACK_RESPOND_TO",
         "SLACK_FOLLOW_THREADS",
+        "SLACK_PROGRESS_REACTION_DELAY_MS",
         "ALLOWED_CHANNELS",
         "BLOCKED_USERS",
         "USER_RATE_LIMIT",
@@ -929,6 +946,7 @@ mod tests {
             ("SLACK_RESPOND_TO", "all"),
             ("SLACK_FOLLOW_THREADS", "off"),
             ("SLACK_PROGRESS_REACTION", ":hourglass:"),
+            ("SLACK_PROGRESS_REACTION_DELAY_MS", "0"),
             ("ALLOWED_CHANNELS", " C1, ,C2 ,"),
             ("BLOCKED_USERS", "U1"),
             ("USER_RATE_LIMIT", "10/min"),
@@ -981,6 +999,7 @@ mod tests {
         assert_eq!(slack.respond_to, SlackRespondTo::All);
         assert!(!slack.follow_threads);
         assert_eq!(slack.progress_reaction.as_deref(), Some("hourglass"));
+        assert_eq!(slack.progress_reaction_delay, Duration::ZERO);
         assert_eq!(
             cfg.webhooks.retry_schedule,
             [

@@ -12,10 +12,11 @@
 //! conversations cheap.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use tokio::sync::Semaphore;
 
 use super::message::ConversationKey;
 
@@ -34,32 +35,54 @@ pub struct Lanes<J> {
     /// Conversations with a running worker, each with the jobs waiting behind the one
     /// it is running.
     queues: DashMap<ConversationKey, VecDeque<J>>,
-    /// Jobs accepted and not yet finished (running or queued), across all lanes.
-    pending: AtomicUsize,
-    /// The most jobs `pending` may reach before new ones are refused.
+    /// One permit per job that may still be accepted: a job takes one (and forgets
+    /// it) when admitted and gives it back when finished. A semaphore rather than a
+    /// counter so that callers can also *wait* for room, in FIFO order.
+    slots: Semaphore,
     capacity: usize,
 }
 
 impl<J> Lanes<J> {
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
         Lanes {
             queues: DashMap::new(),
-            pending: AtomicUsize::new(0),
-            capacity: capacity.max(1),
+            slots: Semaphore::new(capacity),
+            capacity,
         }
     }
 
+    /// Takes a slot if one is free now.
+    pub fn try_reserve(&self) -> bool {
+        self.slots.try_acquire().map(|p| p.forget()).is_ok()
+    }
+
+    /// Waits up to `within` for a slot (in the order callers began waiting).
+    pub async fn reserve_within(&self, within: Duration) -> bool {
+        match tokio::time::timeout(within, self.slots.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                true
+            }
+            // Timed out, or closed (never done).
+            _ => false,
+        }
+    }
+
+    /// Gives back a slot taken by a reservation that will not be admitted.
+    pub fn release(&self) {
+        self.slots.add_permits(1);
+    }
+
     pub fn admit(&self, key: &ConversationKey, job: J) -> Admission<J> {
-        // Reserve a slot first; a refused job gives it back at once.
-        let reserved = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.capacity).then_some(n + 1)
-            })
-            .is_ok();
-        if !reserved {
+        if !self.try_reserve() {
             return Admission::Full(job);
         }
+        self.admit_reserved(key, job)
+    }
+
+    /// Like [`Lanes::admit`] with a slot the caller already holds.
+    pub fn admit_reserved(&self, key: &ConversationKey, job: J) -> Admission<J> {
         match self.queues.entry(key.clone()) {
             Entry::Occupied(mut lane) => {
                 lane.get_mut().push_back(job);
@@ -75,7 +98,7 @@ impl<J> Lanes<J> {
     /// Called by a lane's worker when a job is finished: the next job of the lane, or
     /// `None` after which the worker must exit (the lane is gone).
     pub fn next(&self, key: &ConversationKey) -> Option<J> {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.release();
         match self.queues.entry(key.clone()) {
             Entry::Occupied(mut lane) => {
                 let next = lane.get_mut().pop_front();
@@ -91,7 +114,7 @@ impl<J> Lanes<J> {
 
     /// Jobs accepted and not finished.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.capacity - self.slots.available_permits()
     }
 
     /// Conversations with a running worker.
@@ -136,6 +159,28 @@ mod tests {
             Admission::StartWorker(2)
         ));
         assert_eq!(lanes.active(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_waits_for_a_finished_job_and_times_out_without_one() {
+        let lanes = Lanes::new(1);
+        let a = key("a");
+        assert!(matches!(lanes.admit(&a, 1), Admission::StartWorker(1)));
+        assert!(!lanes.try_reserve());
+        assert!(!lanes.reserve_within(Duration::from_millis(20)).await);
+        let (reserved, next) = tokio::join!(lanes.reserve_within(Duration::from_secs(5)), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            lanes.next(&a)
+        });
+        assert_eq!(next, None);
+        assert!(reserved, "the finished job's slot went to the waiter");
+        assert_eq!(lanes.pending(), 1);
+        assert!(matches!(
+            lanes.admit_reserved(&a, 2),
+            Admission::StartWorker(2)
+        ));
+        assert_eq!(lanes.next(&a), None);
+        assert_eq!(lanes.pending(), 0);
     }
 
     #[test]

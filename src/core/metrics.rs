@@ -50,6 +50,7 @@ impl Metrics {
             TurnOutcome::Lost => "lost",
             TurnOutcome::Ignored => "ignored",
             TurnOutcome::RateLimited => "rate_limited",
+            TurnOutcome::Duplicate => "duplicate",
         };
         bump(&self.turns, label);
     }

@@ -82,10 +82,17 @@ pub struct SinkError(pub String);
 /// *what* to post and *when* it is working.
 #[async_trait]
 pub trait ChatSink: Send + Sync + 'static {
-    /// The bridge started working on the message (typing indicator, progress reaction).
+    /// The agent is working on the message (typing indicator, progress reaction).
+    /// Runs beside the agent call and always completes before `send`.
     async fn working(&self) {}
-    /// The bridge finished (stop typing, remove the reaction). Called after `send`.
+    /// The bridge finished (stop typing, remove the reaction). Called after `send`,
+    /// and only when `working` was.
     async fn finished(&self) {}
+    /// How long the agent may take before `working` is shown at all; zero shows it at
+    /// once. An answer faster than this gets no progress indicator.
+    fn progress_after(&self) -> Duration {
+        Duration::ZERO
+    }
     /// Posts `text` (agent Markdown) where the answer belongs, converted and split as the
     /// platform needs. Returns the platform ids of the messages it posted.
     async fn send(&self, text: &str) -> Result<Vec<String>, SinkError>;
@@ -187,6 +194,9 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Option<Conversation>, StoreError>;
     /// Most recently active first, at most `limit`.
     async fn conversations(&self, limit: u32) -> Result<Vec<Conversation>, StoreError>;
+    /// Conversation keys greater than `after`, in key order, at most `limit`: pages
+    /// through every key without holding the store for long.
+    async fn conversation_keys(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError>;
     async fn conversations_by_session(
         &self,
         agent_session: &str,
@@ -212,6 +222,10 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+    /// Records `key` like [`Store::first_sighting`] without waiting for the answer:
+    /// the write happens in the background, no later than any commit made after this
+    /// call returns. For marks nobody waits on (a thread the bot answered in).
+    fn note_sighting(&self, key: String, expires_at: OffsetDateTime);
     /// Records several keys at once (e.g. a Slack event id and its message);
     /// `true` only when every one was a first sighting. Stores that can write them in
     /// one round-trip override this.

@@ -8,6 +8,7 @@
 //! A failure never escapes a turn: it becomes `ERROR_REPLY`, a `reply.failed` event
 //! and one `warn!` with the cause.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,10 @@ use super::ports::{
     StoreError, TranscriptEntry,
 };
 use super::sessions::SessionMap;
+
+/// How long [`Relay::submit_once`] holds a platform's acknowledgement while every
+/// slot is taken, before answering busy (Slack wants its 200 within 3 s).
+pub const INTAKE_WAIT: Duration = Duration::from_secs(1);
 
 /// How often a turn waiting behind another replica's turn asks the store again.
 const QUEUE_POLL: Duration = Duration::from_millis(20);
@@ -99,6 +104,8 @@ pub enum TurnOutcome {
     Ignored,
     /// Not relayed: the user is over `USER_RATE_LIMIT` and was told so.
     RateLimited,
+    /// Not relayed: the platform delivered this message before (`submit_once`).
+    Duplicate,
 }
 
 /// Resolves when the turn has been answered; dropping it changes nothing.
@@ -165,55 +172,67 @@ impl Relay {
     /// Queues a message behind the earlier turns of its conversation and returns at
     /// once. When the queue is full the user is told so through `sink`.
     pub fn submit(&self, msg: Inbound, sink: Arc<dyn ChatSink>) -> Result<TurnHandle, Rejected> {
-        let inner = &self.inner;
-        if !inner.accepting.load(Ordering::Acquire) {
+        if !self.is_accepting() {
             return Err(Rejected::ShuttingDown);
         }
         let (done, handle) = oneshot::channel();
-        match inner.access.check(&msg) {
-            Verdict::Allowed => {}
-            Verdict::Ignored => {
-                inner.metrics.turn_ended(TurnOutcome::Ignored);
-                let _ = done.send(TurnOutcome::Ignored);
-                return Ok(TurnHandle(handle));
-            }
-            Verdict::Limited => {
-                inner.metrics.turn_ended(TurnOutcome::RateLimited);
-                tracing::info!(user = %msg.user, platform = %msg.platform, "user over the rate limit");
-                inner.tracker.spawn(async move {
-                    if let Err(e) = sink.send(RATE_LIMITED_REPLY).await {
-                        warn!(error = %e, "could not post the rate-limit reply");
-                    }
-                    let _ = done.send(TurnOutcome::RateLimited);
-                });
-                return Ok(TurnHandle(handle));
-            }
+        self.inner.enqueue(msg, sink, done, false)?;
+        Ok(TurnHandle(handle))
+    }
+
+    /// For a platform that acknowledges a message before working on it (Slack): waits
+    /// up to [`INTAKE_WAIT`] for room among the accepted turns — so an overloaded
+    /// bridge slows its acknowledgements down instead of piling up work — then runs
+    /// `first` (typically the store's dedupe write) in the background and queues the
+    /// turn as [`Relay::submit`] does only if it is a first delivery; a duplicate
+    /// ends as [`TurnOutcome::Duplicate`]. Still no room: a first delivery gets
+    /// [`BUSY_REPLY`]. A message taken here is not refused by a shutdown that begins
+    /// later: the drain waits for it like for any turn.
+    pub async fn submit_once<F>(
+        &self,
+        msg: Inbound,
+        sink: Arc<dyn ChatSink>,
+        first: F,
+    ) -> Result<TurnHandle, Rejected>
+    where
+        F: Future<Output = bool> + Send + 'static,
+    {
+        let inner = &self.inner;
+        if !self.is_accepting() {
+            return Err(Rejected::ShuttingDown);
         }
-        let key = ConversationKey::derive(inner.settings.scope, &msg);
-        let turn = Turn {
-            key: key.clone(),
-            msg,
-            sink,
-            received: OffsetDateTime::now_utc(),
-            done,
-        };
-        match inner.lanes.admit(&key, turn) {
-            Admission::StartWorker(turn) => {
-                let lane = inner.clone();
-                inner.tracker.spawn(lane.run_lane(key, turn));
-            }
-            Admission::Queued => {}
-            Admission::Full(turn) => {
-                inner.metrics.turn_busy();
-                warn!(conversation = %key, pending = inner.lanes.pending(), "queue full, answering busy");
-                inner.tracker.spawn(async move {
-                    if let Err(e) = turn.sink.send(BUSY_REPLY).await {
+        let reserved = inner.lanes.try_reserve() || inner.lanes.reserve_within(INTAKE_WAIT).await;
+        if !reserved {
+            inner.metrics.turn_busy();
+            warn!(
+                pending = inner.lanes.pending(),
+                "no room for the turn, answering busy"
+            );
+            inner.tracker.spawn(async move {
+                if first.await {
+                    if let Err(e) = sink.send(BUSY_REPLY).await {
                         warn!(error = %e, "could not post the busy reply");
                     }
-                });
-                return Err(Rejected::Busy);
-            }
+                }
+            });
+            return Err(Rejected::Busy);
         }
+        if !self.is_accepting() {
+            inner.lanes.release();
+            return Err(Rejected::ShuttingDown);
+        }
+        let (done, handle) = oneshot::channel();
+        let worker = inner.clone();
+        inner.tracker.spawn(async move {
+            if first.await {
+                // Never busy: the slot is already reserved.
+                let _ = worker.enqueue(msg, sink, done, true);
+            } else {
+                worker.lanes.release();
+                worker.metrics.turn_ended(TurnOutcome::Duplicate);
+                let _ = done.send(TurnOutcome::Duplicate);
+            }
+        });
         Ok(TurnHandle(handle))
     }
 
@@ -310,6 +329,17 @@ impl Relay {
     }
 
     /// Conversations held in the in-memory map.
+    /// Loads what the session map needs to skip store reads for new conversations
+    /// (see `sessions`); run once in the background at start-up.
+    pub async fn preload(&self) {
+        self.inner.sessions.preload().await;
+    }
+
+    /// Whether [`Relay::preload`] has finished.
+    pub fn preloaded(&self) -> bool {
+        self.inner.sessions.preloaded()
+    }
+
     pub fn cached_conversations(&self) -> usize {
         self.inner.sessions.len()
     }
@@ -329,6 +359,70 @@ impl Relay {
 }
 
 impl Inner {
+    /// Access checks, then the conversation's lane (or the busy reply). `reserved`:
+    /// the caller holds a lane slot already (`Lanes::try_reserve`), used or given back
+    /// here.
+    fn enqueue(
+        self: &Arc<Self>,
+        msg: Inbound,
+        sink: Arc<dyn ChatSink>,
+        done: oneshot::Sender<TurnOutcome>,
+        reserved: bool,
+    ) -> Result<(), Rejected> {
+        let verdict = self.access.check(&msg);
+        if reserved && verdict != Verdict::Allowed {
+            self.lanes.release();
+        }
+        match verdict {
+            Verdict::Allowed => {}
+            Verdict::Ignored => {
+                self.metrics.turn_ended(TurnOutcome::Ignored);
+                let _ = done.send(TurnOutcome::Ignored);
+                return Ok(());
+            }
+            Verdict::Limited => {
+                self.metrics.turn_ended(TurnOutcome::RateLimited);
+                tracing::info!(user = %msg.user, platform = %msg.platform, "user over the rate limit");
+                self.tracker.spawn(async move {
+                    if let Err(e) = sink.send(RATE_LIMITED_REPLY).await {
+                        warn!(error = %e, "could not post the rate-limit reply");
+                    }
+                    let _ = done.send(TurnOutcome::RateLimited);
+                });
+                return Ok(());
+            }
+        }
+        let key = ConversationKey::derive(self.settings.scope, &msg);
+        let turn = Turn {
+            key: key.clone(),
+            msg,
+            sink,
+            received: OffsetDateTime::now_utc(),
+            done,
+        };
+        let admission = match reserved {
+            true => self.lanes.admit_reserved(&key, turn),
+            false => self.lanes.admit(&key, turn),
+        };
+        match admission {
+            Admission::StartWorker(turn) => {
+                self.tracker.spawn(self.clone().run_lane(key, turn));
+                Ok(())
+            }
+            Admission::Queued => Ok(()),
+            Admission::Full(turn) => {
+                self.metrics.turn_busy();
+                warn!(conversation = %key, pending = self.lanes.pending(), "queue full, answering busy");
+                self.tracker.spawn(async move {
+                    if let Err(e) = turn.sink.send(BUSY_REPLY).await {
+                        warn!(error = %e, "could not post the busy reply");
+                    }
+                });
+                Err(Rejected::Busy)
+            }
+        }
+    }
+
     /// Runs a lane's turns one after another until the lane is empty.
     async fn run_lane(self: Arc<Self>, key: ConversationKey, mut turn: Turn) {
         // With a shared store, other replicas may hold turns of this conversation too:
@@ -420,9 +514,11 @@ impl Inner {
         let sink = &*sink;
         let outcome = match commands::parse(&msg.text) {
             Parsed::Chat(text) => {
-                sink.working().await;
-                let outcome = self.chat(&key, &msg, text, received, sink).await;
-                sink.finished().await;
+                let shown = AtomicBool::new(false);
+                let outcome = self.chat(&key, &msg, text, received, sink, &shown).await;
+                if shown.load(Ordering::Relaxed) {
+                    sink.finished().await;
+                }
                 outcome
             }
             Parsed::Command(command) => self.command(&key, &msg, command, sink).await,
@@ -439,6 +535,7 @@ impl Inner {
         query: &str,
         received: OffsetDateTime,
         sink: &dyn ChatSink,
+        progress_shown: &AtomicBool,
     ) -> TurnOutcome {
         let conv = match self.sessions.get(key, self.settings.scope, msg).await {
             Ok(conv) => conv,
@@ -451,11 +548,14 @@ impl Inner {
             max_results: Some(self.settings.max_results),
         };
         let started = Instant::now();
-        let answer = match self.permits.acquire().await {
-            Ok(_permit) => self.agent.converse(&request).await,
-            // The semaphore is never closed; treat it like an unreachable agent if it were.
-            Err(_) => Err(AgentError::Unreachable("relay closed".into())),
+        let call = async {
+            match self.permits.acquire().await {
+                Ok(_permit) => self.agent.converse(&request).await,
+                // The semaphore is never closed; treat it like an unreachable agent if it were.
+                Err(_) => Err(AgentError::Unreachable("relay closed".into())),
+            }
         };
+        let answer = with_progress(sink, progress_shown, call).await;
         let took = started.elapsed();
         self.metrics.agent_call(took);
         let latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
@@ -711,6 +811,37 @@ impl Inner {
         if let Err(e) = self.store.commit(commit).await {
             tracing::error!(error = %e, "could not record the turn");
         }
+    }
+}
+
+/// Runs `work` (the agent call) and, beside it, the sink's progress indicator once
+/// `work` has taken `sink.progress_after()`. An indicator that has begun is always
+/// completed before this returns, so it never lands after the answer; `shown` tells
+/// the caller to call `finished` after posting.
+async fn with_progress<T>(
+    sink: &dyn ChatSink,
+    shown: &AtomicBool,
+    work: impl Future<Output = T>,
+) -> T {
+    let after = sink.progress_after();
+    let progress = async {
+        if !after.is_zero() {
+            tokio::time::sleep(after).await;
+        }
+        shown.store(true, Ordering::Relaxed);
+        sink.working().await;
+    };
+    tokio::pin!(work);
+    tokio::pin!(progress);
+    tokio::select! {
+        biased;
+        out = &mut work => {
+            if shown.load(Ordering::Relaxed) {
+                progress.await;
+            }
+            out
+        }
+        () = &mut progress => work.await,
     }
 }
 

@@ -7,8 +7,14 @@
 //! With a store shared by several replicas the cache is bypassed for reads: another
 //! replica may have changed the conversation, and the cross-replica turn queue
 //! guarantees the store's copy is the latest when a turn starts.
+//!
+//! Without replicas, a first message in a new conversation (every new Slack thread)
+//! costs no store read either: the hashes of the keys stored before start-up are
+//! loaded once (`preload`), and a key in neither that set nor the cache is new.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use time::OffsetDateTime;
@@ -16,12 +22,20 @@ use time::OffsetDateTime;
 use super::message::{ConversationKey, Inbound, SessionScope};
 use super::ports::{Conversation, Store, StoreError};
 
+/// Keys read per store round-trip by [`SessionMap::preload`].
+const PRELOAD_PAGE: u32 = 10_000;
+
 pub struct SessionMap {
     cache: DashMap<ConversationKey, Conversation>,
     store: Arc<dyn Store>,
     /// Other replicas write the same conversations: read the store on every turn
     /// (the turn queue makes that read current) instead of trusting the cache.
     shared: bool,
+    /// Hashes of every key the store held at start-up (unshared stores only, where
+    /// this process is the only writer). A key in neither this set nor the cache is a
+    /// new conversation, so its first turn skips the store read. Until the set is
+    /// loaded, every miss reads the store.
+    existing: OnceLock<HashSet<u64>>,
 }
 
 impl SessionMap {
@@ -30,6 +44,47 @@ impl SessionMap {
             cache: DashMap::new(),
             store,
             shared,
+            existing: OnceLock::new(),
+        }
+    }
+
+    /// Reads the hashes of the stored conversation keys, a page at a time (the
+    /// SQLite store has one connection; turns go on between pages). Does nothing for
+    /// a shared store. On a store error the set stays unloaded: correct, just slower.
+    pub async fn preload(&self) {
+        if self.shared {
+            return;
+        }
+        let mut hashes = HashSet::new();
+        let mut after = String::new();
+        loop {
+            let page = match self.store.conversation_keys(&after, PRELOAD_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not preload the conversation keys");
+                    return;
+                }
+            };
+            hashes.extend(page.iter().map(|k| key_hash(k)));
+            match page.last() {
+                Some(last) if page.len() == PRELOAD_PAGE as usize => after.clone_from(last),
+                _ => break,
+            }
+        }
+        tracing::debug!(conversations = hashes.len(), "conversation keys preloaded");
+        let _ = self.existing.set(hashes);
+    }
+
+    /// Whether [`SessionMap::preload`] has finished.
+    pub fn preloaded(&self) -> bool {
+        self.shared || self.existing.get().is_some()
+    }
+
+    /// `true` when the store may hold `key` (so it must be read).
+    fn maybe_stored(&self, key: &ConversationKey) -> bool {
+        match self.existing.get() {
+            Some(existing) => existing.contains(&key_hash(key.as_str())),
+            None => true,
         }
     }
 
@@ -46,7 +101,11 @@ impl SessionMap {
                 return Ok(conv.clone());
             }
         }
-        let conv = match self.store.conversation(key).await? {
+        let stored = match self.shared || self.maybe_stored(key) {
+            true => self.store.conversation(key).await?,
+            false => None,
+        };
+        let conv = match stored {
             Some(conv) => conv,
             None => Conversation {
                 key: key.clone(),
@@ -76,4 +135,12 @@ impl SessionMap {
     pub fn is_empty(&self) -> bool {
         self.cache.is_empty()
     }
+}
+
+/// A stable hash (SipHash with fixed keys): the same key hashes the same at load and
+/// at lookup. A collision only costs a store read.
+fn key_hash(key: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }

@@ -11,12 +11,13 @@
 //! Threads the bot answered in are remembered as `slack:thread:{channel}:{thread_ts}`
 //! sightings, with an in-memory map in front; a miss asks the store (`Store::seen`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use time::OffsetDateTime;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::core::ports::{Store, StoreError};
 
@@ -33,6 +34,7 @@ pub const THREAD_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 const THREAD_CACHE_MAX: usize = 100_000;
 
 /// Decides whether a delivery is the first one for its event and its message.
+#[derive(Clone)]
 pub struct Dedupe {
     store: Arc<dyn Store>,
 }
@@ -61,6 +63,35 @@ impl Dedupe {
         }
         keys.push(message_key(channel, ts));
         self.store.first_sightings(&keys, expires).await
+    }
+
+    /// [`Dedupe::first_delivery`] as an owned future, for a delivery that has already
+    /// been acknowledged: Slack will not send it again, so when the store cannot say,
+    /// the message is answered (a rare second answer beats a certain silence).
+    pub fn first_delivery_owned(
+        &self,
+        event_id: Option<String>,
+        channel: String,
+        ts: String,
+    ) -> impl Future<Output = bool> + Send + 'static {
+        let this = self.clone();
+        async move {
+            match this
+                .first_delivery(event_id.as_deref(), &channel, &ts)
+                .await
+            {
+                Ok(first) => {
+                    if !first {
+                        debug!(event_id, "duplicate Slack delivery ignored");
+                    }
+                    first
+                }
+                Err(e) => {
+                    warn!(error = %e, event_id, "dedupe store unavailable; answering anyway");
+                    true
+                }
+            }
+        }
     }
 }
 
@@ -93,17 +124,15 @@ impl AnsweredThreads {
         }
     }
 
-    /// Records that the bot answered in this thread. A store failure is logged: the
-    /// in-memory entry still lets this process follow the thread.
-    pub async fn mark(&self, channel: &str, thread_ts: &str) {
+    /// Records that the bot answered in this thread: in memory at once, in the store
+    /// in the background (with the turn's commit).
+    pub fn mark(&self, channel: &str, thread_ts: &str) {
         self.remember(channel, thread_ts);
-        let key = thread_key(channel, thread_ts);
-        // `first_sighting` only writes a key that is absent or expired. A thread
-        // answered again keeps its first expiry; THREAD_TTL is long enough for that.
+        // The store keeps a live key as it is: a thread answered again keeps its first
+        // expiry, and THREAD_TTL is long enough for that.
         let expires = OffsetDateTime::now_utc() + THREAD_TTL;
-        if let Err(e) = self.store.first_sighting(&key, expires).await {
-            warn!(error = %e, channel, thread = thread_ts, "could not record the answered thread");
-        }
+        self.store
+            .note_sighting(thread_key(channel, thread_ts), expires);
     }
 
     /// Whether the bot has answered in this thread (here, after a restart, or on

@@ -3,15 +3,15 @@
 //! Order matters and is the point of this module: read the raw body under the 1 MiB
 //! limit (413) → verify the signature on those exact bytes (401, nothing parsed) →
 //! parse (400) → `url_verification` / `ssl_check` answered at once → an
-//! `event_callback` is filtered, deduplicated in the store and handed to the relay,
-//! which queues the turn and returns, so Slack gets its 200 long before the agent
-//! answers. Unknown envelope and event types get 200 and are ignored, as Slack expects.
+//! `event_callback` is filtered and handed to the relay with its dedupe write
+//! (`Relay::submit_once`), and Slack gets its 200 at once: the dedupe write, the agent
+//! call and the reply all happen in the background. Unknown envelope and event types
+//! get 200 and are ignored, as Slack expects.
 //!
 //! A 503 asks Slack to retry later (it retries three times): while shutting down, and
 //! before `auth.test` has told the bridge who it is (it could not recognise its own
-//! mention or messages yet). The `is_accepting` check comes before the dedupe write,
-//! so a refused event is not marked as seen; the window between the two is a race
-//! with shutdown only.
+//! mention or messages yet). A refused event is not marked as seen, and one taken
+//! before shutdown began is answered: the drain waits for it.
 //!
 //! Wire types ([`Envelope`], [`EventBody`]) stay here and are converted by hand into
 //! `core::Inbound`. They are lenient on purpose: Slack adds fields all the time.
@@ -268,8 +268,13 @@ pub(crate) async fn handle(
         },
         "ssl_check" => StatusCode::OK.into_response(),
         "event_callback" => {
-            let retry = header("x-slack-retry-num").map(str::to_owned);
-            on_event_callback(&shared, envelope, retry.as_deref()).await
+            if let Some(retry) = header("x-slack-retry-num") {
+                debug!(
+                    event_id = envelope.event_id.as_deref(),
+                    retry, "Slack is retrying a delivery"
+                );
+            }
+            on_event_callback(&shared, envelope).await
         }
         "app_rate_limited" => {
             warn!("Slack reports that this app exceeded the Events API rate limit; events were dropped");
@@ -289,7 +294,7 @@ fn is_form_ssl_check(body: &[u8]) -> bool {
     url::form_urlencoded::parse(body).any(|(k, v)| k == "ssl_check" && v == "1")
 }
 
-async fn on_event_callback(shared: &Shared, envelope: Envelope, retry: Option<&str>) -> Response {
+async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
     let Some(raw_event) = envelope.event else {
         return ApiError::bad_request("event_callback without an event").into_response();
     };
@@ -330,24 +335,6 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope, retry: Option<&s
         );
         return StatusCode::OK.into_response();
     }
-    match shared
-        .dedupe
-        .first_delivery(event_id, &candidate.channel, &candidate.ts)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            debug!(event_id, retry, "duplicate Slack delivery ignored");
-            return StatusCode::OK.into_response();
-        }
-        Err(e) => {
-            // Without the store we cannot tell a retry from a new event; Slack will
-            // deliver it again.
-            warn!(error = %e, event_id, "dedupe store unavailable");
-            return unavailable("store unavailable");
-        }
-    }
-
     let workspace = envelope
         .team_id
         .or(event.team)
@@ -358,6 +345,7 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope, retry: Option<&s
         thread_ts: candidate.reply_thread.clone(),
         message_ts: candidate.ts.clone(),
         reaction: shared.progress_reaction.clone(),
+        reaction_after: shared.progress_reaction_delay,
         threads: shared.threads.clone(),
     });
     let inbound = Inbound {
@@ -369,12 +357,16 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope, retry: Option<&s
         message_id: candidate.ts,
         text: candidate.text,
     };
-    match shared.relay.submit(inbound, sink) {
-        Ok(_) => {
-            debug!(event_id, "Slack message handed to the relay");
-            StatusCode::OK.into_response()
-        }
-        // The relay already told the user it is busy, in the thread.
+    // Slack gets its 200 now (unless every slot is taken: then as soon as one frees);
+    // the dedupe write and the turn happen in the background.
+    let first = shared.dedupe.first_delivery_owned(
+        envelope.event_id,
+        inbound.channel.clone(),
+        inbound.message_id.clone(),
+    );
+    match shared.relay.submit_once(inbound, sink, first).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        // The relay tells a first delivery it is busy, in the thread.
         Err(Rejected::Busy) => StatusCode::OK.into_response(),
         Err(Rejected::ShuttingDown) => unavailable("shutting down"),
     }

@@ -70,6 +70,7 @@ pub(crate) struct Shared {
     respond_to: SlackRespondTo,
     follow_threads: bool,
     progress_reaction: Option<String>,
+    progress_reaction_delay: Duration,
 }
 
 /// Starts Slack: `auth.test` (retried in the background until it succeeds; `ready`
@@ -98,6 +99,7 @@ pub async fn start(
         respond_to: cfg.respond_to,
         follow_threads: cfg.follow_threads,
         progress_reaction: cfg.progress_reaction,
+        progress_reaction_delay: cfg.progress_reaction_delay,
     });
     let Some(api) = api else {
         return SlackApp { shared };

@@ -249,12 +249,18 @@ pub struct ThreadSink {
     pub message_ts: String,
     /// `SLACK_PROGRESS_REACTION`; `None` disables it.
     pub reaction: Option<String>,
+    /// `SLACK_PROGRESS_REACTION_DELAY_MS`: answers faster than this get no reaction.
+    pub reaction_after: Duration,
     /// Told when an answer was posted, so later messages in the thread are followed.
     pub threads: Arc<AnsweredThreads>,
 }
 
 #[async_trait]
 impl ChatSink for ThreadSink {
+    fn progress_after(&self) -> Duration {
+        self.reaction_after
+    }
+
     async fn working(&self) {
         let Some(name) = &self.reaction else { return };
         match self
@@ -320,7 +326,7 @@ impl ChatSink for ThreadSink {
             }
         }
         if !posted.is_empty() {
-            self.threads.mark(&self.channel, &self.thread_ts).await;
+            self.threads.mark(&self.channel, &self.thread_ts);
         }
         Ok(posted)
     }

@@ -31,7 +31,8 @@ enum Op {
     Sighting {
         keys: Vec<String>,
         expires_at: i64,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
+        /// `None`: nobody waits for the answer (`note_sighting`).
+        reply: Option<oneshot::Sender<Result<bool, StoreError>>>,
     },
 }
 
@@ -68,10 +69,22 @@ impl Batcher {
             .send(Op::Sighting {
                 keys,
                 expires_at,
-                reply,
+                reply: Some(reply),
             })
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
+    }
+
+    /// Queues a sighting nobody waits for; it is written with the next batch.
+    pub(crate) fn note_sighting(&self, key: String, expires_at: i64) {
+        let op = Op::Sighting {
+            keys: vec![key],
+            expires_at,
+            reply: None,
+        };
+        if self.ops.send(op).is_err() {
+            tracing::warn!("the store's writer has stopped; a sighting was not recorded");
+        }
     }
 }
 
@@ -107,7 +120,16 @@ async fn writer(pool: SqlitePool, direct: SqlStore, mut rx: mpsc::UnboundedRecei
                                 Ok(at) => direct.first_sightings(&keys, at).await,
                                 Err(e) => Err(e),
                             };
-                            let _ = reply.send(result);
+                            match reply {
+                                Some(reply) => {
+                                    let _ = reply.send(result);
+                                }
+                                None => {
+                                    if let Err(e) = result {
+                                        tracing::warn!(error = %e, "could not record a sighting");
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -132,7 +154,9 @@ fn answer(batch: &mut Vec<Op>, first: &HashSet<String>) {
                 let all_first = keys
                     .into_iter()
                     .all(|key| first.contains(&key) && answered.insert(key));
-                let _ = reply.send(Ok(all_first));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(all_first));
+                }
             }
         }
     }

@@ -38,6 +38,9 @@ const UPSERT_CONVERSATION: &str = "\
         agent_session = excluded.agent_session, personality = excluded.personality, \
         last_activity = excluded.last_activity";
 
+const SELECT_CONVERSATION_KEYS: &str =
+    "SELECT key FROM conversations WHERE key > $1 ORDER BY key LIMIT $2";
+
 const INSERT_TRANSCRIPT: &str = "\
     INSERT INTO transcripts \
         (session_id, role, content, created_at, platform, channel, thread, user_id, message_id) \
@@ -201,6 +204,17 @@ impl Store for SqlStore {
         row.map(Conversation::try_from).transpose()
     }
 
+    async fn conversation_keys(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        on_pool!(self, |p| {
+            sqlx::query_scalar(SELECT_CONVERSATION_KEYS)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await
+        })
+        .map_err(db_err)
+    }
+
     async fn conversations(&self, limit: u32) -> Result<Vec<Conversation>, StoreError> {
         let rows = on_pool!(self, |p| {
             sqlx::query_as::<_, ConversationRow>(SELECT_CONVERSATIONS)
@@ -347,6 +361,21 @@ impl Store for SqlStore {
         })
         .map_err(db_err)?;
         Ok(changed > 0)
+    }
+
+    fn note_sighting(&self, key: String, expires_at: OffsetDateTime) {
+        if let Some(batcher) = &self.batcher {
+            // Queued now, so it lands in the same batch as the next commit or earlier.
+            batcher.note_sighting(key, to_ms(expires_at));
+            return;
+        }
+        // PostgreSQL: every write is its own round-trip anyway.
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.first_sighting(&key, expires_at).await {
+                tracing::warn!(error = %e, key, "could not record a sighting");
+            }
+        });
     }
 
     async fn first_sightings(

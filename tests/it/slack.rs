@@ -52,10 +52,40 @@ impl Setup {
         Setup { app, slack }
     }
 
-    /// Waits until `n` turns have finished: the relay calls `finished` (which removes
-    /// the progress reaction) after the answer is posted and the turn is recorded.
-    async fn turns_done(&self, n: usize) {
-        self.slack.wait_for("reactions.remove", n, WAIT).await;
+    /// Waits until `n` turns have finished (answered, failed or a command), as
+    /// `/metrics` counts them: after the answer is posted and the turn is recorded.
+    async fn turns_done(&self, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self
+                .app
+                .client
+                .get(self.app.url("/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .unwrap_or_default();
+            let done: u64 = text
+                .lines()
+                .filter(|l| l.starts_with("bridge_turns_total{"))
+                .filter(|l| {
+                    ["answered", "failed", "command"]
+                        .iter()
+                        .any(|o| l.contains(&format!("\"{o}\"")))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            if done >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} turns not done within {WAIT:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn events_url(&self) -> String {
@@ -433,6 +463,35 @@ async fn the_progress_reaction_goes_on_while_the_agent_works_and_comes_off_after
         .collect();
     assert_eq!(
         order,
+        ["reactions.add", "chat.postMessage", "reactions.remove"]
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_quick_answer_gets_no_progress_reaction_unless_the_delay_is_zero() {
+    // Default delay (500 ms): the fake agent answers at once, so no reaction at all.
+    let s = Setup::start().await;
+    let ev = EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> quick"));
+    assert_eq!(s.send_event(&ev).await, 200);
+    s.turns_done(1).await;
+    let methods = |s: &Setup| -> Vec<String> {
+        s.slack
+            .calls()
+            .into_iter()
+            .map(|c| c.method)
+            .filter(|m| m != "auth.test")
+            .collect()
+    };
+    assert_eq!(methods(&s), ["chat.postMessage"]);
+    s.shutdown().await;
+
+    // SLACK_PROGRESS_REACTION_DELAY_MS=0: on at once, off after the answer.
+    let s = Setup::with(&[("SLACK_PROGRESS_REACTION_DELAY_MS", "0")]).await;
+    assert_eq!(s.send_event(&ev).await, 200);
+    s.turns_done(1).await;
+    assert_eq!(
+        methods(&s),
         ["reactions.add", "chat.postMessage", "reactions.remove"]
     );
     s.shutdown().await;

@@ -101,6 +101,14 @@ impl Spawn {
         let app = App::build(cfg).await.expect("app builds");
         let addr = app.addr();
         let relay = app.relay().clone();
+        // Tests run against the steady state: new conversations known to be new.
+        for _ in 0..500 {
+            if relay.preloaded() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(relay.preloaded(), "conversation keys preloaded");
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(
             app.with_shutdown_grace(Duration::from_secs(5))
