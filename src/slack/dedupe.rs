@@ -2,11 +2,11 @@
 //! in — both kept in the store (`Store::first_sighting`), so they hold across restarts
 //! and, with PostgreSQL, across replicas: the store's unique key decides who goes first.
 //!
-//! Two keys per answered message:
-//! - `slack:{event_id}` — Slack's retries (`X-Slack-Retry-Num`) and duplicate
-//!   deliveries carry the same `event_id`;
-//! - `slack:msg:{channel}:{ts}` — one message can arrive as two events (`app_mention`
-//!   and `message`) with different ids; the message's `ts` is what they share.
+//! One key per answered message, `slack:msg:{channel}:{ts}`: Slack's retries
+//! (`X-Slack-Retry-Num`) and duplicate deliveries repeat the `event_id` and the
+//! message, and one message arriving as two events (`app_mention` and `message`, with
+//! different ids) shares its `ts` — so the message key catches every duplicate an
+//! `event_id` key would, and the pair as well.
 //!
 //! Threads the bot answered in are remembered as `slack:thread:{channel}:{thread_ts}`
 //! sightings, with an in-memory map in front; a miss asks the store (`Store::seen`).
@@ -44,30 +44,23 @@ impl Dedupe {
         Dedupe { store }
     }
 
-    /// `true` when neither this event id nor this message was seen before, and records
-    /// both. `event_id` may be absent (it never is from Slack; the message key still
-    /// applies).
-    pub async fn first_delivery(
-        &self,
-        event_id: Option<&str>,
-        channel: &str,
-        ts: &str,
-    ) -> Result<bool, StoreError> {
+    /// `true` when this message was not seen before, and records it.
+    ///
+    /// One key covers both duplicate kinds: a retry or a second delivery carries the
+    /// same `event_id` *and* the same message, and the `app_mention` + `message` pair
+    /// carries two ids but one message. So the message (`channel`, `ts`) is the key;
+    /// storing the event id as well would only cost a second row per event.
+    pub async fn first_delivery(&self, channel: &str, ts: &str) -> Result<bool, StoreError> {
         let expires = OffsetDateTime::now_utc() + EVENT_TTL;
-        // Both keys in one store round-trip: the event id (retries, duplicates) and
-        // the message (the app_mention + message pair). Recording the message key of
-        // a retried event changes nothing: its first delivery recorded it already.
-        let mut keys = Vec::with_capacity(2);
-        if let Some(id) = event_id {
-            keys.push(event_key(id));
-        }
-        keys.push(message_key(channel, ts));
-        self.store.first_sightings(&keys, expires).await
+        self.store
+            .first_sighting(&message_key(channel, ts), expires)
+            .await
     }
 
     /// [`Dedupe::first_delivery`] as an owned future, for a delivery that has already
     /// been acknowledged: Slack will not send it again, so when the store cannot say,
     /// the message is answered (a rare second answer beats a certain silence).
+    /// `event_id` is only logged.
     pub fn first_delivery_owned(
         &self,
         event_id: Option<String>,
@@ -76,10 +69,7 @@ impl Dedupe {
     ) -> impl Future<Output = bool> + Send + 'static {
         let this = self.clone();
         async move {
-            match this
-                .first_delivery(event_id.as_deref(), &channel, &ts)
-                .await
-            {
+            match this.first_delivery(&channel, &ts).await {
                 Ok(first) => {
                     if !first {
                         debug!(event_id, "duplicate Slack delivery ignored");
@@ -93,10 +83,6 @@ impl Dedupe {
             }
         }
     }
-}
-
-pub fn event_key(event_id: &str) -> String {
-    format!("slack:{event_id}")
 }
 
 pub fn message_key(channel: &str, ts: &str) -> String {

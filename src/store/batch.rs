@@ -20,10 +20,11 @@ use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{db_err, to_ms, SqlStore};
-use crate::core::ports::{Commit, Store, StoreError};
+use crate::core::ports::{Commit, Conversation, Store, StoreError};
 
-/// The most operations one transaction takes; also bounds statement size (SQLite
-/// allows 32,766 bound parameters; 256 rows × 9 columns stays well inside).
+const ANY_ENABLED_ENDPOINT: &str = "SELECT 1 FROM webhook_endpoints WHERE enabled = 1 LIMIT 1";
+
+/// The most operations one transaction takes.
 const MAX_BATCH: usize = 256;
 
 enum Op {
@@ -162,6 +163,27 @@ fn answer(batch: &mut Vec<Op>, first: &HashSet<String>) {
     }
 }
 
+/// The most rows one statement takes: statements of 1, 2, 4, … [`MAX_ROWS`] rows
+/// (a batch's rows split by powers of two) are few enough shapes that every one stays
+/// in sqlx's statement cache, where any row count would be prepared afresh each time.
+const MAX_ROWS: usize = 32;
+
+/// Splits `items` into chunks whose lengths are powers of two up to [`MAX_ROWS`],
+/// longest first, in order.
+fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let n = items.len().min(MAX_ROWS);
+        // The largest power of two not above n.
+        let take = 1 << (usize::BITS - 1 - n.leading_zeros());
+        let (chunk, rest) = items.split_at(take);
+        items = rest;
+        Some(chunk)
+    })
+}
+
 /// Applies a whole batch in one transaction; returns the sighting keys it recorded.
 async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, StoreError> {
     let now = to_ms(time::OffsetDateTime::now_utc());
@@ -180,10 +202,11 @@ async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, Store
             }
         }
     }
+    let sightings: Vec<(&str, i64)> = sightings.into_iter().collect();
     let mut first = HashSet::new();
-    if !sightings.is_empty() {
+    for chunk in chunks(&sightings) {
         let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO seen_events (key, expires_at) ");
-        q.push_values(&sightings, |mut row, (key, expires_at)| {
+        q.push_values(chunk, |mut row, (key, expires_at)| {
             row.push_bind(*key).push_bind(*expires_at);
         });
         q.push(" ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE seen_events.expires_at < ")
@@ -210,12 +233,13 @@ async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, Store
     for c in commits.iter().flat_map(|c| &c.conversations) {
         latest.insert(c.key.as_str(), c);
     }
-    if !latest.is_empty() {
+    let latest: Vec<&Conversation> = latest.into_values().collect();
+    for chunk in chunks(&latest) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO conversations (key, platform, workspace, channel, thread, user_id, \
              agent_session, personality, last_activity) ",
         );
-        q.push_values(latest.values(), |mut row, c| {
+        q.push_values(chunk, |mut row, c| {
             row.push_bind(c.key.as_str())
                 .push_bind(c.platform.as_str())
                 .push_bind(&c.workspace)
@@ -237,12 +261,12 @@ async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, Store
     }
 
     let rows: Vec<_> = commits.iter().flat_map(|c| &c.transcript).collect();
-    if !rows.is_empty() {
+    for chunk in chunks(&rows) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO transcripts (session_id, role, content, created_at, platform, channel, \
              thread, user_id, message_id) ",
         );
-        q.push_values(&rows, |mut row, t| {
+        q.push_values(chunk, |mut row, t| {
             row.push_bind(&t.session_id)
                 .push_bind(t.role.as_str())
                 .push_bind(&t.content)
@@ -257,24 +281,42 @@ async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, Store
     }
 
     let events: Vec<_> = commits.iter().flat_map(|c| &c.events).collect();
-    if !events.is_empty() {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO webhook_events (id, type, ordering_key, body, created_at) ",
-        );
-        q.push_values(&events, |mut row, e| {
-            row.push_bind(e.id.as_str())
+    // An event is stored only for the endpoints that subscribe to it: with none
+    // enabled (the common case without webhooks) nothing is written at all.
+    let any_endpoint = !events.is_empty()
+        && sqlx::query_scalar::<_, i64>(ANY_ENABLED_ENDPOINT)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .is_some();
+    // Chunks go in event order, so an ordered endpoint's delivery rows keep the order
+    // in which the events happened.
+    for chunk in chunks(&events).filter(|_| any_endpoint) {
+        // The event rows of subscribed types…
+        let mut q =
+            QueryBuilder::<Sqlite>::new("WITH ev(seq, id, type, ordering_key, body, at) AS (");
+        q.push_values(chunk.iter().enumerate(), |mut row, (seq, e)| {
+            row.push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .push_bind(e.id.as_str())
                 .push_bind(e.kind.as_str())
                 .push_bind(e.ordering_key.as_deref())
                 .push_bind(&e.body)
                 .push_bind(to_ms(e.created_at));
         });
+        q.push(
+            ") INSERT INTO webhook_events (id, type, ordering_key, body, created_at) \
+             SELECT ev.id, ev.type, ev.ordering_key, ev.body, ev.at FROM ev \
+             WHERE EXISTS (SELECT 1 FROM webhook_endpoints e \
+                           JOIN webhook_subscriptions s ON s.endpoint_id = e.id \
+                           WHERE e.enabled = 1 AND s.event_type IN (ev.type, '*')) \
+             ORDER BY ev.seq",
+        );
         q.build().execute(&mut *tx).await.map_err(db_err)?;
 
-        // One pending delivery per enabled endpoint subscribed to the type or `*`,
-        // created in event order (`seq`), so an ordered endpoint's rows keep the
-        // order in which the events happened.
+        // …then one pending delivery per enabled endpoint subscribed to the type or
+        // `*`, in event order (`seq`).
         let mut q = QueryBuilder::<Sqlite>::new("WITH ev(seq, id, type, ordering_key, at) AS (");
-        q.push_values(events.iter().enumerate(), |mut row, (seq, e)| {
+        q.push_values(chunk.iter().enumerate(), |mut row, (seq, e)| {
             row.push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
                 .push_bind(e.id.as_str())
                 .push_bind(e.kind.as_str())
@@ -295,4 +337,19 @@ async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, Store
 
     tx.commit().await.map_err(db_err)?;
     Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_up_to_the_cap_in_order() {
+        let items: Vec<usize> = (0..103).collect();
+        let lens: Vec<usize> = chunks(&items).map(<[usize]>::len).collect();
+        assert_eq!(lens, [32, 32, 32, 4, 2, 1]);
+        let flat: Vec<usize> = chunks(&items).flatten().copied().collect();
+        assert_eq!(flat, items);
+        assert_eq!(chunks::<u8>(&[]).count(), 0);
+    }
 }

@@ -60,13 +60,20 @@ const SELECT_HISTORY: &str = "\
 
 const PURGE_TRANSCRIPTS: &str = "DELETE FROM transcripts WHERE created_at < $1";
 
+/// The event row, only when an enabled endpoint subscribes to its type or to `*`
+/// (nothing else reads it): without webhooks a turn writes no event at all.
 const INSERT_EVENT: &str = "\
     INSERT INTO webhook_events (id, type, ordering_key, body, created_at) \
-    VALUES ($1, $2, $3, $4, $5)";
+    SELECT $1, $2, $3, $4, $5 \
+    WHERE EXISTS (SELECT 1 FROM webhook_endpoints e \
+                  JOIN webhook_subscriptions s ON s.endpoint_id = e.id \
+                  WHERE e.enabled = 1 AND s.event_type IN ($2, '*'))";
 
 /// One pending delivery per enabled endpoint subscribed to the event's type or to `*`.
 /// `EXISTS` (rather than a join) yields each endpoint once even when it subscribes to
-/// both. The first attempt is due when the event happened.
+/// both. The first attempt is due when the event happened. Only for an event that
+/// `INSERT_EVENT` stored: an endpoint registered between the two statements (READ
+/// COMMITTED on PostgreSQL) gets nothing rather than a delivery without its event.
 const FAN_OUT_EVENT: &str = "\
     INSERT INTO webhook_deliveries \
         (event_id, endpoint_id, ordering_key, status, attempts, next_attempt_at, created_at, \
@@ -75,7 +82,8 @@ const FAN_OUT_EVENT: &str = "\
     FROM webhook_endpoints e \
     WHERE e.enabled = 1 \
       AND EXISTS (SELECT 1 FROM webhook_subscriptions s \
-                  WHERE s.endpoint_id = e.id AND s.event_type IN ($2, '*'))";
+                  WHERE s.endpoint_id = e.id AND s.event_type IN ($2, '*')) \
+      AND EXISTS (SELECT 1 FROM webhook_events v WHERE v.id = $1)";
 
 /// Inserts a sighting, or revives one whose `expires_at` has passed; a live sighting
 /// is left alone, so exactly one caller sees a changed row. The unique key decides

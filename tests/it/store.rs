@@ -187,8 +187,9 @@ async fn store_contract(s: &SqlStore) {
     purge_transcripts_deletes_only_older_rows(s).await;
     sightings_are_first_once_until_they_expire(s).await;
     empty_commit_is_a_no_op(s).await;
-    failed_commit_leaves_nothing_behind(s).await;
+    events_nobody_subscribes_to_are_not_stored(s).await;
     commit_fans_events_out_to_subscribed_enabled_endpoints(s).await;
+    failed_commit_leaves_nothing_behind(s).await;
     unknown_stored_values_are_reported_as_corrupt(s).await;
     concurrent_sightings_of_one_key_have_exactly_one_winner(s).await;
     seen_reads_a_live_sighting_without_writing(s).await;
@@ -502,6 +503,31 @@ async fn empty_commit_is_a_no_op(s: &SqlStore) {
     assert_eq!(count(s, "SELECT COUNT(*) FROM transcripts").await, before);
 }
 
+/// Runs while no endpoint exists: the turn is recorded, its event is not (nothing
+/// would ever read it).
+async fn events_nobody_subscribes_to_are_not_stored(s: &SqlStore) {
+    let at = datetime!(2026-04-02 00:00 UTC);
+    let c = conv("console/-/unheard", Some("sess-unheard"), at);
+    let event = OutboxEvent::new(
+        EventKind::Conversation,
+        Some(c.key.to_string()),
+        &json!({"n": 1}),
+        at,
+    );
+    s.commit(Commit {
+        conversations: vec![c.clone()],
+        transcript: vec![entry("sess-unheard", Role::User, "hello?", at)],
+        events: vec![event],
+    })
+    .await
+    .unwrap();
+
+    assert!(s.conversation(&c.key).await.unwrap().is_some());
+    assert_eq!(s.history("sess-unheard", None).await.unwrap().len(), 1);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM webhook_events").await, 0);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM webhook_deliveries").await, 0);
+}
+
 async fn failed_commit_leaves_nothing_behind(s: &SqlStore) {
     let at = datetime!(2026-04-01 00:00 UTC);
     let c = conv("console/-/atomic", Some("sess-atomic"), at);
@@ -511,8 +537,9 @@ async fn failed_commit_leaves_nothing_behind(s: &SqlStore) {
         &json!({"n": 1}),
         at,
     );
-    // The same event id twice violates the primary key of webhook_events, after the
-    // conversation, the transcript and the first event were already written.
+    // The same event id twice violates the primary key of webhook_events (endpoints
+    // subscribe to it by now), after the conversation, the transcript and the first
+    // event were already written.
     let broken = Commit {
         conversations: vec![c.clone()],
         transcript: vec![entry("sess-atomic", Role::User, "hello", at)],

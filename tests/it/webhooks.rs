@@ -22,7 +22,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A test app whose webhooks may target 127.0.0.1 (where the receivers live).
 async fn app_with(vars: &[(&str, &str)]) -> TestApp {
-    let mut b = TestApp::builder().var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true");
+    let mut b = TestApp::builder()
+        .no_subscriber()
+        .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true");
     for (k, v) in vars {
         b = b.var(k, v);
     }
@@ -544,6 +546,7 @@ async fn a_hanging_receiver_does_not_delay_another_endpoint() {
     // Our own database file: it must outlive the app (checked after shutdown).
     let (_keep, db_url) = db::sqlite_file_url().await;
     let app = TestApp::builder()
+        .no_subscriber()
         .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
         .database(&db_url)
         .start()
@@ -610,6 +613,7 @@ async fn two_apps_on_one_sqlite_file_deliver_each_event_exactly_once() {
     let second = {
         second.shutdown().await;
         TestApp::builder()
+            .no_subscriber()
             .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
             .database(&first.db_url)
             .start()
@@ -637,7 +641,7 @@ async fn exactly_once_across_two_workers(first: TestApp, second: TestApp) {
 #[tokio::test]
 async fn registration_refuses_bad_urls_private_targets_and_unknown_events() {
     // Private targets disallowed: the default.
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder().no_subscriber().start().await;
     let cases = [
         json!({"url": "ftp://example.com/hook", "events": ["*"]}),
         json!({"url": "not a url", "events": ["*"]}),
@@ -941,6 +945,7 @@ async fn postgres_an_endpoint_receives_a_signed_conversation_event() {
         return;
     };
     let app = TestApp::builder()
+        .no_subscriber()
         .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
         .database(&pg.url)
         .start()
@@ -972,6 +977,7 @@ async fn postgres_two_workers_on_one_schema_deliver_each_of_200_events_exactly_o
     };
     let start = || {
         TestApp::builder()
+            .no_subscriber()
             .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
             .database(&pg.url)
             .start()
@@ -1292,7 +1298,7 @@ async fn concurrent_claims_on_one_postgres_schema_never_overlap() {
 async fn a_url_that_turns_private_after_registration_is_refused_at_delivery_time() {
     // Private targets disallowed. The endpoint is written straight to the store, as if
     // its name had resolved to a public address at registration and changed since.
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder().no_subscriber().start().await;
     let rx = Receiver::start().await;
     let store = open_store(&app.db_url).await;
     for (id, url) in [

@@ -55,6 +55,7 @@ pub struct Spawn {
     vars: Vec<(String, String)>,
     agent: Option<FakeAgent>,
     db_url: Option<String>,
+    subscriber: bool,
 }
 
 impl Spawn {
@@ -71,6 +72,13 @@ impl Spawn {
     /// Use this database instead of a fresh SQLite file.
     pub fn database(mut self, url: &str) -> Self {
         self.db_url = Some(url.into());
+        self
+    }
+
+    /// Without the catch-all webhook endpoint every app gets by default (for tests
+    /// that count endpoints and deliveries themselves).
+    pub fn no_subscriber(mut self) -> Self {
+        self.subscriber = false;
         self
     }
 
@@ -100,6 +108,9 @@ impl Spawn {
         let cfg = config(&vars);
         let app = App::build(cfg).await.expect("app builds");
         let addr = app.addr();
+        if self.subscriber {
+            subscribe_everything(&db_url).await;
+        }
         let relay = app.relay().clone();
         // Tests run against the steady state: new conversations known to be new.
         for _ in 0..500 {
@@ -134,6 +145,7 @@ impl TestApp {
             vars: vec![],
             agent: None,
             db_url: None,
+            subscriber: true,
         }
     }
 
@@ -269,6 +281,47 @@ impl ChatSink for RecordingSink {
 }
 
 /// Bodies of the stored webhook events of one type, oldest first.
+/// Registers an endpoint subscribed to `*` straight in the store: the bridge stores
+/// an event only when some endpoint subscribes to it, and tests read the stored events
+/// (`stored_events`). The URL is the dead port, so deliveries simply fail.
+async fn subscribe_everything(db_url: &str) {
+    use agent_bridge::store::Pool;
+    let store = agent_bridge::store::connect(db_url)
+        .await
+        .expect("open store");
+    let id = format!("ep_test_{}", uuid::Uuid::new_v4().simple());
+    let endpoint = "INSERT INTO webhook_endpoints (id, url, secret, created_at) \
+                    VALUES ($1, 'http://127.0.0.1:1/events', 'whsec_dGVzdA==', 0)";
+    let subscription =
+        "INSERT INTO webhook_subscriptions (endpoint_id, event_type) VALUES ($1, '*')";
+    match store.pool() {
+        Pool::Sqlite(p) => {
+            sqlx::query(endpoint)
+                .bind(&id)
+                .execute(p)
+                .await
+                .expect("endpoint");
+            sqlx::query(subscription)
+                .bind(&id)
+                .execute(p)
+                .await
+                .expect("subscription");
+        }
+        Pool::Postgres(p) => {
+            sqlx::query(endpoint)
+                .bind(&id)
+                .execute(p)
+                .await
+                .expect("endpoint");
+            sqlx::query(subscription)
+                .bind(&id)
+                .execute(p)
+                .await
+                .expect("subscription");
+        }
+    }
+}
+
 pub async fn stored_events(db_url: &str, kind: &str) -> Vec<serde_json::Value> {
     use agent_bridge::store::Pool;
     let store = agent_bridge::store::connect(db_url)
