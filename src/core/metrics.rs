@@ -19,8 +19,9 @@ const LATENCY_BUCKETS: [f64; 12] = [
 
 #[derive(Default)]
 pub struct Metrics {
-    /// Platform events received, by `platform` and `kind` (`app_mention`, `message`, …).
-    events: DashMap<(Platform, String), AtomicU64>,
+    /// Platform events received, by `platform` (the index, see [`platform_index`])
+    /// and `kind` (`app_mention`, `message`, …).
+    events: [DashMap<String, AtomicU64>; 3],
     /// Turns by how they ended.
     turns: DashMap<&'static str, AtomicU64>,
     /// Agent call latency.
@@ -29,15 +30,24 @@ pub struct Metrics {
     deliveries: DashMap<&'static str, AtomicU64>,
 }
 
+fn platform_index(platform: Platform) -> usize {
+    match platform {
+        Platform::Discord => 0,
+        Platform::Slack => 1,
+        Platform::Console => 2,
+    }
+}
+
 impl Metrics {
     pub fn event_received(&self, platform: Platform, kind: &str) {
+        let events = &self.events[platform_index(platform)];
         // Look up without allocating; the key is only built the first time.
-        if let Some(counter) = self.events.get(&(platform, kind.to_string())) {
+        if let Some(counter) = events.get(kind) {
             counter.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.events
-            .entry((platform, kind.to_string()))
+        events
+            .entry(kind.to_string())
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -74,15 +84,16 @@ impl Metrics {
             "# HELP bridge_events_received_total Platform events received."
         );
         let _ = writeln!(out, "# TYPE bridge_events_received_total counter");
-        let mut events: Vec<_> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.key().0.as_str(),
-                    e.key().1.clone(),
-                    e.value().load(Ordering::Relaxed),
-                )
+        let mut events: Vec<_> = [Platform::Discord, Platform::Slack, Platform::Console]
+            .into_iter()
+            .flat_map(|platform| {
+                self.events[platform_index(platform)].iter().map(move |e| {
+                    (
+                        platform.as_str(),
+                        e.key().clone(),
+                        e.value().load(Ordering::Relaxed),
+                    )
+                })
             })
             .collect();
         events.sort();

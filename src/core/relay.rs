@@ -9,10 +9,12 @@
 //! and one `warn!` with the cause.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -436,15 +438,18 @@ impl Inner {
             if let Some(ticket) = ticket {
                 self.wait_in_queue(&key, ticket, turn.received).await;
             }
-            // Each turn runs as its own task so that a panic in one (a bug) cannot wedge
-            // the conversation: the lane moves on to the next turn.
-            let this = self.clone();
+            // A panic in a turn (a bug) must not wedge the conversation: it is caught
+            // here and the lane moves on to the next turn. (Its `done` sender is dropped
+            // in the unwind, so the submitter sees `TurnOutcome::Lost`.)
             let span = info_span!("turn", conversation = %key, platform = %turn.msg.platform);
-            let run = self
-                .tracker
-                .spawn(async move { this.process(turn).await }.instrument(span));
-            if let Err(e) = run.await {
-                tracing::error!(conversation = %key, error = %e, "turn task failed");
+            let run = AssertUnwindSafe(self.process(turn).instrument(span)).catch_unwind();
+            if let Err(panic) = run.await {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(conversation = %key, panic = %what, "turn panicked");
             }
             let next = self.lanes.next(&key);
             // The next local turn queues *before* this one leaves, so a later turn on

@@ -26,7 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use tracing::{debug, warn};
 
@@ -48,8 +49,10 @@ struct Envelope {
     event_id: Option<String>,
     #[serde(default)]
     team_id: Option<String>,
+    /// Kept raw and parsed on its own, so a malformed event is told apart from a
+    /// malformed envelope without building a `Value` tree first.
     #[serde(default)]
-    event: Option<Value>,
+    event: Option<Box<RawValue>>,
 }
 
 /// The inner `event` of an `event_callback`: the fields of `app_mention` and `message`
@@ -298,7 +301,7 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
     let Some(raw_event) = envelope.event else {
         return ApiError::bad_request("event_callback without an event").into_response();
     };
-    let event: EventBody = match serde_json::from_value(raw_event) {
+    let event: EventBody = match serde_json::from_str(raw_event.get()) {
         Ok(event) => event,
         Err(e) => {
             return ApiError::bad_request(format!("malformed event: {e}")).into_response();
