@@ -9,6 +9,12 @@ use agent_bridge::config::{AgentKind, Config};
 use agent_bridge::{console, shutdown, telemetry};
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc instead of glibc's malloc: the hot path allocates small, short-lived
+/// buffers on several threads (tokio workers, SQLite's), where glibc's per-thread
+/// arenas cost CPU in free/consolidate and keep freed memory resident.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "agent-bridge",

@@ -390,6 +390,27 @@ async fn a_followed_thread_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn a_thread_marked_under_the_old_key_layout_is_still_followed() {
+    use agent_bridge::core::ports::Store;
+    let s = Setup::start().await;
+    // Before keys started with the ts, a followed thread was `slack:thread:{channel}:{ts}`.
+    let store = agent_bridge::store::connect(&s.app.db_url).await.unwrap();
+    let thread_ts = "1600000000.000100";
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    assert!(store
+        .first_sighting(&format!("slack:thread:C7:{thread_ts}"), later)
+        .await
+        .unwrap());
+
+    let follow_up = EventBuilder::message_thread("C7", thread_ts, "from before the upgrade");
+    assert_eq!(s.send_event(&follow_up).await, 200);
+    let posts = s.slack.wait_for("chat.postMessage", 1, WAIT).await;
+    assert_eq!(posts[0].text(), "answer to: from before the upgrade");
+    assert_eq!(posts[0].param("thread_ts").as_deref(), Some(thread_ts));
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn agent_text_that_could_ping_or_link_arrives_escaped() {
     let s = Setup::start().await;
     s.app
@@ -494,6 +515,72 @@ async fn a_quick_answer_gets_no_progress_reaction_unless_the_delay_is_zero() {
         methods(&s),
         ["reactions.add", "chat.postMessage", "reactions.remove"]
     );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_every_slot_taken_the_ack_waits_for_one_then_answers_busy() {
+    // One agent call in flight + a queue of 8: nine turns fill every slot.
+    let s = Setup::with(&[("AGENT_MAX_CONCURRENCY", "1")]).await;
+    s.app.agent.hang(true);
+    for i in 0..9 {
+        let ev = EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> fill {i}"));
+        assert_eq!(s.send_event(&ev).await, 200);
+    }
+    s.app
+        .agent
+        .wait_for_requests_to("/conversation", 1, WAIT)
+        .await;
+
+    // The tenth is held (backpressure) until a slot frees: here one does, so it is
+    // queued and answered like any other.
+    let waiting = EventBuilder::app_mention("C2", &format!("<@{BOT_USER}> patient"));
+    let started = Instant::now();
+    let (status, ()) = tokio::join!(s.send_event(&waiting), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.app.agent.hang(false);
+    });
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the ack waited for room"
+    );
+    s.turns_done(10).await;
+    let texts: Vec<String> = s
+        .slack
+        .calls_of("chat.postMessage")
+        .iter()
+        .map(|c| c.text())
+        .collect();
+    assert!(
+        texts.contains(&"answer to: patient".to_string()),
+        "{texts:?}"
+    );
+    assert!(
+        !texts.iter().any(|t| t.contains("a lot of requests")),
+        "{texts:?}"
+    );
+
+    // Full again and nothing frees within the wait: 200 after ~1 s, and the busy
+    // answer in the thread.
+    s.app.agent.hang(true);
+    for i in 0..9 {
+        let ev = EventBuilder::app_mention("C3", &format!("<@{BOT_USER}> refill {i}"));
+        assert_eq!(s.send_event(&ev).await, 200);
+    }
+    let refused = EventBuilder::app_mention("C4", &format!("<@{BOT_USER}> too many"));
+    let started = Instant::now();
+    assert_eq!(s.send_event(&refused).await, 200);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let posts = s.slack.wait_for("chat.postMessage", 11, WAIT).await;
+    let busy = posts.last().expect("a post");
+    assert_eq!(busy.param("channel").as_deref(), Some("C4"));
+    assert_eq!(
+        busy.param("thread_ts").as_deref(),
+        Some(refused.ts.as_str())
+    );
+    assert!(busy.text().contains("a lot of requests"), "{}", busy.text());
+    s.app.agent.hang(false);
     s.shutdown().await;
 }
 
