@@ -14,6 +14,9 @@
 //! one bad commit fails only its own caller, exactly as without batching.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Sqlite};
@@ -40,6 +43,49 @@ enum Op {
 /// Handle to the writer task; the task ends when the last handle is dropped.
 pub(crate) struct Batcher {
     ops: mpsc::UnboundedSender<Op>,
+    endpoints: Arc<NoEndpoints>,
+}
+
+/// "No webhook endpoint is enabled", as last read, trusted for [`NO_ENDPOINTS_FOR`]:
+/// commits then skip the event rows (and the query) altogether. Endpoint changes made
+/// through this store forget it at once (`endpoints_changed`); the time limit covers
+/// another process writing the same file.
+pub(crate) struct NoEndpoints {
+    /// Milliseconds since `epoch` until which "none" holds; 0: ask the database.
+    until: AtomicU64,
+    epoch: Instant,
+}
+
+const NO_ENDPOINTS_FOR: Duration = Duration::from_secs(1);
+
+impl NoEndpoints {
+    fn new() -> Self {
+        NoEndpoints {
+            until: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// `true` while "none enabled" is known.
+    fn known(&self) -> bool {
+        self.now_ms() < self.until.load(Ordering::Acquire)
+    }
+
+    fn saw(&self, any: bool) {
+        let until = match any {
+            true => 0,
+            false => self.now_ms() + NO_ENDPOINTS_FOR.as_millis() as u64,
+        };
+        self.until.store(until, Ordering::Release);
+    }
+
+    fn forget(&self) {
+        self.until.store(0, Ordering::Release);
+    }
 }
 
 impl Batcher {
@@ -47,11 +93,23 @@ impl Batcher {
     /// for a failed batch.
     pub(crate) fn start(pool: SqlitePool, direct: SqlStore) -> Batcher {
         let (ops, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, direct, rx));
-        Batcher { ops }
+        let endpoints = Arc::new(NoEndpoints::new());
+        tokio::spawn(writer(pool, direct, rx, endpoints.clone()));
+        Batcher { ops, endpoints }
     }
 
-    pub(crate) async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+    /// An endpoint was created, enabled or resubscribed through this store.
+    pub(crate) fn endpoints_changed(&self) {
+        self.endpoints.forget();
+    }
+
+    pub(crate) async fn commit(&self, mut commit: Commit) -> Result<(), StoreError> {
+        if self.endpoints.known() {
+            commit.events.clear();
+            if commit.is_empty() {
+                return Ok(());
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.ops
             .send(Op::Commit(commit, reply))
@@ -93,7 +151,12 @@ fn closed() -> StoreError {
     StoreError::Unavailable("the store's writer has stopped".into())
 }
 
-async fn writer(pool: SqlitePool, direct: SqlStore, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn writer(
+    pool: SqlitePool,
+    direct: SqlStore,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    endpoints: Arc<NoEndpoints>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.recv().await {
         batch.push(op);
@@ -103,7 +166,7 @@ async fn writer(pool: SqlitePool, direct: SqlStore, mut rx: mpsc::UnboundedRecei
                 Err(_) => break,
             }
         }
-        match apply(&pool, &batch).await {
+        match apply(&pool, &batch, &endpoints).await {
             Ok(first) => answer(&mut batch, &first),
             Err(e) => {
                 tracing::debug!(error = %e, size = batch.len(), "batch failed; applying its operations one by one");
@@ -185,7 +248,11 @@ fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 }
 
 /// Applies a whole batch in one transaction; returns the sighting keys it recorded.
-async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, StoreError> {
+async fn apply(
+    pool: &SqlitePool,
+    batch: &[Op],
+    endpoints: &NoEndpoints,
+) -> Result<HashSet<String>, StoreError> {
     let now = to_ms(time::OffsetDateTime::now_utc());
     let mut tx = pool.begin().await.map_err(db_err)?;
 
@@ -283,12 +350,19 @@ async fn apply(pool: &SqlitePool, batch: &[Op]) -> Result<HashSet<String>, Store
     let events: Vec<_> = commits.iter().flat_map(|c| &c.events).collect();
     // An event is stored only for the endpoints that subscribe to it: with none
     // enabled (the common case without webhooks) nothing is written at all.
-    let any_endpoint = !events.is_empty()
-        && sqlx::query_scalar::<_, i64>(ANY_ENABLED_ENDPOINT)
+    let any_endpoint = if events.is_empty() || endpoints.known() {
+        false
+    } else {
+        let any = sqlx::query_scalar::<_, i64>(ANY_ENABLED_ENDPOINT)
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?
             .is_some();
+        // Noted while this batch holds the only connection: an endpoint created
+        // afterwards forgets it (`endpoints_changed`) only once this is written.
+        endpoints.saw(any);
+        any
+    };
     // Chunks go in event order, so an ordered endpoint's delivery rows keep the order
     // in which the events happened.
     for chunk in chunks(&events).filter(|_| any_endpoint) {

@@ -100,6 +100,16 @@ pub struct SqlStore {
     batcher: Option<std::sync::Arc<batch::Batcher>>,
 }
 
+impl SqlStore {
+    /// Tells the SQLite writer to stop trusting "no endpoint is enabled" (see
+    /// `batch::NoEndpoints`); a no-op on PostgreSQL, which always asks.
+    fn endpoints_changed(&self) {
+        if let Some(batcher) = &self.batcher {
+            batcher.endpoints_changed();
+        }
+    }
+}
+
 impl fmt::Debug for SqlStore {
     // Only the backend: connect options can hold credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -254,11 +264,14 @@ impl SqlStore {
     /// Runs `sql` (one or more statements, no parameters) and returns the rows it
     /// changed. Meant for tests and maintenance, never for request paths.
     pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
-        on_pool!(self, |p| sqlx::raw_sql(sql)
+        let changed = on_pool!(self, |p| sqlx::raw_sql(sql)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))
-        .map_err(db_err)
+        .map_err(db_err)?;
+        // It may have added endpoints.
+        self.endpoints_changed();
+        Ok(changed)
     }
 
     /// Closes every pooled connection, waiting for checked-out ones to come back

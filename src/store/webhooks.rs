@@ -351,7 +351,9 @@ impl WebhookStore for SqlStore {
             }
             .await
         })
-        .map_err(db_err)
+        .map_err(db_err)?;
+        self.endpoints_changed();
+        Ok(())
     }
 
     async fn endpoint(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError> {
@@ -410,7 +412,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn set_subscriptions(&self, id: &str, events: &[String]) -> Result<bool, StoreError> {
-        on_pool!(self, |p| {
+        let changed = on_pool!(self, |p| {
             async {
                 let mut tx = p.begin().await?;
                 let exists: i64 = sqlx::query_scalar(ENDPOINT_EXISTS)
@@ -435,7 +437,9 @@ impl WebhookStore for SqlStore {
             }
             .await
         })
-        .map_err(db_err)
+        .map_err(db_err)?;
+        self.endpoints_changed();
+        Ok(changed)
     }
 
     async fn rotate_secret(
@@ -473,6 +477,9 @@ impl WebhookStore for SqlStore {
                 .map(|r| r.rows_affected())
         })
         .map_err(db_err)?;
+        if enabled {
+            self.endpoints_changed();
+        }
         Ok(n > 0)
     }
 

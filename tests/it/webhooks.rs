@@ -176,6 +176,30 @@ async fn a_registered_endpoint_receives_a_signed_conversation_event_for_a_chat_t
 }
 
 #[tokio::test]
+async fn an_endpoint_registered_right_after_turns_nobody_heard_gets_the_next_turn() {
+    let app = app_with(&[]).await;
+    let sink = RecordingSink::new();
+    // No endpoint yet: these events are not stored (and the store remembers that
+    // nobody listens).
+    app.turn("C-early", "nobody hears this", &sink).await;
+    app.turn("C-early", "nor this", &sink).await;
+
+    let rx = Receiver::start().await;
+    register(&app, json!({"url": rx.url(), "events": ["*"]})).await;
+    app.turn("C-early", "but this one", &sink).await;
+
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].json()["data"]["query"], "but this one");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        rx.requests().len(),
+        1,
+        "the earlier turns were never stored"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn unsubscribed_events_are_not_sent_until_the_subscription_changes() {
     let app = app_with(&[]).await;
     let rx = Receiver::start().await;
