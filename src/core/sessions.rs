@@ -1,6 +1,7 @@
-//! The conversation map: a `DashMap` cache in front of the store, written through
-//! after every change and filled from the store on a miss, so a restart keeps every
-//! conversation's agent session.
+//! The conversation map: a `DashMap` cache of recent conversations in front of the
+//! store, written through after every change and filled from the store on a miss, so
+//! a restart keeps every conversation's agent session. The cache is bounded
+//! (`CACHE_MAX`); the store is the record.
 //!
 //! Only a conversation's lane worker changes its entry (see `lanes`), so a
 //! read-modify-write here never races with another turn of the same conversation.
@@ -12,11 +13,11 @@
 //! costs no store read either: the hashes of the keys stored before start-up are
 //! loaded once (`preload`), and a key in neither that set nor the cache is new.
 
-use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use time::OffsetDateTime;
 
 use super::message::{ConversationKey, Inbound, SessionScope};
@@ -25,17 +26,25 @@ use super::ports::{Conversation, Store, StoreError};
 /// Keys read per store round-trip by [`SessionMap::preload`].
 const PRELOAD_PAGE: u32 = 10_000;
 
+/// The most conversations the cache holds; past it, it starts over empty and fills
+/// again from the store as conversations come up. Every new Slack thread is a new
+/// conversation, so without a bound the cache would grow for as long as the bridge
+/// runs. 10k recent conversations are a few MiB.
+const CACHE_MAX: usize = 10_000;
+
 pub struct SessionMap {
     cache: DashMap<ConversationKey, Conversation>,
     store: Arc<dyn Store>,
     /// Other replicas write the same conversations: read the store on every turn
     /// (the turn queue makes that read current) instead of trusting the cache.
     shared: bool,
-    /// Hashes of every key the store held at start-up (unshared stores only, where
-    /// this process is the only writer). A key in neither this set nor the cache is a
-    /// new conversation, so its first turn skips the store read. Until the set is
-    /// loaded, every miss reads the store.
-    existing: OnceLock<HashSet<u64>>,
+    /// Hashes of every key the store may hold: those stored before start-up
+    /// ([`SessionMap::preload`]) and every one this process has used since (unshared
+    /// stores only, where this process is the only writer). Once preloaded, a key not
+    /// here is a new conversation, so its first turn skips the store read; a hash
+    /// collision only costs a read. Eight bytes and change per conversation.
+    known: DashSet<u64>,
+    preloaded: AtomicBool,
 }
 
 impl SessionMap {
@@ -44,7 +53,8 @@ impl SessionMap {
             cache: DashMap::new(),
             store,
             shared,
-            existing: OnceLock::new(),
+            known: DashSet::new(),
+            preloaded: AtomicBool::new(false),
         }
     }
 
@@ -55,7 +65,6 @@ impl SessionMap {
         if self.shared {
             return;
         }
-        let mut hashes = HashSet::new();
         let mut after = String::new();
         loop {
             let page = match self.store.conversation_keys(&after, PRELOAD_PAGE).await {
@@ -65,27 +74,31 @@ impl SessionMap {
                     return;
                 }
             };
-            hashes.extend(page.iter().map(|k| key_hash(k)));
+            for key in &page {
+                self.known.insert(key_hash(key));
+            }
             match page.last() {
                 Some(last) if page.len() == PRELOAD_PAGE as usize => after.clone_from(last),
                 _ => break,
             }
         }
-        tracing::debug!(conversations = hashes.len(), "conversation keys preloaded");
-        let _ = self.existing.set(hashes);
+        tracing::debug!(
+            conversations = self.known.len(),
+            "conversation keys preloaded"
+        );
+        self.preloaded.store(true, Ordering::Release);
     }
 
     /// Whether [`SessionMap::preload`] has finished.
     pub fn preloaded(&self) -> bool {
-        self.shared || self.existing.get().is_some()
+        self.shared || self.preloaded.load(Ordering::Acquire)
     }
 
     /// `true` when the store may hold `key` (so it must be read).
     fn maybe_stored(&self, key: &ConversationKey) -> bool {
-        match self.existing.get() {
-            Some(existing) => existing.contains(&key_hash(key.as_str())),
-            None => true,
-        }
+        self.shared
+            || !self.preloaded.load(Ordering::Acquire)
+            || self.known.contains(&key_hash(key.as_str()))
     }
 
     /// The conversation for `key`: from the cache, else the store, else a new one
@@ -101,7 +114,7 @@ impl SessionMap {
                 return Ok(conv.clone());
             }
         }
-        let stored = match self.shared || self.maybe_stored(key) {
+        let stored = match self.maybe_stored(key) {
             true => self.store.conversation(key).await?,
             false => None,
         };
@@ -119,12 +132,23 @@ impl SessionMap {
                 last_activity: OffsetDateTime::now_utc(),
             },
         };
-        self.cache.insert(key.clone(), conv.clone());
+        self.cache_insert(conv.clone());
         Ok(conv)
     }
 
     /// Records the new state of a conversation once the store has it.
     pub fn put(&self, conv: Conversation) {
+        self.cache_insert(conv);
+    }
+
+    fn cache_insert(&self, conv: Conversation) {
+        if !self.shared {
+            // Known before it can leave the cache: from now on a miss reads the store.
+            self.known.insert(key_hash(conv.key.as_str()));
+        }
+        if self.cache.len() >= CACHE_MAX && !self.cache.contains_key(&conv.key) {
+            self.cache.clear();
+        }
         self.cache.insert(conv.key.clone(), conv);
     }
 

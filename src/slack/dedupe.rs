@@ -31,7 +31,7 @@ pub const THREAD_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// The in-memory map of followed threads is a cache; past this many entries it is
 /// cleared and refilled from the store as threads come up again.
-const THREAD_CACHE_MAX: usize = 100_000;
+const THREAD_CACHE_MAX: usize = 10_000;
 
 /// Decides whether a delivery is the first one for its event and its message.
 #[derive(Clone)]
