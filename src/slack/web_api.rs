@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 use url::Url;
 
@@ -45,6 +46,10 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One Web API call's limit, retries excluded.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Web API calls in flight at once. Slack allows about one post per second per
+/// channel; 32 concurrent calls keep hundreds of posts a second moving.
+const MAX_CALLS_IN_FLIGHT: usize = 32;
 
 /// Why a Web API call failed, by what the caller does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +105,10 @@ pub struct Identity {
 pub struct WebApi {
     client: SlackClient<SlackClientHyperHttpsConnector>,
     token: SlackApiToken,
+    /// At most [`MAX_CALLS_IN_FLIGHT`] calls at once, so at most that many
+    /// connections to Slack: a burst of turns queues here instead of opening a
+    /// connection (and its buffers) per turn.
+    in_flight: Semaphore,
 }
 
 impl WebApi {
@@ -120,6 +129,7 @@ impl WebApi {
         Ok(WebApi {
             client: SlackClient::new(connector),
             token: SlackApiToken::new(SlackApiTokenValue(token.expose_secret().to_owned())),
+            in_flight: Semaphore::new(MAX_CALLS_IN_FLIGHT),
         })
     }
 
@@ -211,10 +221,13 @@ impl WebApi {
     {
         let mut retries = 0;
         loop {
+            let permit = self.in_flight.acquire().await;
             let result = match tokio::time::timeout(CALL_TIMEOUT, attempt()).await {
                 Ok(result) => result.map_err(SlackApiError::from),
                 Err(_) => Err(SlackApiError::Timeout(CALL_TIMEOUT)),
             };
+            // Not held while waiting out a rate limit.
+            drop(permit);
             match result {
                 Err(SlackApiError::RateLimited { retry_after })
                     if retries < MAX_RATE_LIMIT_RETRIES =>
