@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::sqlite::SqlitePool;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{db_err, to_ms, SqlStore};
 use crate::core::ports::{Commit, Conversation, Store, StoreError};
@@ -44,6 +45,8 @@ enum Op {
 pub(crate) struct Batcher {
     ops: mpsc::UnboundedSender<Op>,
     endpoints: Arc<NoEndpoints>,
+    /// Stops the checkpointer when the last handle goes.
+    _checkpoints: Option<DropGuard>,
 }
 
 /// "No webhook endpoint is enabled", as last read, trusted for [`NO_ENDPOINTS_FOR`]:
@@ -91,11 +94,25 @@ impl NoEndpoints {
 impl Batcher {
     /// Starts the writer. `direct` is the same store without a batcher: the fallback
     /// for a failed batch.
-    pub(crate) fn start(pool: SqlitePool, direct: SqlStore) -> Batcher {
+    /// `checkpoints`: how to open the checkpointing connection (file databases).
+    pub(crate) fn start(
+        pool: SqlitePool,
+        direct: SqlStore,
+        checkpoints: Option<SqliteConnectOptions>,
+    ) -> Batcher {
         let (ops, rx) = mpsc::unbounded_channel();
         let endpoints = Arc::new(NoEndpoints::new());
         tokio::spawn(writer(pool, direct, rx, endpoints.clone()));
-        Batcher { ops, endpoints }
+        let checkpoints = checkpoints.map(|options| {
+            let stop = CancellationToken::new();
+            tokio::spawn(checkpointer(options, stop.clone()));
+            stop.drop_guard()
+        });
+        Batcher {
+            ops,
+            endpoints,
+            _checkpoints: checkpoints,
+        }
     }
 
     /// An endpoint was created, enabled or resubscribed through this store.
@@ -145,6 +162,38 @@ impl Batcher {
             tracing::warn!("the store's writer has stopped; a sighting was not recorded");
         }
     }
+}
+
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Runs `PRAGMA wal_checkpoint(PASSIVE)` every [`CHECKPOINT_EVERY`] on a connection of
+/// its own. A passive checkpoint never blocks the writer, so the writer's transactions
+/// (and the turns waiting on them) no longer stall while megabytes of WAL are copied,
+/// and the WAL stays a fraction of what `wal_autocheckpoint` would let it reach.
+async fn checkpointer(options: SqliteConnectOptions, stop: CancellationToken) {
+    let mut conn = match SqliteConnection::connect_with(&options).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the checkpointing connection; the writer will checkpoint");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
+        }
+    }
+    let _ = conn.close().await;
 }
 
 fn closed() -> StoreError {

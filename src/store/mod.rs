@@ -62,8 +62,8 @@ mod webhooks;
 /// `agent-bridge migrate`, an operator's `sqlite3` shell) before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `wal_autocheckpoint`, in pages (4 KiB): ~32 MiB of WAL between checkpoints.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 8_000;
+/// `wal_autocheckpoint` of the writer's connection, in pages (4 KiB): a fallback only.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 /// How long a caller waits for the pooled connection before the store reports itself
 /// unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,8 +122,8 @@ impl fmt::Debug for SqlStore {
 /// Opens the database named by `DATABASE_URL`:
 ///
 /// - `sqlite://PATH` or `sqlite:PATH`: the file is created if missing; WAL journal,
-///   `synchronous=NORMAL`, checkpoints every ~32 MiB of WAL, statement journals in
-///   memory, a 5 s busy timeout and foreign keys on.
+///   `synchronous=NORMAL`, WAL checkpoints on a second connection beside the writer,
+///   statement journals in memory, a 5 s busy timeout and foreign keys on.
 /// - `sqlite::memory:`: a private in-memory database that lives as long as the store.
 /// - `postgres://…` or `postgresql://…`: a pool; one connection is opened here so that
 ///   a wrong host, password or database name fails now, with the server's reason.
@@ -131,8 +131,11 @@ impl fmt::Debug for SqlStore {
 /// Errors never contain the URL, so they are safe to log even when it holds a password.
 /// Migrations are not run here; call [`SqlStore::migrate`].
 pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+    let mut checkpoints = None;
     let pool = if url.starts_with("sqlite:") {
-        Pool::Sqlite(connect_sqlite(url).await?)
+        let (pool, options) = connect_sqlite(url).await?;
+        checkpoints = options;
+        Pool::Sqlite(pool)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Pool::Postgres(connect_postgres(url).await?)
     } else {
@@ -151,6 +154,7 @@ pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
             Some(std::sync::Arc::new(batch::Batcher::start(
                 sqlite.clone(),
                 direct,
+                checkpoints,
             )))
         }
         Pool::Postgres(_) => None,
@@ -158,24 +162,30 @@ pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
     Ok(SqlStore { pool, batcher })
 }
 
-async fn connect_sqlite(url: &str) -> Result<SqlitePool, StoreError> {
+/// The pool, and for a file database the options of the checkpointing connection.
+async fn connect_sqlite(
+    url: &str,
+) -> Result<(SqlitePool, Option<SqliteConnectOptions>), StoreError> {
     let mut options = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Unavailable(format!("DATABASE_URL is not a SQLite URL: {e}")))?
         .foreign_keys(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    let mut checkpoints = None;
     if !is_sqlite_memory(url) {
         options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            // Checkpoint every ~32 MiB of WAL instead of 4: a page rewritten by many
-            // batches in between (index tails, interior pages) is copied back once.
-            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
+            .synchronous(SqliteSynchronous::Normal);
+        checkpoints = Some(options.clone());
+        // Checkpoints run beside the writer, on their own connection (see
+        // `batch::checkpointer`); the writer only checkpoints itself past ~64 MiB
+        // of WAL, should that connection ever fall behind or fail.
+        options = options.pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
     }
     // Statement journals (multi-row inserts keep one for a partial rollback) stay in
     // memory instead of going through a temporary file.
     options = options.pragma("temp_store", "memory");
-    SqlitePoolOptions::new()
+    let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
         .idle_timeout(None)
@@ -184,7 +194,8 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePool, StoreError> {
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))
+        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))?;
+    Ok((pool, checkpoints))
 }
 
 fn is_sqlite_memory(url: &str) -> bool {

@@ -32,6 +32,41 @@ async fn sqlite_file_store_meets_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_wal_is_checkpointed_in_the_background_while_the_store_stays_open() {
+    let (dir, url) = db::sqlite_file_url().await;
+    let s = open(&url).await;
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "db"))
+        .expect("the database file");
+    let before = std::fs::metadata(&file).unwrap().len();
+    let at = datetime!(2026-06-01 00:00 UTC);
+    let commit = Commit {
+        conversations: (0..2_000)
+            .map(|i| conv(&format!("console/-/wal{i}"), Some("sess-wal"), at))
+            .collect(),
+        ..Commit::default()
+    };
+    s.commit(commit).await.unwrap();
+
+    // Far below the writer's own checkpoint threshold: only the checkpointer copies
+    // these pages into the database file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = std::fs::metadata(&file).unwrap().len();
+        if now > before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "database file still {now} bytes: the WAL was not checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_memory_store_meets_the_contract() {
     let s = open("sqlite::memory:").await;
     assert_eq!(s.backend(), "sqlite");
