@@ -100,7 +100,7 @@ pub enum TurnOutcome {
     /// The agent, the store or the platform failed; the user got `ERROR_REPLY` if
     /// the platform let us post it.
     Failed,
-    /// The turn was lost without an outcome (its task panicked).
+    /// The turn was lost without an outcome (it panicked).
     Lost,
     /// Not relayed: a channel outside `ALLOWED_CHANNELS` or a blocked user.
     Ignored,
