@@ -330,7 +330,6 @@ impl Relay {
         self.inner.lanes.pending()
     }
 
-    /// Conversations held in the in-memory map.
     /// Loads what the session map needs to skip store reads for new conversations
     /// (see `sessions`); run once in the background at start-up.
     pub async fn preload(&self) {
@@ -342,6 +341,7 @@ impl Relay {
         self.inner.sessions.preloaded()
     }
 
+    /// Conversations held in the in-memory map (the most recent, at most 10k).
     pub fn cached_conversations(&self) -> usize {
         self.inner.sessions.len()
     }

@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool};
-use sqlx::{Connection, QueryBuilder, Sqlite};
+use sqlx::{Column, Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{db_err, to_ms, SqlStore};
 use crate::core::ports::{Commit, Conversation, Store, StoreError};
 
-const ANY_ENABLED_ENDPOINT: &str = "SELECT 1 FROM webhook_endpoints WHERE enabled = 1 LIMIT 1";
+const ANY_ENABLED_ENDPOINT: &str =
+    "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE enabled = 1) AS any_endpoint";
 
 /// The most operations one transaction takes.
 const MAX_BATCH: usize = 256;
@@ -297,13 +298,18 @@ fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 }
 
 /// Applies a whole batch in one transaction; returns the sighting keys it recorded.
+///
+/// The transaction is **one** multi-statement query (`BEGIN; …; COMMIT`): sqlx runs a
+/// SQLite query on the connection's worker thread, and each round-trip there is two
+/// thread switches, which cost more than the statements themselves at low load.
 async fn apply(
     pool: &SqlitePool,
     batch: &[Op],
     endpoints: &NoEndpoints,
 ) -> Result<HashSet<String>, StoreError> {
     let now = to_ms(time::OffsetDateTime::now_utc());
-    let mut tx = pool.begin().await.map_err(db_err)?;
+    let mut q = QueryBuilder::<Sqlite>::new("BEGIN; ");
+    let mut statements = 0;
 
     // Sightings: one upsert for every distinct key, RETURNING the rows it wrote (a
     // live sighting is left alone and not returned).
@@ -319,21 +325,15 @@ async fn apply(
         }
     }
     let sightings: Vec<(&str, i64)> = sightings.into_iter().collect();
-    let mut first = HashSet::new();
     for chunk in chunks(&sightings) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO seen_events (key, expires_at) ");
+        q.push("INSERT INTO seen_events (key, expires_at) ");
         q.push_values(chunk, |mut row, (key, expires_at)| {
             row.push_bind(*key).push_bind(*expires_at);
         });
         q.push(" ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE seen_events.expires_at < ")
             .push_bind(now)
-            .push(" RETURNING key");
-        let keys: Vec<String> = q
-            .build_query_scalar()
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        first.extend(keys);
+            .push(" RETURNING key; ");
+        statements += 1;
     }
 
     let commits: Vec<&Commit> = batch
@@ -351,7 +351,7 @@ async fn apply(
     }
     let latest: Vec<&Conversation> = latest.into_values().collect();
     for chunk in chunks(&latest) {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        q.push(
             "INSERT INTO conversations (key, platform, workspace, channel, thread, user_id, \
              agent_session, personality, last_activity) ",
         );
@@ -371,14 +371,14 @@ async fn apply(
              workspace = excluded.workspace, channel = excluded.channel, \
              thread = excluded.thread, user_id = excluded.user_id, \
              agent_session = excluded.agent_session, personality = excluded.personality, \
-             last_activity = excluded.last_activity",
+             last_activity = excluded.last_activity; ",
         );
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
+        statements += 1;
     }
 
     let rows: Vec<_> = commits.iter().flat_map(|c| &c.transcript).collect();
     for chunk in chunks(&rows) {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        q.push(
             "INSERT INTO transcripts (session_id, role, content, created_at, platform, channel, \
              thread, user_id, message_id) ",
         );
@@ -393,31 +393,18 @@ async fn apply(
                 .push_bind(&t.user)
                 .push_bind(t.message_id.as_deref());
         });
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
+        q.push("; ");
+        statements += 1;
     }
 
+    // Events: only for the endpoints that subscribe to them (filtered in SQL), and not
+    // even bound while "no endpoint is enabled" is known. Chunks go in event order, so
+    // an ordered endpoint's delivery rows keep the order in which events happened.
     let events: Vec<_> = commits.iter().flat_map(|c| &c.events).collect();
-    // An event is stored only for the endpoints that subscribe to it: with none
-    // enabled (the common case without webhooks) nothing is written at all.
-    let any_endpoint = if events.is_empty() || endpoints.known() {
-        false
-    } else {
-        let any = sqlx::query_scalar::<_, i64>(ANY_ENABLED_ENDPOINT)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .is_some();
-        // Noted while this batch holds the only connection: an endpoint created
-        // afterwards forgets it (`endpoints_changed`) only once this is written.
-        endpoints.saw(any);
-        any
-    };
-    // Chunks go in event order, so an ordered endpoint's delivery rows keep the order
-    // in which the events happened.
-    for chunk in chunks(&events).filter(|_| any_endpoint) {
+    let check_endpoints = !events.is_empty() && !endpoints.known();
+    for chunk in chunks(&events).filter(|_| check_endpoints) {
         // The event rows of subscribed types…
-        let mut q =
-            QueryBuilder::<Sqlite>::new("WITH ev(seq, id, type, ordering_key, body, at) AS (");
+        q.push("WITH ev(seq, id, type, ordering_key, body, at) AS (");
         q.push_values(chunk.iter().enumerate(), |mut row, (seq, e)| {
             row.push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
                 .push_bind(e.id.as_str())
@@ -432,13 +419,11 @@ async fn apply(
              WHERE EXISTS (SELECT 1 FROM webhook_endpoints e \
                            JOIN webhook_subscriptions s ON s.endpoint_id = e.id \
                            WHERE e.enabled = 1 AND s.event_type IN (ev.type, '*')) \
-             ORDER BY ev.seq",
+             ORDER BY ev.seq; ",
         );
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
-
         // …then one pending delivery per enabled endpoint subscribed to the type or
         // `*`, in event order (`seq`).
-        let mut q = QueryBuilder::<Sqlite>::new("WITH ev(seq, id, type, ordering_key, at) AS (");
+        q.push("WITH ev(seq, id, type, ordering_key, at) AS (");
         q.push_values(chunk.iter().enumerate(), |mut row, (seq, e)| {
             row.push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
                 .push_bind(e.id.as_str())
@@ -453,12 +438,50 @@ async fn apply(
              FROM ev JOIN webhook_endpoints e ON e.enabled = 1 \
              WHERE EXISTS (SELECT 1 FROM webhook_subscriptions s \
                            WHERE s.endpoint_id = e.id AND s.event_type IN (ev.type, '*')) \
-             ORDER BY ev.seq, e.id",
+             ORDER BY ev.seq, e.id; ",
         );
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
+        statements += 2;
     }
+    if check_endpoints {
+        q.push(ANY_ENABLED_ENDPOINT).push("; ");
+        statements += 1;
+    }
+    if statements == 0 {
+        return Ok(HashSet::new());
+    }
+    q.push("COMMIT");
 
-    tx.commit().await.map_err(db_err)?;
+    let mut conn = pool.acquire().await.map_err(db_err)?;
+    // Small batches come in few shapes and are worth caching prepared; big ones vary
+    // and would only fill the statement cache.
+    let query = q.build().persistent(batch.len() <= 4);
+    let mut first = HashSet::new();
+    let mut any_endpoint = None;
+    let failed = match query.fetch_all(&mut *conn).await {
+        Ok(rows) => rows.iter().try_for_each(|row| {
+            match row.columns().first().map(|c| c.name()) {
+                Some("key") => {
+                    first.insert(row.try_get::<String, _>(0)?);
+                }
+                _ => any_endpoint = Some(row.try_get::<bool, _>(0)?),
+            }
+            Ok(())
+        }),
+        Err(e) => Err(e),
+    }
+    .err();
+    if let Some(e) = failed {
+        // The statement that failed left the transaction open on the only connection.
+        if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            tracing::debug!(error = %rollback, "rollback after a failed batch");
+        }
+        return Err(db_err(e));
+    }
+    if let Some(any) = any_endpoint {
+        // Noted before the connection goes back: an endpoint created afterwards
+        // forgets it (`endpoints_changed`) only once this is written.
+        endpoints.saw(any);
+    }
     Ok(first)
 }
 
