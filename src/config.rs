@@ -24,6 +24,8 @@ pub struct Config {
     pub slack: Option<SlackConfig>,
     pub webhooks: WebhookConfig,
     pub log: LogConfig,
+    /// `TOKIO_WORKER_THREADS`, default 1: async worker threads.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +307,8 @@ impl Config {
             }
         };
 
+        let worker_threads = to_usize(number(&vars, &TOKIO_WORKER_THREADS)?);
+
         Ok(Config {
             agent,
             conversation,
@@ -314,6 +318,7 @@ impl Config {
             slack,
             webhooks,
             log,
+            worker_threads,
         })
     }
 }
@@ -430,6 +435,15 @@ const SLACK_PROGRESS_REACTION_DELAY_MS: Number = Number {
     max: 60_000,
     noun: "milliseconds",
     example: "500",
+};
+
+const TOKIO_WORKER_THREADS: Number = Number {
+    var: "TOKIO_WORKER_THREADS",
+    default: 1,
+    min: 1,
+    max: 256,
+    noun: "threads",
+    example: "2",
 };
 
 const WEBHOOK_TIMEOUT_SECS: Number = Number {
@@ -857,7 +871,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 29] = [
+    const OPTIONAL_VARS: [&str; 30] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -887,6 +901,7 @@ mod tests {
         "WEBHOOK_ALLOW_PRIVATE_TARGETS",
         "RUST_LOG",
         "LOG_FORMAT",
+        "TOKIO_WORKER_THREADS",
     ];
 
     #[test]
@@ -930,6 +945,7 @@ mod tests {
             ("AGENT_KIND", "echo"),
             ("AGENT_TIMEOUT_SECS", "90"),
             ("AGENT_MAX_CONCURRENCY", "8"),
+            ("TOKIO_WORKER_THREADS", "4"),
             ("AGENT_PERSONALITY", " pirate "),
             ("AGENT_MAX_RESULTS", "5"),
             ("SESSION_SCOPE", "thread"),
@@ -1000,6 +1016,7 @@ mod tests {
         assert!(!slack.follow_threads);
         assert_eq!(slack.progress_reaction.as_deref(), Some("hourglass"));
         assert_eq!(slack.progress_reaction_delay, Duration::ZERO);
+        assert_eq!(cfg.worker_threads, 4);
         assert_eq!(
             cfg.webhooks.retry_schedule,
             [

