@@ -24,8 +24,8 @@ pub struct Config {
     pub slack: Option<SlackConfig>,
     pub webhooks: WebhookConfig,
     pub log: LogConfig,
-    /// `TOKIO_WORKER_THREADS`, default 1: async worker threads.
-    pub worker_threads: usize,
+    /// `TOKIO_WORKER_THREADS`: async worker threads; `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,7 +307,10 @@ impl Config {
             }
         };
 
-        let worker_threads = to_usize(number(&vars, &TOKIO_WORKER_THREADS)?);
+        let worker_threads = match vars.get(TOKIO_WORKER_THREADS.var) {
+            Some(_) => Some(to_usize(number(&vars, &TOKIO_WORKER_THREADS)?)),
+            None => None,
+        };
 
         Ok(Config {
             agent,
@@ -437,6 +440,7 @@ const SLACK_PROGRESS_REACTION_DELAY_MS: Number = Number {
     example: "500",
 };
 
+/// Read only when set; unset means one per core (tokio's default).
 const TOKIO_WORKER_THREADS: Number = Number {
     var: "TOKIO_WORKER_THREADS",
     default: 1,
@@ -1016,7 +1020,7 @@ mod tests {
         assert!(!slack.follow_threads);
         assert_eq!(slack.progress_reaction.as_deref(), Some("hourglass"));
         assert_eq!(slack.progress_reaction_delay, Duration::ZERO);
-        assert_eq!(cfg.worker_threads, 4);
+        assert_eq!(cfg.worker_threads, Some(4));
         assert_eq!(
             cfg.webhooks.retry_schedule,
             [
