@@ -205,18 +205,12 @@ impl Relay {
         }
         let reserved = inner.lanes.try_reserve() || inner.lanes.reserve_within(INTAKE_WAIT).await;
         if !reserved {
-            inner.metrics.turn_busy();
             warn!(
                 pending = inner.lanes.pending(),
                 "no room for the turn, answering busy"
             );
-            inner.tracker.spawn(async move {
-                if first.await {
-                    if let Err(e) = sink.send(BUSY_REPLY).await {
-                        warn!(error = %e, "could not post the busy reply");
-                    }
-                }
-            });
+            // Only a first delivery is told: a duplicate was answered already.
+            inner.answer_busy(sink, first);
             return Err(Rejected::Busy);
         }
         if !self.is_accepting() {
@@ -413,16 +407,27 @@ impl Inner {
             }
             Admission::Queued => Ok(()),
             Admission::Full(turn) => {
-                self.metrics.turn_busy();
                 warn!(conversation = %key, pending = self.lanes.pending(), "queue full, answering busy");
-                self.tracker.spawn(async move {
-                    if let Err(e) = turn.sink.send(BUSY_REPLY).await {
-                        warn!(error = %e, "could not post the busy reply");
-                    }
-                });
+                self.answer_busy(turn.sink, std::future::ready(true));
                 Err(Rejected::Busy)
             }
         }
+    }
+
+    /// Counts a busy turn and posts [`BUSY_REPLY`] in the background, if `tell`
+    /// resolves to `true`.
+    fn answer_busy<F>(&self, sink: Arc<dyn ChatSink>, tell: F)
+    where
+        F: Future<Output = bool> + Send + 'static,
+    {
+        self.metrics.turn_busy();
+        self.tracker.spawn(async move {
+            if tell.await {
+                if let Err(e) = sink.send(BUSY_REPLY).await {
+                    warn!(error = %e, "could not post the busy reply");
+                }
+            }
+        });
     }
 
     /// Runs a lane's turns one after another until the lane is empty.

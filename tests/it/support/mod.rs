@@ -285,41 +285,18 @@ impl ChatSink for RecordingSink {
 /// an event only when some endpoint subscribes to it, and tests read the stored events
 /// (`stored_events`). The URL is the dead port, so deliveries simply fail.
 async fn subscribe_everything(db_url: &str) {
-    use agent_bridge::store::Pool;
     let store = agent_bridge::store::connect(db_url)
         .await
         .expect("open store");
     let id = format!("ep_test_{}", uuid::Uuid::new_v4().simple());
-    let endpoint = "INSERT INTO webhook_endpoints (id, url, secret, created_at) \
-                    VALUES ($1, 'http://127.0.0.1:1/events', 'whsec_dGVzdA==', 0)";
-    let subscription =
-        "INSERT INTO webhook_subscriptions (endpoint_id, event_type) VALUES ($1, '*')";
-    match store.pool() {
-        Pool::Sqlite(p) => {
-            sqlx::query(endpoint)
-                .bind(&id)
-                .execute(p)
-                .await
-                .expect("endpoint");
-            sqlx::query(subscription)
-                .bind(&id)
-                .execute(p)
-                .await
-                .expect("subscription");
-        }
-        Pool::Postgres(p) => {
-            sqlx::query(endpoint)
-                .bind(&id)
-                .execute(p)
-                .await
-                .expect("endpoint");
-            sqlx::query(subscription)
-                .bind(&id)
-                .execute(p)
-                .await
-                .expect("subscription");
-        }
-    }
+    store
+        .execute_raw(&format!(
+            "INSERT INTO webhook_endpoints (id, url, secret, created_at) \
+             VALUES ('{id}', 'http://127.0.0.1:1/events', 'whsec_dGVzdA==', 0); \
+             INSERT INTO webhook_subscriptions (endpoint_id, event_type) VALUES ('{id}', '*');"
+        ))
+        .await
+        .expect("catch-all endpoint");
 }
 
 pub async fn stored_events(db_url: &str, kind: &str) -> Vec<serde_json::Value> {
