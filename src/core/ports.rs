@@ -226,20 +226,6 @@ pub trait Store: Send + Sync + 'static {
     /// the write happens in the background, no later than any commit made after this
     /// call returns. For marks nobody waits on (a thread the bot answered in).
     fn note_sighting(&self, key: String, expires_at: OffsetDateTime);
-    /// Records several keys at once (e.g. a Slack event id and its message);
-    /// `true` only when every one was a first sighting. Stores that can write them in
-    /// one round-trip override this.
-    async fn first_sightings(
-        &self,
-        keys: &[String],
-        expires_at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        let mut all_new = true;
-        for key in keys {
-            all_new &= self.first_sighting(key, expires_at).await?;
-        }
-        Ok(all_new)
-    }
     /// Forgets sightings that expired before `now`; returns how many.
     async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
     /// Whether `key` has a sighting that has not expired (read only).

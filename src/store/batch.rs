@@ -35,7 +35,7 @@ const MAX_BATCH: usize = 256;
 enum Op {
     Commit(Commit, oneshot::Sender<Result<(), StoreError>>),
     Sighting {
-        keys: Vec<String>,
+        key: String,
         expires_at: i64,
         /// `None`: nobody waits for the answer (`note_sighting`).
         reply: Option<oneshot::Sender<Result<bool, StoreError>>>,
@@ -135,16 +135,16 @@ impl Batcher {
         answer.await.map_err(|_| closed())?
     }
 
-    /// `true` when every key was a first sighting.
-    pub(crate) async fn first_sightings(
+    /// `true` when `key` was a first sighting.
+    pub(crate) async fn first_sighting(
         &self,
-        keys: Vec<String>,
+        key: String,
         expires_at: i64,
     ) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.ops
             .send(Op::Sighting {
-                keys,
+                key,
                 expires_at,
                 reply: Some(reply),
             })
@@ -155,7 +155,7 @@ impl Batcher {
     /// Queues a sighting nobody waits for; it is written with the next batch.
     pub(crate) fn note_sighting(&self, key: String, expires_at: i64) {
         let op = Op::Sighting {
-            keys: vec![key],
+            key,
             expires_at,
             reply: None,
         };
@@ -226,12 +226,12 @@ async fn writer(
                             let _ = reply.send(direct.commit(commit).await);
                         }
                         Op::Sighting {
-                            keys,
+                            key,
                             expires_at,
                             reply,
                         } => {
                             let result = match super::from_ms(expires_at) {
-                                Ok(at) => direct.first_sightings(&keys, at).await,
+                                Ok(at) => direct.first_sighting(&key, at).await,
                                 Err(e) => Err(e),
                             };
                             match reply {
@@ -262,14 +262,10 @@ fn answer(batch: &mut Vec<Op>, first: &HashSet<String>) {
             Op::Commit(_, reply) => {
                 let _ = reply.send(Ok(()));
             }
-            Op::Sighting { keys, reply, .. } => {
-                // Short-circuits: a key after one that was not first stays unclaimed
-                // for a later caller in the batch, which the database did record.
-                let all_first = keys
-                    .into_iter()
-                    .all(|key| first.contains(&key) && answered.insert(key));
+            Op::Sighting { key, reply, .. } => {
+                let is_first = first.contains(&key) && answered.insert(key);
                 if let Some(reply) = reply {
-                    let _ = reply.send(Ok(all_first));
+                    let _ = reply.send(Ok(is_first));
                 }
             }
         }
@@ -316,12 +312,10 @@ async fn apply(
     let mut sightings: HashMap<&str, i64> = HashMap::new();
     for op in batch {
         if let Op::Sighting {
-            keys, expires_at, ..
+            key, expires_at, ..
         } = op
         {
-            for key in keys {
-                sightings.entry(key.as_str()).or_insert(*expires_at);
-            }
+            sightings.entry(key.as_str()).or_insert(*expires_at);
         }
     }
     let sightings: Vec<(&str, i64)> = sightings.into_iter().collect();

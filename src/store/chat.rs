@@ -354,7 +354,7 @@ impl Store for SqlStore {
     ) -> Result<bool, StoreError> {
         if let Some(batcher) = &self.batcher {
             return batcher
-                .first_sightings(vec![key.to_string()], to_ms(expires_at))
+                .first_sighting(key.to_string(), to_ms(expires_at))
                 .await;
         }
         let now = to_ms(OffsetDateTime::now_utc());
@@ -384,44 +384,6 @@ impl Store for SqlStore {
                 tracing::warn!(error = %e, key, "could not record a sighting");
             }
         });
-    }
-
-    async fn first_sightings(
-        &self,
-        keys: &[String],
-        expires_at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        if let Some(batcher) = &self.batcher {
-            return batcher
-                .first_sightings(keys.to_vec(), to_ms(expires_at))
-                .await;
-        }
-        // One statement for all keys, in sorted order (two callers lock the same rows
-        // in the same order, so they cannot deadlock): the unique key lets exactly one
-        // concurrent caller write them all.
-        let mut sorted: Vec<&str> = keys.iter().map(String::as_str).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.is_empty() {
-            return Ok(true);
-        }
-        let now = to_ms(OffsetDateTime::now_utc());
-        let expires = to_ms(expires_at);
-        let written = on_pool!(self, |p| {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO seen_events (key, expires_at) ");
-            q.push_values(&sorted, |mut row, key| {
-                row.push_bind(*key).push_bind(expires);
-            });
-            q.push(
-                " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-                 WHERE seen_events.expires_at < ",
-            )
-            .push_bind(now)
-            .push(" RETURNING key");
-            q.build_query_scalar::<String>().fetch_all(p).await
-        })
-        .map_err(db_err)?;
-        Ok(written.len() == sorted.len())
     }
 
     async fn seen(&self, key: &str) -> Result<bool, StoreError> {

@@ -228,32 +228,7 @@ async fn store_contract(s: &SqlStore) {
     unknown_stored_values_are_reported_as_corrupt(s).await;
     concurrent_sightings_of_one_key_have_exactly_one_winner(s).await;
     seen_reads_a_live_sighting_without_writing(s).await;
-    several_sightings_at_once_are_new_only_when_all_are(s).await;
     the_turn_queue_is_ordered_by_arrival_and_skips_expired_tickets(s).await;
-}
-
-async fn several_sightings_at_once_are_new_only_when_all_are(s: &SqlStore) {
-    let later = OffsetDateTime::now_utc() + Duration::seconds(60);
-    let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
-    assert!(s
-        .first_sightings(&keys(&["many:a", "many:b"]), later)
-        .await
-        .unwrap());
-    assert!(!s
-        .first_sightings(&keys(&["many:a", "many:b"]), later)
-        .await
-        .unwrap());
-    assert!(
-        !s.first_sightings(&keys(&["many:c", "many:b"]), later)
-            .await
-            .unwrap(),
-        "b was seen"
-    );
-    assert!(s.seen("many:c").await.unwrap(), "every key is recorded");
-    let pair = keys(&["many:x", "many:y"]);
-    let winners =
-        futures_util::future::join_all((0..20).map(|_| s.first_sightings(&pair, later))).await;
-    assert_eq!(winners.iter().filter(|w| *w.as_ref().unwrap()).count(), 1);
 }
 
 async fn seen_reads_a_live_sighting_without_writing(s: &SqlStore) {
