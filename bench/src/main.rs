@@ -5,12 +5,15 @@
 //!           [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N]
 //! bench summarize FILE.json...        medians across earlier runs
 //! bench floor-slack ADDR SECRET       the W1 floor server (started by `run`)
+//! bench reference-slack ADDR SECRET SLACK_API_ADDR   W1's least work with a reply (see reference.rs)
+//! bench reference-proxy ADDR AGENT_ADDR              W2's least work (see reference.rs)
 //! ```
 
 mod fakes;
 mod floor;
 mod gen;
 mod procs;
+mod reference;
 mod report;
 mod slackev;
 mod util;
@@ -26,7 +29,7 @@ use crate::workloads::Ctx;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET"
+        "usage:\n  bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-proxy ADDR AGENT_ADDR"
     );
     std::process::exit(2)
 }
@@ -38,6 +41,17 @@ fn main() -> Result<()> {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
             let secret = args.get(2).unwrap_or_else(|| usage()).clone();
             floor::main(addr, secret)
+        }
+        Some("reference-slack") => {
+            let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
+            let secret = args.get(2).unwrap_or_else(|| usage()).clone();
+            let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
+            reference::slack(addr, secret, api)
+        }
+        Some("reference-proxy") => {
+            let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
+            let agent = args.get(2).unwrap_or_else(|| usage()).parse()?;
+            reference::proxy(addr, agent)
         }
         Some("summarize") => {
             let rep = report::summarize(&args[1..])?;

@@ -237,13 +237,21 @@ pub async fn start_bridge(bin: &Path, cfg: &BridgeCfg) -> Result<(Proc, Duration
 }
 
 pub async fn start_floor(bench_bin: &Path) -> Result<Proc> {
+    start_helper(bench_bin, "floor-slack", &[SIGNING_SECRET]).await
+}
+
+/// `bench SUBCOMMAND <free loopback addr> ARGS…` as its own process (the floor, the
+/// reference servers), once it listens.
+pub async fn start_helper(bench_bin: &Path, subcommand: &str, args: &[&str]) -> Result<Proc> {
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let dir = tempfile::Builder::new().prefix("bench-floor-").tempdir()?;
     let log = dir.path().join("floor.log");
     let logf = std::fs::File::create(&log)?;
     let child = Command::new(bench_bin)
-        .args(["floor-slack", &addr.to_string(), SIGNING_SECRET])
+        .arg(subcommand)
+        .arg(addr.to_string())
+        .args(args)
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf)

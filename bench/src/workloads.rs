@@ -177,6 +177,24 @@ pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
     rep.declare(w, "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)", "µs", None);
     rep.declare(w, "every event answered exactly once", "ok", Some(Budget::AllOk));
     rep.declare(w, "RSS under load (peak)", "MiB", Some(Budget::AtMost(40.0)));
+    rep.declare(w, REF_W1_TPUT, "req/s", None);
+    rep.declare(w, REF_W1_CPU, "µs", None);
+}
+
+/// Rows of the reference servers (`reference.rs`): their figure in the bridge column,
+/// against the same round's floor.
+const REF_W1_TPUT: &str = "REFERENCE, not the bridge: hyper HMAC + parse + chat.postMessage, no store";
+const REF_W1_CPU: &str = "REFERENCE, not the bridge: its CPU per event at max load";
+const REF_W2_TPUT: &str = "REFERENCE, not the bridge: hyper proxy, body forwarded as is";
+const REF_W2_CPU: &str = "REFERENCE, not the bridge: its CPU per request at max load";
+
+/// Who serves a measurement.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Floor,
+    Bridge,
+    /// The reference server of `reference.rs`.
+    Reference,
 }
 
 struct Side {
@@ -188,14 +206,20 @@ struct Side {
     once: Option<(bool, String)>,
 }
 
-async fn w1_measure(ctx: &Ctx, floor: bool, mode: Mode, reaction: Option<String>) -> Result<Side> {
+async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -> Result<Side> {
     let f = &ctx.fakes;
     f.reset();
-    let proc: Proc = if floor {
-        procs::start_floor(&ctx.self_bin).await?
-    } else {
-        let cfg = BridgeCfg { reaction, ..slack_cfg(f) };
-        procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0
+    let floor = who == Who::Floor;
+    let proc: Proc = match who {
+        Who::Floor => procs::start_floor(&ctx.self_bin).await?,
+        Who::Reference => {
+            let api = f.slack_addr.to_string();
+            procs::start_helper(&ctx.self_bin, "reference-slack", &[procs::SIGNING_SECRET, &api]).await?
+        }
+        Who::Bridge => {
+            let cfg = BridgeCfg { reaction, ..slack_cfg(f) };
+            procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0
+        }
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let maker = Arc::new(EventMaker::new(SIGNING_SECRET, ctx.w1_channels, "", proc.addr));
@@ -252,8 +276,12 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     for floor in order {
         let who = if floor { "floor" } else { "bridge" };
         log(format!("W1 {who}: {} conns for {:?}", ctx.conns, ctx.duration));
-        let s = w1_measure(ctx, floor, Mode::Closed, None).await?;
+        let s = w1_measure(ctx, if floor { Who::Floor } else { Who::Bridge }, Mode::Closed, None).await?;
         log(format!("W1 {who}: {:.0} req/s, {:.1} µs CPU/event; {}", s.load.rps(), s.cpu_us, settings_note(&s.load)));
+        if floor {
+            rep.floor(w, REF_W1_TPUT, s.load.rps());
+            rep.floor(w, REF_W1_CPU, s.cpu_us);
+        }
         let push = |rep: &mut Report, m: &str, v: f64| if floor { rep.floor(w, m, v) } else { rep.bridge(w, m, v) };
         push(rep, &tput, s.load.rps());
         push(rep, "CPU per event at max load, replies included", s.cpu_us);
@@ -269,7 +297,7 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         }
 
         log(format!("W1 {who}: {rate}/s for {:?}", ctx.duration));
-        let s = w1_measure(ctx, floor, Mode::Rate(rate), None).await?;
+        let s = w1_measure(ctx, if floor { Who::Floor } else { Who::Bridge }, Mode::Rate(rate), None).await?;
         log(format!(
             "W1 {who}: p50 {:.3} p99 {:.3} p99.9 {:.3} ms, {:.1} µs CPU/event; {}",
             s.load.ms(0.5), s.load.ms(0.99), s.load.ms(0.999), s.cpu_us, settings_note(&s.load)
@@ -288,7 +316,7 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         }
         if !floor {
             log(format!("W1 bridge without the progress reaction: {} conns for {:?}", ctx.conns, ctx.duration));
-            let s = w1_measure(ctx, false, Mode::Closed, Some(String::new())).await?;
+            let s = w1_measure(ctx, Who::Bridge, Mode::Closed, Some(String::new())).await?;
             log(format!("W1 bridge, no reaction: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
             rep.bridge(w, "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)", s.cpu_us);
             if let Some((ok, detail)) = s.once {
@@ -296,6 +324,14 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
                 rep.note(w, "every event answered exactly once", format!("round {round}, max load, no reaction: {detail}"));
             }
         }
+    }
+    log(format!("W1 reference: {} conns for {:?}", ctx.conns, ctx.duration));
+    let s = w1_measure(ctx, Who::Reference, Mode::Closed, None).await?;
+    log(format!("W1 reference: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+    rep.bridge(w, REF_W1_TPUT, s.load.rps());
+    rep.bridge(w, REF_W1_CPU, s.cpu_us);
+    if let Some((ok, detail)) = s.once {
+        rep.note(w, REF_W1_TPUT, format!("round {round}: answered exactly once: {ok} ({detail})"));
     }
     Ok(())
 }
@@ -310,6 +346,8 @@ pub fn declare_w2(rep: &mut Report, ctx: &Ctx) {
     rep.declare(w, &format!("p50 @{}/s", ctx.w1_rate), "ms", Some(Budget::AddedAtMost(0.2)));
     rep.declare(w, &format!("p99 @{}/s", ctx.w1_rate), "ms", None);
     rep.declare(w, "CPU per request at max load (floor: fake agent)", "µs", None);
+    rep.declare(w, REF_W2_TPUT, "req/s", None);
+    rep.declare(w, REF_W2_CPU, "µs", None);
 }
 
 fn w2_request(addr: std::net::SocketAddr, floor: bool, seq: u64) -> Request<Full<Bytes>> {
@@ -326,15 +364,22 @@ fn w2_request(addr: std::net::SocketAddr, floor: bool, seq: u64) -> Request<Full
         .expect("request")
 }
 
-async fn w2_measure(ctx: &Ctx, floor: bool, mode: Mode) -> Result<(LoadResult, f64)> {
+async fn w2_measure(ctx: &Ctx, who: Who, mode: Mode) -> Result<(LoadResult, f64)> {
     let f = &ctx.fakes;
     f.reset();
-    let bridge = if floor {
-        None
-    } else {
-        let cfg = BridgeCfg { echo: false, agent: Some(f.agent_addr), ..BridgeCfg::default() };
-        Some(procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0)
+    let bridge = match who {
+        Who::Floor => None,
+        Who::Reference => {
+            let agent = f.agent_addr.to_string();
+            Some(procs::start_helper(&ctx.self_bin, "reference-proxy", &[&agent]).await?)
+        }
+        Who::Bridge => {
+            let cfg = BridgeCfg { echo: false, agent: Some(f.agent_addr), ..BridgeCfg::default() };
+            Some(procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0)
+        }
     };
+    // The reference forwards the body as is: it gets the agent's own request.
+    let floor = who != Who::Bridge;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let addr = bridge.as_ref().map(|b| b.addr).unwrap_or(f.agent_addr);
     let cpu = || bridge.as_ref().map(|b| b.cpu()).unwrap_or_else(|| f.cpu_secs());
@@ -366,19 +411,28 @@ pub async fn w2(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         let who = if floor { "floor" } else { "bridge" };
         let push = |rep: &mut Report, m: &str, v: f64| if floor { rep.floor(w, m, v) } else { rep.bridge(w, m, v) };
         log(format!("W2 {who}: {} conns for {:?}", ctx.conns, ctx.duration));
-        let (l, cpu_us) = w2_measure(ctx, floor, Mode::Closed).await?;
+        let (l, cpu_us) = w2_measure(ctx, if floor { Who::Floor } else { Who::Bridge }, Mode::Closed).await?;
         log(format!("W2 {who}: {:.0} req/s, {:.1} µs CPU/req; {}", l.rps(), cpu_us, settings_note(&l)));
         push(rep, &tput, l.rps());
         push(rep, "CPU per request at max load (floor: fake agent)", cpu_us);
+        if floor {
+            rep.floor(w, REF_W2_TPUT, l.rps());
+            rep.floor(w, REF_W2_CPU, cpu_us);
+        }
         if l.errors > 0 {
             rep.note(w, &tput, format!("{who} round {round}: {}", settings_note(&l)));
         }
         log(format!("W2 {who}: {rate}/s for {:?}", ctx.duration));
-        let (l, _) = w2_measure(ctx, floor, Mode::Rate(rate)).await?;
+        let (l, _) = w2_measure(ctx, if floor { Who::Floor } else { Who::Bridge }, Mode::Rate(rate)).await?;
         log(format!("W2 {who}: p50 {:.3} p99 {:.3} ms; {}", l.ms(0.5), l.ms(0.99), settings_note(&l)));
         push(rep, &format!("p50 @{rate}/s"), l.ms(0.5));
         push(rep, &format!("p99 @{rate}/s"), l.ms(0.99));
     }
+    log(format!("W2 reference: {} conns for {:?}", ctx.conns, ctx.duration));
+    let (l, cpu_us) = w2_measure(ctx, Who::Reference, Mode::Closed).await?;
+    log(format!("W2 reference: {:.0} req/s, {:.1} µs CPU/req; {}", l.rps(), cpu_us, settings_note(&l)));
+    rep.bridge(w, REF_W2_TPUT, l.rps());
+    rep.bridge(w, REF_W2_CPU, cpu_us);
     Ok(())
 }
 
