@@ -8,7 +8,8 @@
 //! - cannot connect / transport broke → [`AgentError::Unreachable`] with a short cause
 //!   that never contains the URL (it may carry credentials);
 //! - a non-2xx status → [`AgentError::Status`] with the agent's `detail` (FastAPI's
-//!   `{"detail": ...}` error shape), else the start of the body;
+//!   `{"detail": ...}` error shape), else the start of the body; a redirect is such a
+//!   status too (not followed: reqwest would resend a POST as a GET);
 //! - a 2xx that is not the documented JSON → [`AgentError::Malformed`].
 //!
 //! Bodies are read chunk by chunk up to a cap, so a runaway agent cannot make the
@@ -89,6 +90,10 @@ impl AiAgentApi {
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(60))
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // A redirect is reported, not followed: reqwest would turn a redirected
+            // POST into a GET without the query, and following costs every call a
+            // policy check.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("agent-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {

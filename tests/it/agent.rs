@@ -206,6 +206,22 @@ async fn error_status_surfaces_the_detail() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_an_error_status_not_followed() {
+    let fake = FakeAgent::start().await;
+    fake.push_response(307, "moved");
+    let err = client(&fake.url()).converse(&ask("q")).await.unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::Status {
+            status: 307,
+            detail: "moved".into()
+        }
+    );
+    // Only the one call: the redirect was not followed to `/health`.
+    assert_eq!(fake.requests().len(), 1, "{:?}", fake.requests());
+}
+
+#[tokio::test]
 async fn invalid_session_id_is_the_wrapped_500() {
     let fake = FakeAgent::start().await;
     let err = client(&fake.url())

@@ -327,11 +327,14 @@ fn raw_response(status: u16, body: String) -> Response {
     } else {
         "text/plain; charset=utf-8"
     };
-    Response::builder()
+    let mut builder = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(body))
-        .unwrap()
+        .header(header::CONTENT_TYPE, content_type);
+    if (300..400).contains(&status) {
+        // Somewhere that answers, so a client that follows redirects would succeed.
+        builder = builder.header(header::LOCATION, "/health");
+    }
+    builder.body(Body::from(body)).unwrap()
 }
 
 async fn handle(
