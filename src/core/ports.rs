@@ -175,7 +175,7 @@ impl Commit {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or failed the statement; worth retrying.
     #[error("store unavailable: {0}")]
@@ -230,6 +230,13 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
     /// Whether `key` has a sighting that has not expired (read only).
     async fn seen(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// `false` while the store knows that no enabled webhook endpoint would take an
+    /// event, so a caller may skip building events a commit would drop anyway. A hint
+    /// for the hot path, never a promise: a commit still decides by itself.
+    fn wants_events(&self) -> bool {
+        true
+    }
 
     /// `true` when other processes may run turns on the same data (a shared
     /// PostgreSQL): then the relay orders turns through the `turn_*` tickets below

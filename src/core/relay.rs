@@ -300,6 +300,12 @@ impl Relay {
         self.inner.tracker.spawn(work);
     }
 
+    /// `false` while no webhook endpoint would take an event ([`Store::wants_events`]):
+    /// then events need not be built.
+    pub fn wants_events(&self) -> bool {
+        self.inner.store.wants_events()
+    }
+
     /// `false` once shutdown has begun.
     pub fn is_accepting(&self) -> bool {
         self.inner.accepting.load(Ordering::Acquire)
@@ -586,21 +592,24 @@ impl Inner {
         updated.last_activity = now;
         let session = updated.agent_session.clone().unwrap_or_default();
         let at = conv_ref(&updated);
-        let mut events = vec![OutboxEvent::new(
-            EventKind::Conversation,
-            Some(key.to_string()),
-            &ConversationTurn {
-                at: at.clone(),
-                user: msg.user.clone(),
-                message_id: msg.message_id.clone(),
-                session_id: updated.agent_session.clone(),
-                personality_id: request.personality_id.clone(),
-                query: query.to_string(),
-                response: answer.response.clone(),
-                latency_ms,
-            },
-            now,
-        )];
+        let mut events = Vec::new();
+        if self.store.wants_events() {
+            events.push(OutboxEvent::new(
+                EventKind::Conversation,
+                Some(key.to_string()),
+                &ConversationTurn {
+                    at: at.clone(),
+                    user: msg.user.clone(),
+                    message_id: msg.message_id.clone(),
+                    session_id: updated.agent_session.clone(),
+                    personality_id: request.personality_id.clone(),
+                    query: query.to_string(),
+                    response: answer.response.clone(),
+                    latency_ms,
+                },
+                now,
+            ));
+        }
         let outcome = match &sent {
             Ok(_) => TurnOutcome::Answered,
             Err(e) => {

@@ -88,6 +88,9 @@ async fn record(
     request: &AgentRequest,
     result: &Result<AgentAnswer, AgentError>,
 ) -> ApiResult<()> {
+    if !relay.wants_events() {
+        return Ok(());
+    }
     relay
         .record(events_for(request_id, request, result))
         .await

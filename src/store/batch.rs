@@ -1,30 +1,34 @@
 //! Group commit for SQLite: every `commit` and `first_sighting` goes through one
 //! writer task, which takes whatever has queued up (up to [`MAX_BATCH`]) and applies
-//! it in **one transaction with a handful of multi-row statements**, then answers each
-//! caller. Nothing waits on a timer: an idle store writes a batch of one at once, a
-//! busy one writes bigger batches. Callers still get "done means durable" — they are
-//! answered after the transaction commits.
+//! it in **one transaction**, then answers each caller. Nothing waits on a timer: an
+//! idle store writes a batch of one at once, a busy one writes bigger batches.
+//! Callers still get "done means durable" — they are answered after the transaction
+//! commits.
 //!
-//! Why: sqlx runs each SQLite statement on the connection's worker thread, and the
-//! hand-off, not SQLite, dominated a Slack event's cost (two sightings and a turn
-//! commit were ~8 statements and 3 transactions). A batch of N turns is now ~6
-//! statements and one transaction.
+//! The batch runs through SQLite's C API (rusqlite over the raw handle that sqlx lends
+//! out with `lock_handle`), on the pool's one connection, on this task: one hand-off
+//! to sqlx's worker thread per batch, single-row statements prepared once per batch
+//! and stepped per row. Measured before: sqlx ran each statement on its worker thread
+//! (two thread switches per statement), and a multi-row multi-statement query, which
+//! avoided those, had to be compiled afresh for every batch shape (~10 µs per Slack
+//! event at full load).
 //!
-//! If a batch fails (a constraint, say), every operation in it is retried alone, so
-//! one bad commit fails only its own caller, exactly as without batching.
+//! A commit that fails (a constraint, say) fails only its own caller: the batch is
+//! rolled back and written again with each commit in a savepoint. Another process
+//! holding the write lock is waited out with async sleeps, never inside SQLite's
+//! busy handler, which would block a runtime thread.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool};
-use sqlx::{Column, Connection, QueryBuilder, Row, Sqlite};
+use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{db_err, to_ms, SqlStore};
-use crate::core::ports::{Commit, Conversation, Store, StoreError};
+use super::{db_err, to_ms, SQLITE_BUSY_TIMEOUT};
+use crate::core::ports::{Commit, StoreError};
 
 const ANY_ENABLED_ENDPOINT: &str =
     "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE enabled = 1) AS any_endpoint";
@@ -93,17 +97,12 @@ impl NoEndpoints {
 }
 
 impl Batcher {
-    /// Starts the writer. `direct` is the same store without a batcher: the fallback
-    /// for a failed batch.
+    /// Starts the writer.
     /// `checkpoints`: how to open the checkpointing connection (file databases).
-    pub(crate) fn start(
-        pool: SqlitePool,
-        direct: SqlStore,
-        checkpoints: Option<SqliteConnectOptions>,
-    ) -> Batcher {
+    pub(crate) fn start(pool: SqlitePool, checkpoints: Option<SqliteConnectOptions>) -> Batcher {
         let (ops, rx) = mpsc::unbounded_channel();
         let endpoints = Arc::new(NoEndpoints::new());
-        tokio::spawn(writer(pool, direct, rx, endpoints.clone()));
+        tokio::spawn(writer(pool, rx, endpoints.clone()));
         let checkpoints = checkpoints.map(|options| {
             let stop = CancellationToken::new();
             tokio::spawn(checkpointer(options, stop.clone()));
@@ -114,6 +113,11 @@ impl Batcher {
             endpoints,
             _checkpoints: checkpoints,
         }
+    }
+
+    /// `false` while "no endpoint is enabled" is known.
+    pub(crate) fn wants_events(&self) -> bool {
+        !self.endpoints.known()
     }
 
     /// An endpoint was created, enabled or resubscribed through this store.
@@ -201,9 +205,12 @@ fn closed() -> StoreError {
     StoreError::Unavailable("the store's writer has stopped".into())
 }
 
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
 async fn writer(
     pool: SqlitePool,
-    direct: SqlStore,
     mut rx: mpsc::UnboundedReceiver<Op>,
     endpoints: Arc<NoEndpoints>,
 ) {
@@ -217,280 +224,284 @@ async fn writer(
             }
         }
         match apply(&pool, &batch, &endpoints).await {
-            Ok(first) => answer(&mut batch, &first),
+            Ok(results) => answer(&mut batch, results),
             Err(e) => {
-                tracing::debug!(error = %e, size = batch.len(), "batch failed; applying its operations one by one");
-                for op in batch.drain(..) {
-                    match op {
-                        Op::Commit(commit, reply) => {
-                            let _ = reply.send(direct.commit(commit).await);
-                        }
-                        Op::Sighting {
-                            key,
-                            expires_at,
-                            reply,
-                        } => {
-                            let result = match super::from_ms(expires_at) {
-                                Ok(at) => direct.first_sighting(&key, at).await,
-                                Err(e) => Err(e),
-                            };
-                            match reply {
-                                Some(reply) => {
-                                    let _ = reply.send(result);
-                                }
-                                None => {
-                                    if let Err(e) = result {
-                                        tracing::warn!(error = %e, "could not record a sighting");
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+                tracing::warn!(error = %e, size = batch.len(), "a store batch failed; its callers get the error");
+                let n = batch.len();
+                answer(&mut batch, (0..n).map(|_| Err(e.clone())).collect());
             }
         }
     }
 }
 
-/// Answers every caller of a batch that committed; `first` holds the sighting keys
-/// this batch recorded first.
-fn answer(batch: &mut Vec<Op>, first: &HashSet<String>) {
-    // Within a batch only the first caller of a key can be first.
-    let mut answered: HashSet<String> = HashSet::new();
-    for op in batch.drain(..) {
+/// Answers every caller of a batch, in order; `results` holds one entry per operation
+/// (for a sighting: whether it was the first).
+fn answer(batch: &mut Vec<Op>, results: Vec<Result<bool, StoreError>>) {
+    for (op, result) in batch.drain(..).zip(results) {
         match op {
             Op::Commit(_, reply) => {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(result.map(drop));
             }
-            Op::Sighting { key, reply, .. } => {
-                let is_first = first.contains(&key) && answered.insert(key);
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(is_first));
+            Op::Sighting {
+                reply: Some(reply), ..
+            } => {
+                let _ = reply.send(result);
+            }
+            Op::Sighting { reply: None, .. } => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "could not record a sighting");
                 }
             }
         }
     }
 }
 
-/// The most rows one statement takes: statements of 1, 2, 4, … [`MAX_ROWS`] rows
-/// (a batch's rows split by powers of two) are few enough shapes that every one stays
-/// in sqlx's statement cache, where any row count would be prepared afresh each time.
-const MAX_ROWS: usize = 32;
-
-/// Splits `items` into chunks whose lengths are powers of two up to [`MAX_ROWS`],
-/// longest first, in order.
-fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        if items.is_empty() {
-            return None;
-        }
-        let n = items.len().min(MAX_ROWS);
-        // The largest power of two not above n.
-        let take = 1 << (usize::BITS - 1 - n.leading_zeros());
-        let (chunk, rest) = items.split_at(take);
-        items = rest;
-        Some(chunk)
-    })
-}
-
-/// Applies a whole batch in one transaction; returns the sighting keys it recorded.
+/// Applies a whole batch in one transaction; returns one result per operation.
 ///
-/// The transaction is **one** multi-statement query (`BEGIN; …; COMMIT`): sqlx runs a
-/// SQLite query on the connection's worker thread, and each round-trip there is two
-/// thread switches, which cost more than the statements themselves at low load.
+/// The batch runs on the pool's connection through SQLite's C API (rusqlite over the
+/// raw handle sqlx lends out), on this task: one hand-off to sqlx's worker thread per
+/// batch instead of one per statement, and single-row statements prepared once per
+/// batch and stepped per row, where a sqlx multi-row statement had to be compiled for
+/// every batch shape.
 async fn apply(
     pool: &SqlitePool,
     batch: &[Op],
     endpoints: &NoEndpoints,
-) -> Result<HashSet<String>, StoreError> {
-    let now = to_ms(time::OffsetDateTime::now_utc());
-    let mut q = QueryBuilder::<Sqlite>::new("BEGIN; ");
-    let mut statements = 0;
-
-    // Sightings: one upsert for every distinct key, RETURNING the rows it wrote (a
-    // live sighting is left alone and not returned).
-    let mut sightings: HashMap<&str, i64> = HashMap::new();
-    for op in batch {
-        if let Op::Sighting {
-            key, expires_at, ..
-        } = op
-        {
-            sightings.entry(key.as_str()).or_insert(*expires_at);
-        }
-    }
-    let sightings: Vec<(&str, i64)> = sightings.into_iter().collect();
-    for chunk in chunks(&sightings) {
-        q.push("INSERT INTO seen_events (key, expires_at) ");
-        q.push_values(chunk, |mut row, (key, expires_at)| {
-            row.push_bind(*key).push_bind(*expires_at);
-        });
-        q.push(" ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE seen_events.expires_at < ")
-            .push_bind(now)
-            .push(" RETURNING key; ");
-        statements += 1;
-    }
-
-    let commits: Vec<&Commit> = batch
-        .iter()
-        .filter_map(|op| match op {
-            Op::Commit(c, _) => Some(c),
-            Op::Sighting { .. } => None,
-        })
-        .collect();
-
-    // Conversations: the last state of each key wins, as it would committing in order.
-    let mut latest = HashMap::new();
-    for c in commits.iter().flat_map(|c| &c.conversations) {
-        latest.insert(c.key.as_str(), c);
-    }
-    let latest: Vec<&Conversation> = latest.into_values().collect();
-    for chunk in chunks(&latest) {
-        q.push(
-            "INSERT INTO conversations (key, platform, workspace, channel, thread, user_id, \
-             agent_session, personality, last_activity) ",
-        );
-        q.push_values(chunk, |mut row, c| {
-            row.push_bind(c.key.as_str())
-                .push_bind(c.platform.as_str())
-                .push_bind(&c.workspace)
-                .push_bind(&c.channel)
-                .push_bind(c.thread.as_deref())
-                .push_bind(c.user.as_deref())
-                .push_bind(c.agent_session.as_deref())
-                .push_bind(c.personality.as_deref())
-                .push_bind(to_ms(c.last_activity));
-        });
-        q.push(
-            " ON CONFLICT (key) DO UPDATE SET platform = excluded.platform, \
-             workspace = excluded.workspace, channel = excluded.channel, \
-             thread = excluded.thread, user_id = excluded.user_id, \
-             agent_session = excluded.agent_session, personality = excluded.personality, \
-             last_activity = excluded.last_activity; ",
-        );
-        statements += 1;
-    }
-
-    let rows: Vec<_> = commits.iter().flat_map(|c| &c.transcript).collect();
-    for chunk in chunks(&rows) {
-        q.push(
-            "INSERT INTO transcripts (session_id, role, content, created_at, platform, channel, \
-             thread, user_id, message_id) ",
-        );
-        q.push_values(chunk, |mut row, t| {
-            row.push_bind(&t.session_id)
-                .push_bind(t.role.as_str())
-                .push_bind(&t.content)
-                .push_bind(to_ms(t.timestamp))
-                .push_bind(t.platform.as_str())
-                .push_bind(&t.channel)
-                .push_bind(t.thread.as_deref())
-                .push_bind(&t.user)
-                .push_bind(t.message_id.as_deref());
-        });
-        q.push("; ");
-        statements += 1;
-    }
-
-    // Events: only for the endpoints that subscribe to them (filtered in SQL), and not
-    // even bound while "no endpoint is enabled" is known. Chunks go in event order, so
-    // an ordered endpoint's delivery rows keep the order in which events happened.
-    let events: Vec<_> = commits.iter().flat_map(|c| &c.events).collect();
-    let check_endpoints = !events.is_empty() && !endpoints.known();
-    for chunk in chunks(&events).filter(|_| check_endpoints) {
-        // The event rows of subscribed types…
-        q.push("WITH ev(seq, id, type, ordering_key, body, at) AS (");
-        q.push_values(chunk.iter().enumerate(), |mut row, (seq, e)| {
-            row.push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .push_bind(e.id.as_str())
-                .push_bind(e.kind.as_str())
-                .push_bind(e.ordering_key.as_deref())
-                .push_bind(&e.body)
-                .push_bind(to_ms(e.created_at));
-        });
-        q.push(
-            ") INSERT INTO webhook_events (id, type, ordering_key, body, created_at) \
-             SELECT ev.id, ev.type, ev.ordering_key, ev.body, ev.at FROM ev \
-             WHERE EXISTS (SELECT 1 FROM webhook_endpoints e \
-                           JOIN webhook_subscriptions s ON s.endpoint_id = e.id \
-                           WHERE e.enabled = 1 AND s.event_type IN (ev.type, '*')) \
-             ORDER BY ev.seq; ",
-        );
-        // …then one pending delivery per enabled endpoint subscribed to the type or
-        // `*`, in event order (`seq`).
-        q.push("WITH ev(seq, id, type, ordering_key, at) AS (");
-        q.push_values(chunk.iter().enumerate(), |mut row, (seq, e)| {
-            row.push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .push_bind(e.id.as_str())
-                .push_bind(e.kind.as_str())
-                .push_bind(e.ordering_key.as_deref())
-                .push_bind(to_ms(e.created_at));
-        });
-        q.push(
-            ") INSERT INTO webhook_deliveries (event_id, endpoint_id, ordering_key, status, \
-             attempts, next_attempt_at, created_at, updated_at) \
-             SELECT ev.id, e.id, ev.ordering_key, 'pending', 0, ev.at, ev.at, ev.at \
-             FROM ev JOIN webhook_endpoints e ON e.enabled = 1 \
-             WHERE EXISTS (SELECT 1 FROM webhook_subscriptions s \
-                           WHERE s.endpoint_id = e.id AND s.event_type IN (ev.type, '*')) \
-             ORDER BY ev.seq, e.id; ",
-        );
-        statements += 2;
-    }
-    if check_endpoints {
-        q.push(ANY_ENABLED_ENDPOINT).push("; ");
-        statements += 1;
-    }
-    if statements == 0 {
-        return Ok(HashSet::new());
-    }
-    q.push("COMMIT");
-
-    let mut conn = pool.acquire().await.map_err(db_err)?;
-    // A batch of one operation comes in a handful of shapes (one sighting, one turn)
-    // and is worth caching prepared; bigger ones vary, and caching them filled the
-    // statement cache with multi-statement programs (+7 MiB RSS under load).
-    let query = q.build().persistent(batch.len() == 1);
-    let mut first = HashSet::new();
-    let mut any_endpoint = None;
-    let failed = match query.fetch_all(&mut *conn).await {
-        Ok(rows) => rows.iter().try_for_each(|row| {
-            match row.columns().first().map(|c| c.name()) {
-                Some("key") => {
-                    first.insert(row.try_get::<String, _>(0)?);
+) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+    let skip_events = endpoints.known();
+    let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    let (results, any_endpoint) = loop {
+        let mut conn = pool.acquire().await.map_err(db_err)?;
+        let mut handle = conn.lock_handle().await.map_err(db_err)?;
+        let raw = handle.as_raw_handle();
+        let written = {
+            // SAFETY: while `handle` lives, sqlx's worker thread makes no call on this
+            // connection or its statements (`LockedSqliteHandle`'s contract), and `db`
+            // is dropped, finalising the statements it prepared, before `handle` is.
+            // `from_handle` never closes the connection, which sqlx keeps owning.
+            #[allow(unsafe_code)]
+            let db = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }.map_err(sql_err)?;
+            // `None`: the write lock is taken; wait and try again.
+            let written = (|| {
+                if !begin(&db)? {
+                    return Ok(None);
                 }
-                _ => any_endpoint = Some(row.try_get::<bool, _>(0)?),
+                if let Written::Done(results, any) = write(&db, batch, skip_events, false)? {
+                    return Ok(Some((results, any)));
+                }
+                db.execute_batch("ROLLBACK").map_err(sql_err)?;
+                if !begin(&db)? {
+                    return Ok(None);
+                }
+                match write(&db, batch, skip_events, true)? {
+                    Written::Done(results, any) => Ok(Some((results, any))),
+                    Written::Redo => Err(StoreError::Unavailable("a batch failed twice".into())),
+                }
+            })();
+            if written.is_err() && !db.is_autocommit() {
+                if let Err(e) = db.execute_batch("ROLLBACK") {
+                    tracing::warn!(error = %e, "rollback after a failed batch");
+                }
             }
-            Ok(())
-        }),
-        Err(e) => Err(e),
-    }
-    .err();
-    if let Some(e) = failed {
-        // The statement that failed left the transaction open on the only connection.
-        if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-            tracing::debug!(error = %rollback, "rollback after a failed batch");
+            written
+        };
+        drop(handle);
+        drop(conn);
+        match written? {
+            Some(done) => break done,
+            None if Instant::now() < deadline => {
+                // Another process holds the write lock: wait here, not in SQLite's
+                // busy handler, which would block this runtime thread.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            None => {
+                return Err(StoreError::Unavailable(
+                    "database is locked by another process".into(),
+                ))
+            }
         }
-        return Err(db_err(e));
-    }
+    };
     if let Some(any) = any_endpoint {
         // Noted before the connection goes back: an endpoint created afterwards
         // forgets it (`endpoints_changed`) only once this is written.
         endpoints.saw(any);
     }
-    Ok(first)
+    Ok(results)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_are_powers_of_two_up_to_the_cap_in_order() {
-        let items: Vec<usize> = (0..103).collect();
-        let lens: Vec<usize> = chunks(&items).map(<[usize]>::len).collect();
-        assert_eq!(lens, [32, 32, 32, 4, 2, 1]);
-        let flat: Vec<usize> = chunks(&items).flatten().copied().collect();
-        assert_eq!(flat, items);
-        assert_eq!(chunks::<u8>(&[]).count(), 0);
+/// `BEGIN IMMEDIATE` without waiting: `false` when another connection holds the write
+/// lock. The connection's busy timeout (which sqlx's own statements rely on) is lifted
+/// for this one statement only.
+fn begin(db: &rusqlite::Connection) -> Result<bool, StoreError> {
+    db.busy_timeout(Duration::ZERO).map_err(sql_err)?;
+    let began = db.execute_batch("BEGIN IMMEDIATE");
+    db.busy_timeout(SQLITE_BUSY_TIMEOUT).map_err(sql_err)?;
+    match began {
+        Ok(()) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(sql_err(e)),
     }
+}
+
+const SIGHTING: &str = "INSERT INTO seen_events (key, expires_at) VALUES (?1, ?2) \
+     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+     WHERE seen_events.expires_at < ?3";
+
+const CONVERSATION: &str = "INSERT INTO conversations (key, platform, workspace, channel, \
+     thread, user_id, agent_session, personality, last_activity) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+     ON CONFLICT (key) DO UPDATE SET platform = excluded.platform, \
+     workspace = excluded.workspace, channel = excluded.channel, \
+     thread = excluded.thread, user_id = excluded.user_id, \
+     agent_session = excluded.agent_session, personality = excluded.personality, \
+     last_activity = excluded.last_activity";
+
+const TRANSCRIPT: &str = "INSERT INTO transcripts (session_id, role, content, created_at, \
+     platform, channel, thread, user_id, message_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// The event row, only if some enabled endpoint subscribes to its type (or `*`).
+const EVENT: &str = "INSERT INTO webhook_events (id, type, ordering_key, body, created_at) \
+     SELECT ?1, ?2, ?3, ?4, ?5 \
+     WHERE EXISTS (SELECT 1 FROM webhook_endpoints e \
+                   JOIN webhook_subscriptions s ON s.endpoint_id = e.id \
+                   WHERE e.enabled = 1 AND s.event_type IN (?2, '*'))";
+
+/// One pending delivery per enabled endpoint subscribed to the type or `*`.
+const DELIVERIES: &str = "INSERT INTO webhook_deliveries (event_id, endpoint_id, ordering_key, \
+     status, attempts, next_attempt_at, created_at, updated_at) \
+     SELECT ?1, e.id, ?3, 'pending', 0, ?4, ?4, ?4 FROM webhook_endpoints e \
+     WHERE e.enabled = 1 AND EXISTS (SELECT 1 FROM webhook_subscriptions s \
+                                     WHERE s.endpoint_id = e.id AND s.event_type IN (?2, '*')) \
+     ORDER BY e.id";
+
+/// What [`write`] did.
+enum Written {
+    /// Committed: one result per operation, and (when events were offered) whether
+    /// any endpoint is enabled.
+    Done(Vec<Result<bool, StoreError>>, Option<bool>),
+    /// A commit failed outside a savepoint (so its partial writes cannot be undone
+    /// alone): the caller rolls back and writes again with `isolate`.
+    Redo,
+}
+
+/// Writes the batch in one transaction (begun by the caller). With `isolate`, each
+/// commit runs inside a savepoint so that one failing commit (a constraint, say) fails
+/// only its own caller; without, a failure asks for that second pass. Savepoints cost
+/// every page a copy to the statement journal, so the common, failure-free batch
+/// goes without.
+fn write(
+    db: &rusqlite::Connection,
+    batch: &[Op],
+    skip_events: bool,
+    isolate: bool,
+) -> Result<Written, StoreError> {
+    let now = to_ms(time::OffsetDateTime::now_utc());
+    let mut results = Vec::with_capacity(batch.len());
+    let mut offered_events = false;
+    for op in batch {
+        let result = match op {
+            // One statement: SQLite undoes a failed statement by itself.
+            Op::Sighting {
+                key, expires_at, ..
+            } => db
+                .prepare_cached(SIGHTING)
+                .and_then(|mut st| st.execute(rusqlite::params![key, expires_at, now]))
+                .map(|changed| changed == 1),
+            Op::Commit(commit, _) => {
+                let events = !skip_events && !commit.events.is_empty();
+                offered_events |= events;
+                let result = match isolate {
+                    true => savepoint(db, |db| write_commit(db, commit, events)),
+                    false => write_commit(db, commit, events),
+                };
+                if result.is_err() && !isolate {
+                    return Ok(Written::Redo);
+                }
+                result.map(|()| true)
+            }
+        };
+        results.push(result.map_err(sql_err));
+    }
+    let any_endpoint = match offered_events {
+        true => Some(
+            db.prepare_cached(ANY_ENABLED_ENDPOINT)
+                .and_then(|mut st| st.query_row([], |row| row.get::<_, bool>(0)))
+                .map_err(sql_err)?,
+        ),
+        false => None,
+    };
+    db.execute_batch("COMMIT").map_err(sql_err)?;
+    Ok(Written::Done(results, any_endpoint))
+}
+
+/// Runs `body` inside a savepoint: released on success, rolled back on failure.
+fn savepoint(
+    db: &rusqlite::Connection,
+    body: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    db.prepare_cached("SAVEPOINT op")?.execute([])?;
+    match body(db) {
+        Ok(()) => db.prepare_cached("RELEASE op")?.execute([]).map(drop),
+        Err(e) => {
+            db.prepare_cached("ROLLBACK TO op")?.execute([])?;
+            db.prepare_cached("RELEASE op")?.execute([])?;
+            Err(e)
+        }
+    }
+}
+
+fn write_commit(db: &rusqlite::Connection, commit: &Commit, events: bool) -> rusqlite::Result<()> {
+    for c in &commit.conversations {
+        db.prepare_cached(CONVERSATION)?.execute(rusqlite::params![
+            c.key.as_str(),
+            c.platform.as_str(),
+            c.workspace,
+            c.channel,
+            c.thread,
+            c.user,
+            c.agent_session,
+            c.personality,
+            to_ms(c.last_activity),
+        ])?;
+    }
+    for t in &commit.transcript {
+        db.prepare_cached(TRANSCRIPT)?.execute(rusqlite::params![
+            t.session_id,
+            t.role.as_str(),
+            t.content,
+            to_ms(t.timestamp),
+            t.platform.as_str(),
+            t.channel,
+            t.thread,
+            t.user,
+            t.message_id,
+        ])?;
+    }
+    // Events in the order they happened, so an ordered endpoint's deliveries keep it.
+    for e in commit.events.iter().filter(|_| events) {
+        let at = to_ms(e.created_at);
+        let stored = db.prepare_cached(EVENT)?.execute(rusqlite::params![
+            e.id.as_str(),
+            e.kind.as_str(),
+            e.ordering_key,
+            e.body,
+            at,
+        ])?;
+        if stored == 1 {
+            db.prepare_cached(DELIVERIES)?.execute(rusqlite::params![
+                e.id.as_str(),
+                e.kind.as_str(),
+                e.ordering_key,
+                at,
+            ])?;
+        }
+    }
+    Ok(())
 }

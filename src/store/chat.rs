@@ -403,6 +403,10 @@ impl Store for SqlStore {
         self.backend() == "postgres"
     }
 
+    fn wants_events(&self) -> bool {
+        self.batcher.as_ref().is_none_or(|b| b.wants_events())
+    }
+
     async fn turn_enter(
         &self,
         conversation: &ConversationKey,

@@ -7,7 +7,7 @@
 //! - `mod.rs` (this file): connecting, migrations, the backend handle, and the helpers
 //!   every query shares (error mapping, millisecond timestamps, the `on_pool!` macro).
 //! - `batch.rs`: group commit for SQLite (`commit` and `first_sighting` batched into
-//!   one transaction of multi-row statements by a single writer task).
+//!   one transaction by a single writer task, through rusqlite on sqlx's handle).
 //! - `chat.rs`: `impl Store for SqlStore` — conversations, transcripts, Slack event
 //!   sightings, and the outbox fan-out of `commit`.
 //! - `webhooks.rs`: endpoints, subscriptions and the delivery side of the outbox.
@@ -60,7 +60,7 @@ mod webhooks;
 
 /// How long a SQLite statement waits for another process's lock (a second
 /// `agent-bridge migrate`, an operator's `sqlite3` shell) before giving up.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `wal_autocheckpoint` of the writer's connection, in pages (4 KiB): a fallback only.
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
@@ -146,17 +146,10 @@ pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
         )));
     };
     let batcher = match &pool {
-        Pool::Sqlite(sqlite) => {
-            let direct = SqlStore {
-                pool: pool.clone(),
-                batcher: None,
-            };
-            Some(std::sync::Arc::new(batch::Batcher::start(
-                sqlite.clone(),
-                direct,
-                checkpoints,
-            )))
-        }
+        Pool::Sqlite(sqlite) => Some(std::sync::Arc::new(batch::Batcher::start(
+            sqlite.clone(),
+            checkpoints,
+        ))),
         Pool::Postgres(_) => None,
     };
     Ok(SqlStore { pool, batcher })

@@ -225,6 +225,7 @@ async fn store_contract(s: &SqlStore) {
     events_nobody_subscribes_to_are_not_stored(s).await;
     commit_fans_events_out_to_subscribed_enabled_endpoints(s).await;
     failed_commit_leaves_nothing_behind(s).await;
+    a_failed_commit_among_concurrent_ones_fails_alone(s).await;
     unknown_stored_values_are_reported_as_corrupt(s).await;
     concurrent_sightings_of_one_key_have_exactly_one_winner(s).await;
     seen_reads_a_live_sighting_without_writing(s).await;
@@ -577,6 +578,60 @@ async fn failed_commit_leaves_nothing_behind(s: &SqlStore) {
     assert_eq!(s.conversation(&c.key).await.unwrap(), Some(c));
     assert_eq!(s.history("sess-atomic", None).await.unwrap().len(), 1);
     assert_eq!(count(s, &sql).await, 1);
+}
+
+/// On SQLite concurrent commits share one transaction (group commit): a broken one
+/// among them must fail alone, leaving nothing behind, and the others must land.
+async fn a_failed_commit_among_concurrent_ones_fails_alone(s: &SqlStore) {
+    let at = datetime!(2026-04-02 00:00 UTC);
+    let commit = |n: usize, broken: bool| {
+        let c = conv(
+            &format!("console/-/together-{n}"),
+            Some(&format!("sess-together-{n}")),
+            at,
+        );
+        let event = OutboxEvent::new(
+            EventKind::SessionReset,
+            Some(c.key.to_string()),
+            &json!({"n": n}),
+            at,
+        );
+        let events = match broken {
+            // A duplicate event id breaks webhook_events' key after the other rows.
+            true => vec![event.clone(), event],
+            false => vec![event],
+        };
+        Commit {
+            conversations: vec![c.clone()],
+            transcript: vec![entry(&format!("sess-together-{n}"), Role::User, "hi", at)],
+            events,
+        }
+    };
+    let tasks: Vec<_> = (0..9)
+        .map(|n| {
+            let s = s.clone();
+            let commit = commit(n, n == 4);
+            tokio::spawn(async move { s.commit(commit).await })
+        })
+        .collect();
+    for (n, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        let key = conv(&format!("console/-/together-{n}"), None, at).key;
+        let stored = s.conversation(&key).await.unwrap();
+        let history = s
+            .history(&format!("sess-together-{n}"), None)
+            .await
+            .unwrap();
+        if n == 4 {
+            assert!(result.is_err(), "the broken commit must fail");
+            assert_eq!(stored, None);
+            assert_eq!(history, vec![]);
+        } else {
+            result.unwrap_or_else(|e| panic!("commit {n} failed with its neighbour: {e}"));
+            assert!(stored.is_some(), "commit {n} must be stored");
+            assert_eq!(history.len(), 1, "commit {n}");
+        }
+    }
 }
 
 async fn commit_fans_events_out_to_subscribed_enabled_endpoints(s: &SqlStore) {
