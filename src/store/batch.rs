@@ -271,7 +271,7 @@ async fn apply(
     let skip_events = endpoints.known();
     let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
     let mut pause = Duration::from_millis(1);
-    let (results, any_endpoint) = loop {
+    loop {
         let mut conn = pool.acquire().await.map_err(db_err)?;
         let mut handle = conn.lock_handle().await.map_err(db_err)?;
         let raw = handle.as_raw_handle();
@@ -306,10 +306,15 @@ async fn apply(
             }
             written
         };
+        if let Ok(Some((_, Some(any)))) = &written {
+            // Noted before the connection goes back: an endpoint created afterwards
+            // forgets it (`endpoints_changed`) only once this is written.
+            endpoints.saw(*any);
+        }
         drop(handle);
         drop(conn);
         match written? {
-            Some(done) => break done,
+            Some((results, _)) => return Ok(results),
             None if Instant::now() < deadline => {
                 // Another process holds the write lock: wait here, not in SQLite's
                 // busy handler, which would block this runtime thread.
@@ -322,13 +327,7 @@ async fn apply(
                 ))
             }
         }
-    };
-    if let Some(any) = any_endpoint {
-        // Noted before the connection goes back: an endpoint created afterwards
-        // forgets it (`endpoints_changed`) only once this is written.
-        endpoints.saw(any);
     }
-    Ok(results)
 }
 
 /// `BEGIN IMMEDIATE` without waiting: `false` when another connection holds the write
@@ -427,6 +426,15 @@ fn write(
                 result.map(|()| true)
             }
         };
+        if let Err(e) = &result {
+            if db.is_autocommit() {
+                // Some errors (I/O, disk full) end the transaction themselves: what
+                // follows would be written outside it, so the whole batch fails.
+                return Err(StoreError::Unavailable(format!(
+                    "the batch was aborted: {e}"
+                )));
+            }
+        }
         results.push(result.map_err(sql_err));
     }
     let any_endpoint = match offered_events {
