@@ -6,6 +6,7 @@
 //! bench summarize FILE.json...        medians across earlier runs
 //! bench floor-slack ADDR SECRET       the W1 floor server (started by `run`)
 //! bench reference-slack ADDR SECRET SLACK_API_ADDR   W1's least work with a reply (see reference.rs)
+//! bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB   the same plus SQLite bookkeeping
 //! bench reference-proxy ADDR AGENT_ADDR              W2's least work (see reference.rs)
 //! ```
 
@@ -29,7 +30,7 @@ use crate::workloads::Ctx;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-proxy ADDR AGENT_ADDR"
+        "usage:\n  bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB_PATH\n  bench reference-proxy ADDR AGENT_ADDR"
     );
     std::process::exit(2)
 }
@@ -47,6 +48,13 @@ fn main() -> Result<()> {
             let secret = args.get(2).unwrap_or_else(|| usage()).clone();
             let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
             reference::slack(addr, secret, api)
+        }
+        Some("reference-slack-store") => {
+            let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
+            let secret = args.get(2).unwrap_or_else(|| usage()).clone();
+            let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
+            let db = args.get(4).unwrap_or_else(|| usage()).clone();
+            reference::slack_with_store(addr, secret, api, db)
         }
         Some("reference-proxy") => {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;

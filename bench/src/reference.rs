@@ -173,3 +173,213 @@ pub fn proxy(bind: SocketAddr, agent: SocketAddr) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+// ---------------------------------------------------------------------------------
+// W1 reference with a store
+// ---------------------------------------------------------------------------------
+
+/// The least durable bookkeeping SPEC asks of a reply, on SQLite: a dedupe row per
+/// event (written and read back before answering), then the conversation row and
+/// two transcript rows, with the bridge's own tables and indexes. One writer thread
+/// owns the connection, group-commits whatever has queued (one transaction per
+/// batch, statements prepared once), WAL with `synchronous=NORMAL` like the bridge.
+pub struct RefStore {
+    ops: flume::Sender<StoreOp>,
+}
+
+enum StoreOp {
+    /// `true` to the reply when the key was new.
+    Sighting(String, tokio::sync::oneshot::Sender<bool>),
+    Turn(Turn, tokio::sync::oneshot::Sender<()>),
+}
+
+pub struct Turn {
+    key: String,
+    channel: String,
+    thread: String,
+    session: String,
+    query: String,
+    answer: String,
+}
+
+const REF_SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA wal_autocheckpoint = 16000;
+PRAGMA temp_store = memory;
+CREATE TABLE IF NOT EXISTS conversations (
+    key TEXT PRIMARY KEY NOT NULL, platform TEXT NOT NULL, workspace TEXT NOT NULL,
+    channel TEXT NOT NULL, thread TEXT, user_id TEXT, agent_session TEXT,
+    personality TEXT, last_activity BIGINT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_last_activity ON conversations (last_activity);
+CREATE TABLE IF NOT EXISTS transcripts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL, role TEXT NOT NULL,
+    content TEXT NOT NULL, created_at BIGINT NOT NULL, platform TEXT NOT NULL,
+    channel TEXT NOT NULL, thread TEXT, user_id TEXT NOT NULL, message_id TEXT);
+CREATE INDEX IF NOT EXISTS transcripts_session ON transcripts (session_id, created_at, id);
+CREATE INDEX IF NOT EXISTS transcripts_created_at ON transcripts (created_at);
+CREATE TABLE IF NOT EXISTS seen_events (
+    key TEXT PRIMARY KEY NOT NULL, expires_at BIGINT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_events_expires_at ON seen_events (expires_at);
+";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+impl RefStore {
+    pub fn open(path: &str) -> anyhow::Result<RefStore> {
+        let db = rusqlite::Connection::open(path)?;
+        db.execute_batch(REF_SCHEMA)?;
+        let (ops, rx) = flume::unbounded();
+        std::thread::Builder::new()
+            .name("ref-writer".into())
+            .spawn(move || writer(db, rx))?;
+        // Checkpoints beside the writer, as the bridge does (a PASSIVE one every
+        // 200 ms on a connection of its own), so the writer never copies the WAL back.
+        let checkpoints = rusqlite::Connection::open(path)?;
+        std::thread::Builder::new().name("ref-checkpoint".into()).spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let _ = checkpoints.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        })?;
+        Ok(RefStore { ops })
+    }
+
+    pub async fn first_sighting(&self, key: String) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.ops.send(StoreOp::Sighting(key, tx));
+        rx.await.unwrap_or(false)
+    }
+
+    pub async fn commit(&self, turn: Turn) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.ops.send(StoreOp::Turn(turn, tx));
+        let _ = rx.await;
+    }
+}
+
+fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
+    let mut batch = Vec::new();
+    while let Ok(op) = rx.recv() {
+        batch.push(op);
+        batch.extend(rx.try_iter().take(255));
+        let now = now_ms();
+        let mut first = Vec::with_capacity(batch.len());
+        let result = (|| -> rusqlite::Result<()> {
+            db.execute_batch("BEGIN IMMEDIATE")?;
+            for op in &batch {
+                match op {
+                    StoreOp::Sighting(key, _) => {
+                        let n = db
+                            .prepare_cached(
+                                "INSERT INTO seen_events (key, expires_at) VALUES (?1, ?2) \
+                                 ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+                                 WHERE seen_events.expires_at < ?3",
+                            )?
+                            .execute(rusqlite::params![key, now + 3_600_000, now])?;
+                        first.push(n == 1);
+                    }
+                    StoreOp::Turn(t, _) => {
+                        db.prepare_cached(
+                            "INSERT INTO conversations (key, platform, workspace, channel, thread, \
+                             user_id, agent_session, personality, last_activity) \
+                             VALUES (?1, 'slack', 'T1', ?2, ?3, NULL, ?4, NULL, ?5) \
+                             ON CONFLICT (key) DO UPDATE SET agent_session = excluded.agent_session, \
+                             last_activity = excluded.last_activity",
+                        )?
+                        .execute(rusqlite::params![t.key, t.channel, t.thread, t.session, now])?;
+                        let mut ins = db.prepare_cached(
+                            "INSERT INTO transcripts (session_id, role, content, created_at, \
+                             platform, channel, thread, user_id, message_id) \
+                             VALUES (?1, ?2, ?3, ?4, 'slack', ?5, ?6, 'U', NULL)",
+                        )?;
+                        ins.execute(rusqlite::params![t.session, "user", t.query, now, t.channel, t.thread])?;
+                        ins.execute(rusqlite::params![t.session, "assistant", t.answer, now, t.channel, t.thread])?;
+                        first.push(true);
+                    }
+                }
+            }
+            db.execute_batch("COMMIT")
+        })();
+        if let Err(e) = &result {
+            eprintln!("reference store: batch failed: {e}");
+            let _ = db.execute_batch("ROLLBACK");
+        }
+        for (op, first) in batch.drain(..).zip(first.into_iter().chain(std::iter::repeat(false))) {
+            match op {
+                StoreOp::Sighting(_, tx) => {
+                    let _ = tx.send(first && result.is_ok());
+                }
+                StoreOp::Turn(_, tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+/// The W1 reference above plus [`RefStore`]: dedupe before answering, the turn's rows
+/// after posting.
+pub fn slack_with_store(bind: SocketAddr, secret: String, api: SocketAddr, db: String) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(bind).await?;
+        let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
+        let client = client();
+        let url: hyper::Uri = format!("http://{api}/api/chat.postMessage").parse()?;
+        let store = std::sync::Arc::new(RefStore::open(&db)?);
+        serve(listener, move |req: Request<hyper::body::Incoming>| {
+            let key = key.clone();
+            let client = client.clone();
+            let url = url.clone();
+            let store = store.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let ts = parts.headers.get("x-slack-request-timestamp").map(|v| v.as_bytes());
+                let sig = parts.headers.get("x-slack-signature").map(|v| v.as_bytes());
+                let ok = match (ts, sig) {
+                    (Some(ts), Some(sig)) => verify(&key, ts, &body, sig),
+                    _ => false,
+                };
+                if !ok {
+                    return empty(StatusCode::UNAUTHORIZED);
+                }
+                let Ok(env) = serde_json::from_slice::<Envelope>(&body) else {
+                    return empty(StatusCode::BAD_REQUEST);
+                };
+                let (channel, ts, text) = (env.event.channel.into_owned(), env.event.ts.into_owned(), env.event.text.into_owned());
+                tokio::spawn(async move {
+                    if !store.first_sighting(format!("slack:msg:{ts}:{channel}")).await {
+                        return;
+                    }
+                    let Ok(post) = serde_json::to_vec(&Post { channel: &channel, thread_ts: &ts, text: &text }) else { return };
+                    let req = Request::post(url)
+                        .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
+                        .header(hyper::header::AUTHORIZATION, "Bearer xoxb-bench")
+                        .body(Full::new(Bytes::from(post)));
+                    let Ok(req) = req else { return };
+                    if let Ok(resp) = client.request(req).await {
+                        let _ = resp.into_body().collect().await;
+                    }
+                    store
+                        .commit(Turn {
+                            key: format!("slack/T1/{channel}/t:{ts}"),
+                            session: uuid::Uuid::new_v4().to_string(),
+                            channel,
+                            thread: ts,
+                            answer: text.clone(),
+                            query: text,
+                        })
+                        .await;
+                });
+                empty(StatusCode::OK)
+            }
+        })
+        .await;
+        Ok(())
+    })
+}

@@ -179,12 +179,16 @@ pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
     rep.declare(w, "RSS under load (peak)", "MiB", Some(Budget::AtMost(40.0)));
     rep.declare(w, REF_W1_TPUT, "req/s", None);
     rep.declare(w, REF_W1_CPU, "µs", None);
+    rep.declare(w, REF_W1S_TPUT, "req/s", None);
+    rep.declare(w, REF_W1S_CPU, "µs", None);
 }
 
 /// Rows of the reference servers (`reference.rs`): their figure in the bridge column,
 /// against the same round's floor.
 const REF_W1_TPUT: &str = "REFERENCE, not the bridge: hyper HMAC + parse + chat.postMessage, no store";
 const REF_W1_CPU: &str = "REFERENCE, not the bridge: its CPU per event at max load";
+const REF_W1S_TPUT: &str = "REFERENCE, not the bridge: the same + SQLite dedupe, conversation, 2 transcript rows";
+const REF_W1S_CPU: &str = "REFERENCE, not the bridge: the same + SQLite, its CPU per event at max load";
 const REF_W2_TPUT: &str = "REFERENCE, not the bridge: hyper proxy, body forwarded as is";
 const REF_W2_CPU: &str = "REFERENCE, not the bridge: its CPU per request at max load";
 
@@ -195,6 +199,8 @@ enum Who {
     Bridge,
     /// The reference server of `reference.rs`.
     Reference,
+    /// The reference server with its SQLite bookkeeping (`reference.rs`).
+    ReferenceStore,
 }
 
 struct Side {
@@ -210,11 +216,17 @@ async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -
     let f = &ctx.fakes;
     f.reset();
     let floor = who == Who::Floor;
+    let db_dir = tempfile::Builder::new().prefix("bench-ref-db-").tempdir()?;
     let proc: Proc = match who {
         Who::Floor => procs::start_floor(&ctx.self_bin).await?,
         Who::Reference => {
             let api = f.slack_addr.to_string();
             procs::start_helper(&ctx.self_bin, "reference-slack", &[procs::SIGNING_SECRET, &api]).await?
+        }
+        Who::ReferenceStore => {
+            let api = f.slack_addr.to_string();
+            let db = db_dir.path().join("ref.db").to_string_lossy().into_owned();
+            procs::start_helper(&ctx.self_bin, "reference-slack-store", &[procs::SIGNING_SECRET, &api, &db]).await?
         }
         Who::Bridge => {
             let cfg = BridgeCfg { reaction, ..slack_cfg(f) };
@@ -281,6 +293,8 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         if floor {
             rep.floor(w, REF_W1_TPUT, s.load.rps());
             rep.floor(w, REF_W1_CPU, s.cpu_us);
+            rep.floor(w, REF_W1S_TPUT, s.load.rps());
+            rep.floor(w, REF_W1S_CPU, s.cpu_us);
         }
         let push = |rep: &mut Report, m: &str, v: f64| if floor { rep.floor(w, m, v) } else { rep.bridge(w, m, v) };
         push(rep, &tput, s.load.rps());
@@ -333,6 +347,14 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     if let Some((ok, detail)) = s.once {
         rep.note(w, REF_W1_TPUT, format!("round {round}: answered exactly once: {ok} ({detail})"));
     }
+    log(format!("W1 reference with SQLite: {} conns for {:?}", ctx.conns, ctx.duration));
+    let s = w1_measure(ctx, Who::ReferenceStore, Mode::Closed, None).await?;
+    log(format!("W1 reference with SQLite: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+    rep.bridge(w, REF_W1S_TPUT, s.load.rps());
+    rep.bridge(w, REF_W1S_CPU, s.cpu_us);
+    if let Some((ok, detail)) = s.once {
+        rep.note(w, REF_W1S_TPUT, format!("round {round}: answered exactly once: {ok} ({detail})"));
+    }
     Ok(())
 }
 
@@ -369,7 +391,7 @@ async fn w2_measure(ctx: &Ctx, who: Who, mode: Mode) -> Result<(LoadResult, f64)
     f.reset();
     let bridge = match who {
         Who::Floor => None,
-        Who::Reference => {
+        Who::Reference | Who::ReferenceStore => {
             let agent = f.agent_addr.to_string();
             Some(procs::start_helper(&ctx.self_bin, "reference-proxy", &[&agent]).await?)
         }
