@@ -174,6 +174,7 @@ pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
     rep.declare(w, "CPU per event at max load, replies included", "µs", Some(Budget::AtMost(40.0)));
     rep.declare(w, &format!("CPU per event @{}/s, replies included", ctx.w1_rate), "µs", None);
     rep.declare(w, "context switches per event at max load (all threads)", "1", None);
+    rep.declare(w, &format!("context switches per event @{}/s (all threads)", ctx.w1_rate), "1", None);
     rep.declare(w, "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)", "µs", None);
     rep.declare(w, "every event answered exactly once", "ok", Some(Budget::AllOk));
     rep.declare(w, "RSS under load (peak)", "MiB", Some(Budget::AtMost(40.0)));
@@ -320,6 +321,7 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         push(rep, &format!("p99 @{rate}/s"), s.load.ms(0.99));
         push(rep, &format!("p99.9 @{rate}/s"), s.load.ms(0.999));
         push(rep, &format!("CPU per event @{rate}/s, replies included"), s.cpu_us);
+        push(rep, &format!("context switches per event @{rate}/s (all threads)"), s.ctx_per_req);
         push(rep, "RSS under load (peak)", rss_first.max(s.rss_peak));
         if s.load.max_dispatch_lag_ns > 1_000_000 {
             rep.note(w, &format!("p99 @{rate}/s"), format!("{who} round {round}: pacer ran up to {:.1} ms late (counted in latency)", s.load.max_dispatch_lag_ns as f64 / 1e6));

@@ -5,18 +5,21 @@
 //! Callers still get "done means durable" — they are answered after the transaction
 //! commits.
 //!
-//! The batch runs through SQLite's C API (rusqlite over the raw handle that sqlx lends
-//! out with `lock_handle`), on the pool's one connection, on this task: one hand-off
-//! to sqlx's worker thread per batch, single-row statements prepared once per batch
-//! and stepped per row. Measured before: sqlx ran each statement on its worker thread
-//! (two thread switches per statement), and a multi-row multi-statement query, which
-//! avoided those, had to be compiled afresh for every batch shape (~10 µs per Slack
-//! event at full load).
+//! The batch runs through SQLite's C API (rusqlite) on this task, on a connection of
+//! the writer's own for a file database: single-row statements prepared once and
+//! stepped per row, and no hand-off to another thread. Measured before: sqlx ran each
+//! statement on its connection's worker thread (two thread switches per statement,
+//! ~19 switches per Slack event at 1,000 events/s); a multi-row multi-statement query
+//! avoided those but was compiled afresh for every batch shape (~10 µs per event at
+//! full load). An in-memory database lives on the pool's connection only, so there
+//! the writer borrows that connection's raw handle per batch (sqlx's `lock_handle`).
 //!
 //! A commit that fails (a constraint, say) fails only its own caller: the batch is
-//! rolled back and written again with each commit in a savepoint. Another process
-//! holding the write lock is waited out with async sleeps, never inside SQLite's
-//! busy handler, which would block a runtime thread.
+//! rolled back and written again with each commit in a savepoint. When the pool's
+//! connection (webhook deliveries, admin changes) or another process holds the write
+//! lock, the writer waits with async sleeps, never in SQLite's busy handler, which
+//! would block a runtime thread; the pool's connection, for its part, waits in short
+//! steps on its own thread (`shorten_busy_waits`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{db_err, to_ms, SQLITE_BUSY_TIMEOUT};
+use super::{db_err, to_ms, SQLITE_BUSY_TIMEOUT, WAL_AUTOCHECKPOINT_PAGES};
 use crate::core::ports::{Commit, StoreError};
 
 const ANY_ENABLED_ENDPOINT: &str =
@@ -62,6 +65,8 @@ pub(crate) struct NoEndpoints {
     /// Milliseconds since `epoch` until which "none" holds; 0: ask the database.
     until: AtomicU64,
     epoch: Instant,
+    /// Bumped by every `forget`: a reading taken before a change is not recorded.
+    generation: AtomicU64,
 }
 
 const NO_ENDPOINTS_FOR: Duration = Duration::from_secs(1);
@@ -71,6 +76,7 @@ impl NoEndpoints {
         NoEndpoints {
             until: AtomicU64::new(0),
             epoch: Instant::now(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -83,15 +89,31 @@ impl NoEndpoints {
         self.now_ms() < self.until.load(Ordering::Acquire)
     }
 
-    fn saw(&self, any: bool) {
-        let until = match any {
-            true => 0,
-            false => self.now_ms() + NO_ENDPOINTS_FOR.as_millis() as u64,
-        };
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Records a reading taken at `generation`. Endpoints change through the pool's
+    /// connection, beside the writer's: a change (its `forget`) made after the reading
+    /// was taken wins, whichever order the two calls land in.
+    fn saw(&self, any: bool, generation: u64) {
+        if any {
+            self.until.store(0, Ordering::Release);
+            return;
+        }
+        if self.generation() != generation {
+            return;
+        }
+        let until = self.now_ms() + NO_ENDPOINTS_FOR.as_millis() as u64;
         self.until.store(until, Ordering::Release);
+        if self.generation() != generation {
+            // A `forget` ran in between; it may have cleared before this store.
+            self.until.store(0, Ordering::Release);
+        }
     }
 
     fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.until.store(0, Ordering::Release);
     }
 }
@@ -102,7 +124,17 @@ impl Batcher {
     pub(crate) fn start(pool: SqlitePool, checkpoints: Option<SqliteConnectOptions>) -> Batcher {
         let (ops, rx) = mpsc::unbounded_channel();
         let endpoints = Arc::new(NoEndpoints::new());
-        tokio::spawn(writer(pool, rx, endpoints.clone()));
+        // A file database gets a connection of the writer's own; an in-memory one
+        // exists only on the pool's connection, which the writer then borrows.
+        let conn = match checkpoints.as_ref().map(|o| open_own(o.get_filename())) {
+            Some(Ok(db)) => Conn::Own(db),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot open the writer's own SQLite connection; it borrows the pool's");
+                Conn::Borrowed(pool)
+            }
+            None => Conn::Borrowed(pool),
+        };
+        tokio::spawn(writer(conn, rx, endpoints.clone()));
         let checkpoints = checkpoints.map(|options| {
             let stop = CancellationToken::new();
             tokio::spawn(checkpointer(options, stop.clone()));
@@ -209,11 +241,34 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-async fn writer(
-    pool: SqlitePool,
-    mut rx: mpsc::UnboundedReceiver<Op>,
-    endpoints: Arc<NoEndpoints>,
-) {
+/// The connection the writer writes through.
+enum Conn {
+    /// Its own (file databases): statements stay prepared from batch to batch, and no
+    /// batch waits for sqlx's worker thread.
+    Own(rusqlite::Connection),
+    /// The pool's one connection, borrowed per batch (`sqlite::memory:`, whose
+    /// database lives on that connection only).
+    Borrowed(SqlitePool),
+}
+
+/// Opens the writer's connection on the database file the pool opened (and migrated,
+/// or will migrate: statements are prepared at first use).
+fn open_own(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // Waiting for the write lock happens in `apply`, asynchronously; inside a write
+    // transaction nothing waits in WAL mode.
+    db.busy_timeout(Duration::ZERO)?;
+    db.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA temp_store = memory; \
+         PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
+    ))?;
+    Ok(db)
+}
+
+async fn writer(mut conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>, endpoints: Arc<NoEndpoints>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.recv().await {
         batch.push(op);
@@ -223,7 +278,7 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        match apply(&pool, &batch, &endpoints).await {
+        match apply(&mut conn, &batch, &endpoints).await {
             Ok(results) => answer(&mut batch, results),
             Err(e) => {
                 tracing::warn!(error = %e, size = batch.len(), "a store batch failed; its callers get the error");
@@ -258,13 +313,11 @@ fn answer(batch: &mut Vec<Op>, results: Vec<Result<bool, StoreError>>) {
 
 /// Applies a whole batch in one transaction; returns one result per operation.
 ///
-/// The batch runs on the pool's connection through SQLite's C API (rusqlite over the
-/// raw handle sqlx lends out), on this task: one hand-off to sqlx's worker thread per
-/// batch instead of one per statement, and single-row statements prepared once per
-/// batch and stepped per row, where a sqlx multi-row statement had to be compiled for
-/// every batch shape.
+/// The batch runs through SQLite's C API (rusqlite) on this task: single-row
+/// statements stepped per row, prepared once (per batch on a borrowed connection).
+/// When another connection holds the write lock, it waits here, asynchronously.
 async fn apply(
-    pool: &SqlitePool,
+    conn: &mut Conn,
     batch: &[Op],
     endpoints: &NoEndpoints,
 ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
@@ -272,73 +325,133 @@ async fn apply(
     let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
     let mut pause = Duration::from_millis(1);
     loop {
-        let mut conn = pool.acquire().await.map_err(db_err)?;
-        let mut handle = conn.lock_handle().await.map_err(db_err)?;
-        let raw = handle.as_raw_handle();
-        let written = {
-            // SAFETY: while `handle` lives, sqlx's worker thread makes no call on this
-            // connection or its statements (`LockedSqliteHandle`'s contract), and `db`
-            // is dropped, finalising the statements it prepared, before `handle` is.
-            // `from_handle` never closes the connection, which sqlx keeps owning.
-            #[allow(unsafe_code)]
-            let db = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }.map_err(sql_err)?;
-            // `None`: the write lock is taken; wait and try again.
-            let written = (|| {
-                if !begin(&db)? {
-                    return Ok(None);
+        let generation = endpoints.generation();
+        let written = match conn {
+            Conn::Own(db) => {
+                let written = run(db, batch, skip_events);
+                if let Ok(Some((_, Some(any)))) = &written {
+                    endpoints.saw(*any, generation);
                 }
-                if let Written::Done(results, any) = write(&db, batch, skip_events, false)? {
-                    return Ok(Some((results, any)));
-                }
-                db.execute_batch("ROLLBACK").map_err(sql_err)?;
-                if !begin(&db)? {
-                    return Ok(None);
-                }
-                match write(&db, batch, skip_events, true)? {
-                    Written::Done(results, any) => Ok(Some((results, any))),
-                    Written::Redo => Err(StoreError::Unavailable("a batch failed twice".into())),
-                }
-            })();
-            if written.is_err() && !db.is_autocommit() {
-                if let Err(e) = db.execute_batch("ROLLBACK") {
-                    tracing::warn!(error = %e, "rollback after a failed batch");
-                }
+                written
             }
-            written
+            Conn::Borrowed(pool) => {
+                with_borrowed(pool, |db| {
+                    // Only an in-memory database (no other connection, never busy) or
+                    // a file whose own connection failed to open comes here; the
+                    // latter waits in the pool connection's busy handler.
+                    let written = run(db, batch, skip_events);
+                    if let Ok(Some((_, Some(any)))) = &written {
+                        // Noted before the connection goes back, so an endpoint created
+                        // through it afterwards is not forgotten.
+                        endpoints.saw(*any, generation);
+                    }
+                    written
+                })
+                .await?
+            }
         };
-        if let Ok(Some((_, Some(any)))) = &written {
-            // Noted before the connection goes back: an endpoint created afterwards
-            // forgets it (`endpoints_changed`) only once this is written.
-            endpoints.saw(*any);
-        }
-        drop(handle);
-        drop(conn);
         match written? {
             Some((results, _)) => return Ok(results),
             None if Instant::now() < deadline => {
-                // Another process holds the write lock: wait here, not in SQLite's
+                // Another connection holds the write lock: wait here, not in SQLite's
                 // busy handler, which would block this runtime thread.
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
             None => {
                 return Err(StoreError::Unavailable(
-                    "database is locked by another process".into(),
+                    "database is locked by another connection".into(),
                 ))
             }
         }
     }
 }
 
-/// `BEGIN IMMEDIATE` without waiting: `false` when another connection holds the write
-/// lock. The connection's busy timeout (which sqlx's own statements rely on) is lifted
-/// for this one statement only.
+/// Runs `f` on the pool's one connection through rusqlite, while sqlx is kept off it.
+async fn with_borrowed<T>(
+    pool: &SqlitePool,
+    f: impl FnOnce(&rusqlite::Connection) -> T,
+) -> Result<T, StoreError> {
+    let mut pooled = pool.acquire().await.map_err(db_err)?;
+    let mut handle = pooled.lock_handle().await.map_err(db_err)?;
+    let raw = handle.as_raw_handle();
+    // SAFETY: while `handle` lives, sqlx's worker thread makes no call on this
+    // connection or its statements (`LockedSqliteHandle`'s contract), and `db` is
+    // dropped, finalising the statements it prepared, before `handle` is.
+    // `from_handle` never closes the connection, which sqlx keeps owning.
+    #[allow(unsafe_code)]
+    let db = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }.map_err(sql_err)?;
+    let out = f(&db);
+    drop(db);
+    drop(handle);
+    Ok(out)
+}
+
+/// Gives the pool's connection a busy handler that waits in short steps: beside the
+/// writer's own connection, the pool's writes (webhook deliveries, admin changes)
+/// sometimes find the write lock taken for the few hundred microseconds of a batch,
+/// and SQLite's stock handler (`busy_timeout`) sleeps 1, 2, 5, 10… ms each time. Runs
+/// on sqlx's worker thread, never on the runtime's.
+pub(crate) async fn shorten_busy_waits(pool: &SqlitePool) -> Result<(), StoreError> {
+    with_borrowed(pool, |db| db.busy_handler(Some(short_busy_wait)))
+        .await?
+        .map_err(sql_err)
+}
+
+/// 250 waits of 200 µs (50 ms), then 5 ms steps up to about [`SQLITE_BUSY_TIMEOUT`].
+fn short_busy_wait(count: i32) -> bool {
+    const FINE: i32 = 250;
+    let coarse = i32::try_from(SQLITE_BUSY_TIMEOUT.as_millis() / 5).unwrap_or(i32::MAX);
+    if count < FINE {
+        std::thread::sleep(Duration::from_micros(200));
+        true
+    } else if count < FINE.saturating_add(coarse) {
+        std::thread::sleep(Duration::from_millis(5));
+        true
+    } else {
+        false
+    }
+}
+
+/// One attempt at the batch: `None` when the write lock is taken. Rolls back whatever
+/// it began if it fails.
+fn run(db: &rusqlite::Connection, batch: &[Op], skip_events: bool) -> BatchResult {
+    let written = (|| {
+        if !begin(db)? {
+            return Ok(None);
+        }
+        if let Written::Done(results, any) = write(db, batch, skip_events, false)? {
+            return Ok(Some((results, any)));
+        }
+        db.execute_batch("ROLLBACK").map_err(sql_err)?;
+        if !begin(db)? {
+            return Ok(None);
+        }
+        match write(db, batch, skip_events, true)? {
+            Written::Done(results, any) => Ok(Some((results, any))),
+            Written::Redo => Err(StoreError::Unavailable("a batch failed twice".into())),
+        }
+    })();
+    if written.is_err() && !db.is_autocommit() {
+        if let Err(e) = db.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "rollback after a failed batch");
+        }
+    }
+    written
+}
+
+/// Per operation its result, and (when events were offered) whether any endpoint is
+/// enabled; `None`: the write lock was taken.
+type BatchResult = Result<Option<(Vec<Result<bool, StoreError>>, Option<bool>)>, StoreError>;
+
+/// `BEGIN IMMEDIATE`: `false` when another connection holds the write lock (at once
+/// on the writer's own connection, whose busy timeout is zero).
 fn begin(db: &rusqlite::Connection) -> Result<bool, StoreError> {
-    db.busy_timeout(Duration::ZERO).map_err(sql_err)?;
-    let began = db.execute_batch("BEGIN IMMEDIATE");
-    db.busy_timeout(SQLITE_BUSY_TIMEOUT).map_err(sql_err)?;
+    let began = db
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut st| st.execute([]));
     match began {
-        Ok(()) => Ok(true),
+        Ok(_) => Ok(true),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::DatabaseBusy =>
         {
@@ -445,7 +558,9 @@ fn write(
         ),
         false => None,
     };
-    db.execute_batch("COMMIT").map_err(sql_err)?;
+    db.prepare_cached("COMMIT")
+        .and_then(|mut st| st.execute([]))
+        .map_err(sql_err)?;
     Ok(Written::Done(results, any_endpoint))
 }
 
@@ -512,4 +627,26 @@ fn write_commit(db: &rusqlite::Connection, commit: &Commit, events: bool) -> rus
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_taken_before_an_endpoint_change_is_not_recorded() {
+        let none = NoEndpoints::new();
+        let before = none.generation();
+        none.forget(); // an endpoint created while the batch ran
+        none.saw(false, before);
+        assert!(!none.known(), "a stale 'none enabled' must not stick");
+
+        let now = none.generation();
+        none.saw(false, now);
+        assert!(none.known());
+        none.forget();
+        assert!(!none.known());
+        none.saw(true, none.generation());
+        assert!(!none.known());
+    }
 }

@@ -24,6 +24,10 @@
 //! SQLite admits one writer at a time, so several connections only add `SQLITE_BUSY`
 //! waits between our own writers. One connection that never closes also makes
 //! `sqlite::memory:` (a database that lives exactly as long as its connection) work.
+//! Beside it, a file database has two more: the group-commit writer's own (turns and
+//! sightings, `batch.rs`) and the checkpointer's. A transaction on the pool's
+//! connection that writes must write first: one that reads first cannot wait for the
+//! writer's connection (`SQLITE_BUSY_SNAPSHOT`).
 //! sqlx's before-use ping is off for SQLite: each ping is a round-trip to the
 //! connection's worker thread and measured as a large part of a Slack event's CPU
 //! cost, and a local connection cannot be dropped by a server. Reads queue behind
@@ -63,7 +67,7 @@ mod webhooks;
 pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `wal_autocheckpoint` of the writer's connection, in pages (4 KiB): a fallback only.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
+pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 /// How long a caller waits for the pooled connection before the store reports itself
 /// unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,10 +150,16 @@ pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
         )));
     };
     let batcher = match &pool {
-        Pool::Sqlite(sqlite) => Some(std::sync::Arc::new(batch::Batcher::start(
-            sqlite.clone(),
-            checkpoints,
-        ))),
+        Pool::Sqlite(sqlite) => {
+            if checkpoints.is_some() {
+                // A file database: the writer gets a connection of its own beside it.
+                batch::shorten_busy_waits(sqlite).await?;
+            }
+            Some(std::sync::Arc::new(batch::Batcher::start(
+                sqlite.clone(),
+                checkpoints,
+            )))
+        }
         Pool::Postgres(_) => None,
     };
     Ok(SqlStore { pool, batcher })

@@ -415,17 +415,20 @@ impl WebhookStore for SqlStore {
         let changed = on_pool!(self, |p| {
             async {
                 let mut tx = p.begin().await?;
+                // A write first: on SQLite a transaction that reads first cannot wait
+                // for the group-commit writer's connection (SQLITE_BUSY_SNAPSHOT).
+                sqlx::query(DELETE_SUBSCRIPTIONS)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 let exists: i64 = sqlx::query_scalar(ENDPOINT_EXISTS)
                     .bind(id)
                     .fetch_one(&mut *tx)
                     .await?;
                 if exists == 0 {
+                    // Dropping `tx` rolls the delete back (there was nothing to delete).
                     return Ok(false);
                 }
-                sqlx::query(DELETE_SUBSCRIPTIONS)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
                 for event in events {
                     sqlx::query(INSERT_SUBSCRIPTION)
                         .bind(id)

@@ -5,7 +5,9 @@
 
 use agent_bridge::core::events::{EventId, EventKind, OutboxEvent};
 use agent_bridge::core::message::{ConversationKey, Platform};
-use agent_bridge::core::ports::{Commit, Conversation, Role, Store, StoreError, TranscriptEntry};
+use agent_bridge::core::ports::{
+    Commit, Conversation, Role, Store, StoreError, TranscriptEntry, WebhookStore,
+};
 use agent_bridge::store::{self, Pool, SqlStore};
 use serde_json::json;
 use time::macros::datetime;
@@ -29,6 +31,58 @@ async fn sqlite_file_store_meets_the_contract() {
     let s = open(&url).await;
     assert_eq!(s.backend(), "sqlite");
     store_contract(&s).await;
+}
+
+/// The SQLite writer commits turns on a connection of its own while the pool's
+/// connection changes subscriptions (a transaction that also reads): both must
+/// succeed, however their transactions interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_subscription_changes_and_turn_commits_interleave_without_errors() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    let s = open(&url).await;
+    s.execute_raw(
+        "INSERT INTO webhook_endpoints (id, url, ordered, secret, enabled, created_at) \
+         VALUES ('ep_race', 'http://r/race', 0, 'whsec_r', 1, 0)",
+    )
+    .await
+    .unwrap();
+    let at = datetime!(2026-06-01 00:00 UTC);
+    let writers: Vec<_> = (0..400)
+        .map(|n| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let c = conv(&format!("console/-/race-{n}"), Some("sess-race"), at);
+                let event = OutboxEvent::new(
+                    EventKind::Conversation,
+                    Some(c.key.to_string()),
+                    &json!({"n": n}),
+                    at,
+                );
+                s.commit(Commit {
+                    conversations: vec![c],
+                    transcript: vec![entry("sess-race", Role::User, "hi", at)],
+                    events: vec![event],
+                })
+                .await
+            })
+        })
+        .collect();
+    for n in 0..100 {
+        let events = if n % 2 == 0 {
+            vec!["*".to_string()]
+        } else {
+            vec!["conversation".to_string()]
+        };
+        let changed = s.set_subscriptions("ep_race", &events).await;
+        assert!(
+            matches!(changed, Ok(true)),
+            "resubscription {n}: {changed:?}"
+        );
+    }
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(s.history("sess-race", None).await.unwrap().len(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
