@@ -7,7 +7,8 @@
 //! - `mod.rs` (this file): connecting, migrations, the backend handle, and the helpers
 //!   every query shares (error mapping, millisecond timestamps, the `on_pool!` macro).
 //! - `batch.rs`: group commit for SQLite (`commit` and `first_sighting` batched into
-//!   one transaction by a single writer task, through rusqlite on sqlx's handle).
+//!   one transaction by a single writer task, through rusqlite on a connection of its
+//!   own), and the background WAL checkpoints.
 //! - `chat.rs`: `impl Store for SqlStore` — conversations, transcripts, Slack event
 //!   sightings, and the outbox fan-out of `commit`.
 //! - `webhooks.rs`: endpoints, subscriptions and the delivery side of the outbox.
@@ -66,7 +67,8 @@ mod webhooks;
 /// `agent-bridge migrate`, an operator's `sqlite3` shell) before giving up.
 pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `wal_autocheckpoint` of the writer's connection, in pages (4 KiB): a fallback only.
+/// `wal_autocheckpoint` of the connections that write, in pages (4 KiB): a fallback
+/// only (the checkpointer in `batch.rs` runs every 200 ms).
 pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 /// How long a caller waits for the pooled connection before the store reports itself
 /// unavailable.
