@@ -13,7 +13,7 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 
 use crate::fakes::serve;
-use crate::slackev::verify;
+use crate::slackev::accept;
 
 pub fn main(bind: SocketAddr, secret: String) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -25,21 +25,7 @@ pub fn main(bind: SocketAddr, secret: String) -> anyhow::Result<()> {
             async move {
                 let (parts, body) = req.into_parts();
                 let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let ts = parts.headers.get("x-slack-request-timestamp").map(|v| v.as_bytes());
-                let sig = parts.headers.get("x-slack-signature").map(|v| v.as_bytes());
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs() as i64;
-                let fresh = ts
-                    .and_then(|t| std::str::from_utf8(t).ok())
-                    .and_then(|t| t.parse::<i64>().ok())
-                    .is_some_and(|t| (now - t).abs() <= 300);
-                let ok = fresh
-                    && match (ts, sig) {
-                        (Some(ts), Some(sig)) => verify(&key, ts, &body, sig),
-                        _ => false,
-                    };
+                let ok = accept(&key, &parts.headers, &body);
                 let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
                 Response::builder()
                     .status(status)

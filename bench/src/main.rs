@@ -47,14 +47,14 @@ fn main() -> Result<()> {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
             let secret = args.get(2).unwrap_or_else(|| usage()).clone();
             let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
-            reference::slack(addr, secret, api)
+            reference::slack(addr, secret, api, None)
         }
         Some("reference-slack-store") => {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
             let secret = args.get(2).unwrap_or_else(|| usage()).clone();
             let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
             let db = args.get(4).unwrap_or_else(|| usage()).clone();
-            reference::slack_with_store(addr, secret, api, db)
+            reference::slack(addr, secret, api, Some(db))
         }
         Some("reference-proxy") => {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;

@@ -29,7 +29,7 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 
 use crate::fakes::serve;
-use crate::slackev::verify;
+use crate::slackev::accept;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -71,70 +71,6 @@ struct Post<'a> {
 #[derive(Deserialize)]
 struct PostAnswer {
     ok: bool,
-}
-
-pub fn slack(bind: SocketAddr, secret: String, api: SocketAddr) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::bind(bind).await?;
-        let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
-        let client = client();
-        let url: hyper::Uri = format!("http://{api}/api/chat.postMessage").parse()?;
-        serve(listener, move |req: Request<hyper::body::Incoming>| {
-            let key = key.clone();
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let ts = parts.headers.get("x-slack-request-timestamp").map(|v| v.as_bytes());
-                let sig = parts.headers.get("x-slack-signature").map(|v| v.as_bytes());
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs() as i64;
-                let fresh = ts
-                    .and_then(|t| std::str::from_utf8(t).ok())
-                    .and_then(|t| t.parse::<i64>().ok())
-                    .is_some_and(|t| (now - t).abs() <= 300);
-                let ok = fresh
-                    && match (ts, sig) {
-                        (Some(ts), Some(sig)) => verify(&key, ts, &body, sig),
-                        _ => false,
-                    };
-                if !ok {
-                    return empty(StatusCode::UNAUTHORIZED);
-                }
-                let post = match serde_json::from_slice::<Envelope>(&body) {
-                    Ok(env) => serde_json::to_vec(&Post {
-                        channel: &env.event.channel,
-                        thread_ts: &env.event.ts,
-                        text: &env.event.text,
-                    }),
-                    Err(_) => return empty(StatusCode::BAD_REQUEST),
-                };
-                let Ok(post) = post else { return empty(StatusCode::INTERNAL_SERVER_ERROR) };
-                tokio::spawn(async move {
-                    let req = Request::post(url)
-                        .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                        .header(hyper::header::AUTHORIZATION, "Bearer xoxb-bench")
-                        .body(Full::new(Bytes::from(post)));
-                    let Ok(req) = req else { return };
-                    if let Ok(resp) = client.request(req).await {
-                        if let Ok(body) = resp.into_body().collect().await {
-                            let answer = serde_json::from_slice::<PostAnswer>(&body.to_bytes());
-                            if !answer.is_ok_and(|a| a.ok) {
-                                eprintln!("reference-slack: chat.postMessage not ok");
-                            }
-                        }
-                    }
-                });
-                empty(StatusCode::OK)
-            }
-        })
-        .await;
-        Ok(())
-    })
 }
 
 pub fn proxy(bind: SocketAddr, agent: SocketAddr) -> anyhow::Result<()> {
@@ -321,16 +257,20 @@ fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
     }
 }
 
-/// The W1 reference above plus [`RefStore`]: dedupe before answering, the turn's rows
-/// after posting.
-pub fn slack_with_store(bind: SocketAddr, secret: String, api: SocketAddr, db: String) -> anyhow::Result<()> {
+/// The W1 reference: check, parse, acknowledge; in the background post the text back
+/// in its thread. With `db`, the [`RefStore`] bookkeeping too: dedupe before
+/// answering, the turn's rows after posting.
+pub fn slack(bind: SocketAddr, secret: String, api: SocketAddr, db: Option<String>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(bind).await?;
         let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
         let client = client();
         let url: hyper::Uri = format!("http://{api}/api/chat.postMessage").parse()?;
-        let store = std::sync::Arc::new(RefStore::open(&db)?);
+        let store = match db {
+            Some(db) => Some(std::sync::Arc::new(RefStore::open(&db)?)),
+            None => None,
+        };
         serve(listener, move |req: Request<hyper::body::Incoming>| {
             let key = key.clone();
             let client = client.clone();
@@ -339,13 +279,7 @@ pub fn slack_with_store(bind: SocketAddr, secret: String, api: SocketAddr, db: S
             async move {
                 let (parts, body) = req.into_parts();
                 let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let ts = parts.headers.get("x-slack-request-timestamp").map(|v| v.as_bytes());
-                let sig = parts.headers.get("x-slack-signature").map(|v| v.as_bytes());
-                let ok = match (ts, sig) {
-                    (Some(ts), Some(sig)) => verify(&key, ts, &body, sig),
-                    _ => false,
-                };
-                if !ok {
+                if !accept(&key, &parts.headers, &body) {
                     return empty(StatusCode::UNAUTHORIZED);
                 }
                 let Ok(env) = serde_json::from_slice::<Envelope>(&body) else {
@@ -353,28 +287,24 @@ pub fn slack_with_store(bind: SocketAddr, secret: String, api: SocketAddr, db: S
                 };
                 let (channel, ts, text) = (env.event.channel.into_owned(), env.event.ts.into_owned(), env.event.text.into_owned());
                 tokio::spawn(async move {
-                    if !store.first_sighting(format!("slack:msg:{ts}:{channel}")).await {
-                        return;
+                    if let Some(store) = &store {
+                        if !store.first_sighting(format!("slack:msg:{ts}:{channel}")).await {
+                            return;
+                        }
                     }
-                    let Ok(post) = serde_json::to_vec(&Post { channel: &channel, thread_ts: &ts, text: &text }) else { return };
-                    let req = Request::post(url)
-                        .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                        .header(hyper::header::AUTHORIZATION, "Bearer xoxb-bench")
-                        .body(Full::new(Bytes::from(post)));
-                    let Ok(req) = req else { return };
-                    if let Ok(resp) = client.request(req).await {
-                        let _ = resp.into_body().collect().await;
+                    post_reply(&client, url, &channel, &ts, &text).await;
+                    if let Some(store) = &store {
+                        store
+                            .commit(Turn {
+                                key: format!("slack/T1/{channel}/t:{ts}"),
+                                session: uuid::Uuid::new_v4().to_string(),
+                                channel,
+                                thread: ts,
+                                answer: text.clone(),
+                                query: text,
+                            })
+                            .await;
                     }
-                    store
-                        .commit(Turn {
-                            key: format!("slack/T1/{channel}/t:{ts}"),
-                            session: uuid::Uuid::new_v4().to_string(),
-                            channel,
-                            thread: ts,
-                            answer: text.clone(),
-                            query: text,
-                        })
-                        .await;
                 });
                 empty(StatusCode::OK)
             }
@@ -382,4 +312,22 @@ pub fn slack_with_store(bind: SocketAddr, secret: String, api: SocketAddr, db: S
         .await;
         Ok(())
     })
+}
+
+/// One `chat.postMessage` in the thread, reading the answer's `ok`.
+async fn post_reply(client: &HttpClient, url: hyper::Uri, channel: &str, thread_ts: &str, text: &str) {
+    let Ok(post) = serde_json::to_vec(&Post { channel, thread_ts, text }) else { return };
+    let req = Request::post(url)
+        .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header(hyper::header::AUTHORIZATION, "Bearer xoxb-bench")
+        .body(Full::new(Bytes::from(post)));
+    let Ok(req) = req else { return };
+    if let Ok(resp) = client.request(req).await {
+        if let Ok(body) = resp.into_body().collect().await {
+            let answer = serde_json::from_slice::<PostAnswer>(&body.to_bytes());
+            if !answer.is_ok_and(|a| a.ok) {
+                eprintln!("reference-slack: chat.postMessage not ok");
+            }
+        }
+    }
 }

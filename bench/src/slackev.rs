@@ -132,3 +132,23 @@ pub fn verify(key: &Hmac<Sha256>, ts: &[u8], body: &[u8], sig: &[u8]) -> bool {
     mac.update(body);
     mac.verify_slice(&raw).is_ok()
 }
+
+/// What every receiver must check: the timestamp is within 5 minutes of now and the
+/// signature matches (floor and reference servers).
+pub fn accept(key: &Hmac<Sha256>, headers: &hyper::HeaderMap, body: &[u8]) -> bool {
+    let ts = headers.get("x-slack-request-timestamp").map(|v| v.as_bytes());
+    let sig = headers.get("x-slack-signature").map(|v| v.as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let fresh = ts
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|t| (now - t).abs() <= 300);
+    fresh
+        && match (ts, sig) {
+            (Some(ts), Some(sig)) => verify(key, ts, body, sig),
+            _ => false,
+        }
+}
