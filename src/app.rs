@@ -55,6 +55,10 @@ impl Core {
             max_concurrency: cfg.agent.max_concurrency,
             queue_capacity: RelaySettings::queue_for(cfg.agent.max_concurrency),
             turn_hold: cfg.agent.timeout + Duration::from_secs(30),
+            edit_interval: cfg.conversation.edit_interval,
+            max_reply_messages: cfg.conversation.max_reply_messages,
+            history_turns: cfg.agent.history_turns,
+            history_chars: cfg.agent.history_chars,
             access: AccessSettings {
                 allowed_channels: cfg.conversation.allowed_channels.clone(),
                 blocked_users: cfg.conversation.blocked_users.clone(),

@@ -31,6 +31,8 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentKind {
     AiAgentApi,
+    /// An OpenAI-compatible chat-completions server (SPEC §1.2).
+    OpenAi,
     Echo,
 }
 
@@ -48,6 +50,30 @@ pub struct AgentConfig {
     pub personality: Option<String>,
     /// `AGENT_MAX_RESULTS`, default 3.
     pub max_results: u32,
+    /// `ECHO_DELAY_MS`: pause between the echo agent's words; `None` when unset (0,
+    /// or 40 ms in `console --agent echo`).
+    pub echo_delay: Option<Duration>,
+    /// `AGENT_HISTORY_TURNS` (20) / `AGENT_HISTORY_CHARS` (24000): the memory sent
+    /// to a backend that keeps none.
+    pub history_turns: usize,
+    pub history_chars: usize,
+    /// `Some` with `AGENT_KIND=openai`.
+    pub openai: Option<OpenAiConfig>,
+}
+
+/// The OpenAI-compatible backend (SPEC §1.2).
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// `OPENAI_BASE_URL`, default `https://api.openai.com/v1`.
+    pub base_url: Url,
+    /// `OPENAI_API_KEY`; local servers need none.
+    pub api_key: Option<SecretString>,
+    /// `OPENAI_MODEL` (required for this kind).
+    pub model: String,
+    /// `AGENT_SYSTEM_PROMPT`: used when the conversation's personality has none.
+    pub system_prompt: Option<String>,
+    /// `PERSONALITIES_FILE`: TOML `[[personality]]` tables.
+    pub personalities_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +90,10 @@ pub struct ConversationConfig {
     pub user_rate_limit: Option<RateLimit>,
     /// `TRANSCRIPT_RETENTION_DAYS`, default 30.
     pub transcript_retention: Duration,
+    /// `STREAM_EDIT_INTERVAL_MS`, default 1000.
+    pub edit_interval: Duration,
+    /// `MAX_REPLY_MESSAGES`, default 10.
+    pub max_reply_messages: usize,
 }
 
 /// `N/sec|min|hour|day`: at most `turns` turns per `per`.
@@ -101,6 +131,28 @@ pub struct DiscordConfig {
     pub api_base: Url,
     /// `DISCORD_REPLY_MODE`, default `reply`.
     pub reply_mode: DiscordReplyMode,
+    /// `DISCORD_EDIT_INTERVAL_MS`: overrides `STREAM_EDIT_INTERVAL_MS` on Discord.
+    pub edit_interval: Option<Duration>,
+}
+
+/// `SLACK_STREAMING`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlackStreaming {
+    /// `chat.startStream` / `appendStream` / `stopStream`, falling back to `Update`.
+    Native,
+    /// `chat.postMessage`, then `chat.update`.
+    Update,
+    /// One post at the end.
+    Off,
+}
+
+/// `SLACK_PROGRESS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlackProgress {
+    /// `assistant.threads.setStatus`, the reaction when Slack refuses it.
+    Status,
+    Reaction,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +179,12 @@ pub struct SlackConfig {
     /// the agent takes longer (an instant answer needs no "working" sign, and each
     /// reaction is two Web API calls on Slack's tight `reactions.*` rate tier).
     pub progress_reaction_delay: Duration,
+    /// `SLACK_STREAMING`, default `native`.
+    pub streaming: SlackStreaming,
+    /// `SLACK_PROGRESS`, default `status`.
+    pub progress: SlackProgress,
+    /// `SLACK_STATUS_TEXT`, default `is thinking…`.
+    pub status_text: String,
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +248,32 @@ impl Config {
             max_concurrency: to_usize(number(&vars, &AGENT_MAX_CONCURRENCY)?),
             personality: vars.get("AGENT_PERSONALITY"),
             max_results: to_u32(number(&vars, &AGENT_MAX_RESULTS)?),
+            echo_delay: match vars.get(ECHO_DELAY_MS.var) {
+                Some(_) => Some(Duration::from_millis(number(&vars, &ECHO_DELAY_MS)?)),
+                None => None,
+            },
+            history_turns: to_usize(number(&vars, &AGENT_HISTORY_TURNS)?),
+            history_chars: to_usize(number(&vars, &AGENT_HISTORY_CHARS)?),
+            openai: None,
         };
+        let openai_base_url = http_url(&vars, "OPENAI_BASE_URL", "https://api.openai.com/v1")?;
+        let openai_api_key = secret(&vars, "OPENAI_API_KEY")?;
+        let mut agent = agent;
+        if agent.kind == AgentKind::OpenAi {
+            let model = vars.get("OPENAI_MODEL").ok_or_else(|| {
+                ConfigError(
+                    "OPENAI_MODEL: not set, but AGENT_KIND=openai needs it (e.g. llama3.1 or gpt-4o-mini)"
+                        .into(),
+                )
+            })?;
+            agent.openai = Some(OpenAiConfig {
+                base_url: openai_base_url,
+                api_key: openai_api_key,
+                model,
+                system_prompt: vars.get("AGENT_SYSTEM_PROMPT"),
+                personalities_file: vars.get("PERSONALITIES_FILE").map(Into::into),
+            });
+        }
 
         let scope_value = vars.or("SESSION_SCOPE", "channel");
         let scope = SessionScope::parse(&scope_value.to_ascii_lowercase()).ok_or_else(|| {
@@ -254,7 +337,39 @@ impl Config {
             transcript_retention: Duration::from_secs(
                 number(&vars, &TRANSCRIPT_RETENTION_DAYS)? * SECS_PER_DAY,
             ),
+            edit_interval: Duration::from_millis(number(&vars, &STREAM_EDIT_INTERVAL_MS)?),
+            max_reply_messages: to_usize(number(&vars, &MAX_REPLY_MESSAGES)?),
         };
+        let discord_edit_interval = match vars.get(DISCORD_EDIT_INTERVAL_MS.var) {
+            Some(_) => Some(Duration::from_millis(number(
+                &vars,
+                &DISCORD_EDIT_INTERVAL_MS,
+            )?)),
+            None => None,
+        };
+        let slack_streaming = choice(
+            &vars,
+            "SLACK_STREAMING",
+            "native",
+            &[
+                ("native", SlackStreaming::Native),
+                ("update", SlackStreaming::Update),
+                ("off", SlackStreaming::Off),
+            ],
+            "update",
+        )?;
+        let slack_progress = choice(
+            &vars,
+            "SLACK_PROGRESS",
+            "status",
+            &[
+                ("status", SlackProgress::Status),
+                ("reaction", SlackProgress::Reaction),
+                ("none", SlackProgress::None),
+            ],
+            "reaction",
+        )?;
+        let slack_status_text = vars.or("SLACK_STATUS_TEXT", "is thinking…");
 
         let webhooks = WebhookConfig {
             retry_schedule: retry_schedule(&vars)?,
@@ -278,6 +393,7 @@ impl Config {
             token,
             api_base: discord_api_base,
             reply_mode: discord_reply_mode,
+            edit_interval: discord_edit_interval,
         });
 
         let slack = match (slack_bot_token, slack_signing_secret) {
@@ -289,6 +405,9 @@ impl Config {
                 follow_threads: slack_follow_threads,
                 progress_reaction: slack_progress_reaction,
                 progress_reaction_delay: slack_progress_reaction_delay,
+                streaming: slack_streaming,
+                progress: slack_progress,
+                status_text: slack_status_text,
             }),
             (None, None) => None,
             // Half a Slack configuration is almost always a forgotten line, so it stops
@@ -450,6 +569,60 @@ const TOKIO_WORKER_THREADS: Number = Number {
     example: "2",
 };
 
+const ECHO_DELAY_MS: Number = Number {
+    var: "ECHO_DELAY_MS",
+    default: 0,
+    min: 0,
+    max: 60_000,
+    noun: "milliseconds",
+    example: "40",
+};
+
+const AGENT_HISTORY_TURNS: Number = Number {
+    var: "AGENT_HISTORY_TURNS",
+    default: 20,
+    min: 0,
+    max: 10_000,
+    noun: "turns",
+    example: "20",
+};
+
+const AGENT_HISTORY_CHARS: Number = Number {
+    var: "AGENT_HISTORY_CHARS",
+    default: 24_000,
+    min: 0,
+    max: 10_000_000,
+    noun: "characters",
+    example: "24000",
+};
+
+const STREAM_EDIT_INTERVAL_MS: Number = Number {
+    var: "STREAM_EDIT_INTERVAL_MS",
+    default: 1_000,
+    min: 0,
+    max: 60_000,
+    noun: "milliseconds",
+    example: "1000",
+};
+
+const DISCORD_EDIT_INTERVAL_MS: Number = Number {
+    var: "DISCORD_EDIT_INTERVAL_MS",
+    default: 1_000,
+    min: 0,
+    max: 60_000,
+    noun: "milliseconds",
+    example: "1000",
+};
+
+const MAX_REPLY_MESSAGES: Number = Number {
+    var: "MAX_REPLY_MESSAGES",
+    default: 10,
+    min: 1,
+    max: 1_000,
+    noun: "messages",
+    example: "10",
+};
+
 const WEBHOOK_TIMEOUT_SECS: Number = Number {
     var: "WEBHOOK_TIMEOUT_SECS",
     default: 15,
@@ -513,16 +686,11 @@ fn agent_kind(vars: &Vars<'_>) -> Result<AgentKind, ConfigError> {
     match value.to_ascii_lowercase().as_str() {
         "ai-agent-api" => Ok(AgentKind::AiAgentApi),
         "echo" => Ok(AgentKind::Echo),
-        "openai" => Err(bad(
-            "AGENT_KIND",
-            &value,
-            "is not supported yet; use one of ai-agent-api, echo",
-            "ai-agent-api",
-        )),
+        "openai" => Ok(AgentKind::OpenAi),
         _ => Err(bad(
             "AGENT_KIND",
             &value,
-            "is not one of ai-agent-api, echo",
+            "is not one of ai-agent-api, openai, echo",
             "ai-agent-api",
         )),
     }
@@ -1179,11 +1347,10 @@ mod tests {
                 "is not an http(s) URL (e.g. http://127.0.0.1:5001)",
             ),
             ("AGENT_URL", "not a url", "is not an http(s) URL"),
-            ("AGENT_KIND", "openai", "is not supported yet"),
             (
                 "AGENT_KIND",
                 "gpt",
-                "is not one of ai-agent-api, echo (e.g. ai-agent-api)",
+                "is not one of ai-agent-api, openai, echo (e.g. ai-agent-api)",
             ),
             (
                 "AGENT_TIMEOUT_SECS",
@@ -1310,6 +1477,8 @@ mod tests {
             ),
             ("BRIDGE_API_TOKEN", "a\r\nb", "contains a control character"),
         ];
+        let openai = err(&[("AGENT_KIND", "openai")]);
+        assert!(openai.starts_with("OPENAI_MODEL: not set"), "{openai}");
         for (var, value, fragment) in cases {
             let msg = err(&[(var, value)]);
             assert!(

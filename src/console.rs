@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::ports::{ChatSink, SinkError};
+use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
 use crate::core::relay::Rejected;
 use crate::core::{Inbound, Platform, Relay};
 
@@ -30,6 +30,33 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ChatSink for ConsoleSink<W> {
             .await
             .map_err(|e| SinkError(e.to_string()))?;
         out.flush().await.map_err(|e| SinkError(e.to_string()))?;
+        Ok(vec![])
+    }
+
+    /// Prints the answer as it is written: each new piece as it arrives, on one
+    /// `agent> ` line.
+    async fn stream(&self, mut feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
+        let mut out = self.out.lock().await;
+        let io = |e: std::io::Error| SinkError(e.to_string());
+        out.write_all(b"agent> ").await.map_err(io)?;
+        let mut printed = String::new();
+        loop {
+            let done = feed.text.changed().await.is_err();
+            let text = feed.text.borrow_and_update().clone();
+            let fresh = match text.strip_prefix(printed.as_str()) {
+                Some(rest) => rest.to_string(),
+                // The final text is not what was shown (never expected): show it whole.
+                None => format!("\n{text}"),
+            };
+            out.write_all(fresh.as_bytes()).await.map_err(io)?;
+            out.flush().await.map_err(io)?;
+            printed = text;
+            if done {
+                break;
+            }
+        }
+        out.write_all(b"\n").await.map_err(io)?;
+        out.flush().await.map_err(io)?;
         Ok(vec![])
     }
 }

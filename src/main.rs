@@ -97,6 +97,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 AgentArg::Echo => AgentKind::Echo,
                 AgentArg::AiAgentApi => AgentKind::AiAgentApi,
             });
+            let mut cfg = cfg;
+            if kind == Some(AgentKind::Echo) && cfg.agent.echo_delay.is_none() {
+                // The demo shows an answer being written.
+                cfg.agent.echo_delay = Some(std::time::Duration::from_millis(40));
+            }
             let core = Core::open(&cfg, kind).await?;
             let stdin = tokio::io::BufReader::new(tokio::io::stdin());
             let options = console::ConsoleOptions {

@@ -275,7 +275,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Reads at most `cap` bytes of the body; `false` when more was left unread.
-async fn read_capped(
+pub(crate) async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
 ) -> Result<(Vec<u8>, bool), reqwest::Error> {
@@ -298,7 +298,7 @@ async fn read_capped(
 
 /// The innermost cause of a transport error ("Connection refused (os error 111)"),
 /// which is what an operator needs; the outer layers only say "error sending request".
-fn short_cause(err: &reqwest::Error) -> String {
+pub(crate) fn short_cause(err: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = err;
     while let Some(inner) = cause.source() {
         cause = inner;
@@ -497,6 +497,10 @@ mod tests {
             max_concurrency: 1,
             personality: None,
             max_results: 3,
+            echo_delay: None,
+            history_turns: 20,
+            history_chars: 24_000,
+            openai: None,
         };
         let api = AiAgentApi::new(&cfg).unwrap();
         let shown = format!("{api:?}");

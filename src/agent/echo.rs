@@ -9,15 +9,22 @@
 //! entry: the 16 bytes of its UUID and a 4-byte counter. Ids that are not UUIDs (kept
 //! from another backend, say) go to a second map keyed by the string.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use dashmap::DashMap;
+use futures_util::StreamExt;
 use uuid::Uuid;
 
-use crate::core::ports::{Agent, AgentAnswer, AgentError, AgentRequest, Personality};
+use crate::core::ports::{
+    Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerStream, Personality,
+};
 
 /// [`Agent`] that echoes; see the module documentation.
 #[derive(Debug, Default)]
 pub struct EchoAgent {
+    /// `ECHO_DELAY_MS`: pause between two streamed words.
+    delay: Duration,
     /// Turns per session whose id is a UUID, keyed by its bytes.
     turns: DashMap<[u8; 16], u32>,
     /// Turns per session whose id is not a UUID.
@@ -27,6 +34,43 @@ pub struct EchoAgent {
 impl EchoAgent {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An echo agent that streams its words `delay` apart.
+    pub fn with_delay(delay: Duration) -> Self {
+        EchoAgent {
+            delay,
+            ..Self::default()
+        }
+    }
+
+    /// `answer` as a stream of its words (each with the whitespace before it), then
+    /// the whole answer.
+    fn words(&self, answer: AgentAnswer) -> AnswerStream {
+        let delay = self.delay;
+        let mut pieces: Vec<String> = Vec::new();
+        let mut current = String::new();
+        for ch in answer.response.chars() {
+            if ch.is_whitespace() && !current.trim().is_empty() {
+                pieces.push(std::mem::take(&mut current));
+            }
+            current.push(ch);
+        }
+        if !current.is_empty() {
+            pieces.push(current);
+        }
+        let count = pieces.len();
+        let words = futures_util::stream::iter(pieces.into_iter().enumerate()).then(
+            move |(i, piece)| async move {
+                if i > 0 && !delay.is_zero() && i < count {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(AnswerEvent::Delta(piece))
+            },
+        );
+        Box::pin(words.chain(futures_util::stream::once(async move {
+            Ok(AnswerEvent::Done(answer))
+        })))
     }
 
     /// Counts a turn of `session` and returns its number (1 for the first).
@@ -105,6 +149,16 @@ impl Agent for EchoAgent {
     async fn health(&self) -> Result<(), AgentError> {
         Ok(())
     }
+
+    async fn converse_stream(&self, req: &AgentRequest) -> Result<AnswerStream, AgentError> {
+        let answer = self.converse(req).await?;
+        Ok(self.words(answer))
+    }
+
+    async fn query_stream(&self, req: &AgentRequest) -> Result<AnswerStream, AgentError> {
+        let answer = self.query(req).await?;
+        Ok(self.words(answer))
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +171,7 @@ mod tests {
             session_id: session.map(str::to_owned),
             personality_id: personality.map(str::to_owned),
             max_results: None,
+            history: Vec::new(),
         }
     }
 

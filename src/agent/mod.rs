@@ -1,6 +1,7 @@
 //! [`Agent`] implementations, picked by `AGENT_KIND`:
 //!
 //! - [`AiAgentApi`] (`ai-agent-api`, the default): the AI Agent API over HTTP;
+//! - [`OpenAi`] (`openai`): an OpenAI-compatible chat-completions server, streamed;
 //! - [`EchoAgent`] (`echo`): built in, answers with the question, no network.
 //!
 //! The rest of the bridge sees only `Arc<dyn Agent>`; [`from_config`] is the one place
@@ -13,9 +14,11 @@ use crate::core::ports::{Agent, AgentError};
 
 pub mod ai_agent_api;
 pub mod echo;
+pub mod openai;
 
 pub use ai_agent_api::AiAgentApi;
 pub use echo::EchoAgent;
+pub use openai::OpenAi;
 
 /// The backend `cfg.kind` names. Fails only if the HTTP client cannot be built.
 ///
@@ -24,7 +27,11 @@ pub use echo::EchoAgent;
 pub fn from_config(cfg: &AgentConfig) -> Result<Arc<dyn Agent>, AgentError> {
     Ok(match cfg.kind {
         AgentKind::AiAgentApi => Arc::new(AiAgentApi::new(cfg)?),
-        AgentKind::Echo => echo(),
+        AgentKind::OpenAi => match &cfg.openai {
+            Some(openai) => Arc::new(OpenAi::new(cfg, openai)?),
+            None => return Err(AgentError::Malformed("AGENT_KIND=openai without OPENAI_MODEL".into())),
+        },
+        AgentKind::Echo => Arc::new(EchoAgent::with_delay(cfg.echo_delay.unwrap_or_default())),
     })
 }
 

@@ -9,6 +9,8 @@ pub enum Command {
     /// `None` lists the agent's personalities; `Some(id)` switches to one.
     Personality(Option<String>),
     Help,
+    /// Ends the conversation's answer in flight.
+    Stop,
 }
 
 /// What a message asks for.
@@ -33,6 +35,7 @@ pub fn parse(text: &str) -> Parsed<'_> {
         (None, _, _) => Parsed::Command(Command::Help),
         (Some("reset"), None, _) => Parsed::Command(Command::Reset),
         (Some("help"), None, _) => Parsed::Command(Command::Help),
+        (Some("stop"), None, _) => Parsed::Command(Command::Stop),
         (Some("personality" | "personalities"), None, _) => {
             Parsed::Command(Command::Personality(None))
         }
@@ -50,6 +53,7 @@ Commands:\n\
 • `reset` — start a new conversation with the agent\n\
 • `personality` — list the agent's personalities\n\
 • `personality <id>` — use that personality from now on\n\
+• `stop` — stop the answer being written\n\
 • `help` — this message\n\
 Anything else is sent to the agent.";
 

@@ -145,8 +145,14 @@ pub struct ConversationTurn {
     pub message_id: String,
     pub session_id: Option<String>,
     pub personality_id: Option<String>,
+    /// The bridge's id of this turn (also in feedback button ids).
+    pub turn_id: String,
     pub query: String,
+    /// The whole answer as shown (a cut answer with its note).
     pub response: String,
+    /// `false` when the answer was cut short (agent failure mid-stream, `stop`,
+    /// the shutdown deadline).
+    pub complete: bool,
     /// Agent latency in milliseconds.
     pub latency_ms: u64,
 }

@@ -15,6 +15,7 @@ pub mod message;
 pub mod metrics;
 pub mod ports;
 pub mod relay;
+pub mod render;
 pub mod sessions;
 
 pub use message::{ConversationKey, Inbound, Platform, SessionScope};

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use super::events::OutboxEvent;
 use super::message::{ConversationKey, Platform};
@@ -25,6 +27,39 @@ pub struct AgentRequest {
     pub session_id: Option<String>,
     pub personality_id: Option<String>,
     pub max_results: Option<u32>,
+    /// The conversation's earlier turns, oldest first, for backends that keep no
+    /// memory of their own ([`Agent::wants_history`]); empty otherwise.
+    pub history: Vec<HistoryTurn>,
+}
+
+/// One earlier message of a conversation, as a stateless backend is shown it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryTurn {
+    pub role: Role,
+    pub content: String,
+}
+
+/// What an answer stream yields: text as it is written, then the whole answer once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnswerEvent {
+    /// The next piece of text (appended to the pieces before it).
+    Delta(String),
+    /// The end: the whole answer, with the session id and sources where the backend
+    /// has them. Nothing follows it.
+    Done(AgentAnswer),
+}
+
+/// An answer being written. A stream that ends without [`AnswerEvent::Done`], or
+/// with an error, was cut short: what arrived before stays valid.
+pub type AnswerStream = BoxStream<'static, Result<AnswerEvent, AgentError>>;
+
+/// A stream of one answer that arrived whole: one piece, then the end.
+pub fn whole_answer(answer: AgentAnswer) -> AnswerStream {
+    let piece = AnswerEvent::Delta(answer.response.clone());
+    Box::pin(futures_util::stream::iter([
+        Ok(piece),
+        Ok(AnswerEvent::Done(answer)),
+    ]))
 }
 
 /// The agent's answer.
@@ -67,6 +102,21 @@ pub trait Agent: Send + Sync + 'static {
     async fn query(&self, req: &AgentRequest) -> Result<AgentAnswer, AgentError>;
     async fn personalities(&self) -> Result<Vec<Personality>, AgentError>;
     async fn health(&self) -> Result<(), AgentError>;
+
+    /// `converse` as a stream of pieces. The default yields the whole answer as one
+    /// piece; backends that can stream override it.
+    async fn converse_stream(&self, req: &AgentRequest) -> Result<AnswerStream, AgentError> {
+        self.converse(req).await.map(whole_answer)
+    }
+    /// `query` as a stream of pieces (see [`Agent::converse_stream`]).
+    async fn query_stream(&self, req: &AgentRequest) -> Result<AnswerStream, AgentError> {
+        self.query(req).await.map(whole_answer)
+    }
+    /// `true` for a backend that keeps no memory (an OpenAI-compatible API): the
+    /// relay then fills [`AgentRequest::history`] from the transcript.
+    fn wants_history(&self) -> bool {
+        false
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -96,6 +146,35 @@ pub trait ChatSink: Send + Sync + 'static {
     /// Posts `text` (agent Markdown) where the answer belongs, converted and split as the
     /// platform needs. Returns the platform ids of the messages it posted.
     async fn send(&self, text: &str) -> Result<Vec<String>, SinkError>;
+    /// Shows an answer while it is written: `feed` holds the text so far and closes
+    /// with the final text. The finished messages must read exactly as `send` of the
+    /// final text would (same text, same splitting), at most
+    /// [`AnswerFeed::max_messages`] of them. The default waits for the end and posts
+    /// once; platforms that can edit override it.
+    async fn stream(&self, feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
+        let text = feed.finished().await;
+        self.send(&text).await
+    }
+}
+
+/// An answer as the relay hands it to a [`ChatSink`]: the text so far (agent
+/// Markdown, growing), and how it may be shown.
+pub struct AnswerFeed {
+    /// The whole text so far; the sender is dropped once the final text is in.
+    pub text: watch::Receiver<String>,
+    /// `STREAM_EDIT_INTERVAL_MS`: least time between two visible updates.
+    pub interval: Duration,
+    /// `MAX_REPLY_MESSAGES`: most platform messages the answer may take.
+    pub max_messages: usize,
+}
+
+impl AnswerFeed {
+    /// Waits for the final text.
+    pub async fn finished(mut self) -> String {
+        while self.text.changed().await.is_ok() {}
+        let text = self.text.borrow().clone();
+        text
+    }
 }
 
 // ---------------------------------------------------------------------------------

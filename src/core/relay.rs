@@ -14,11 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
+use dashmap::DashMap;
+use futures_util::{FutureExt, StreamExt};
 use time::OffsetDateTime;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, warn, Instrument};
+use uuid::Uuid;
 
 use super::access::{Access, AccessSettings, Verdict};
 use super::commands::{self, Command, Parsed, HELP_TEXT};
@@ -30,8 +33,8 @@ use super::lanes::{Admission, Lanes};
 use super::message::{ConversationKey, Inbound, SessionScope};
 use super::metrics::Metrics;
 use super::ports::{
-    Agent, AgentAnswer, AgentError, AgentRequest, ChatSink, Commit, Conversation, Role, Store,
-    StoreError, TranscriptEntry,
+    Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerFeed, AnswerStream,
+    ChatSink, Commit, Conversation, HistoryTurn, Role, Store, StoreError, TranscriptEntry,
 };
 use super::sessions::SessionMap;
 
@@ -49,6 +52,36 @@ pub const RATE_LIMITED_REPLY: &str =
 /// What users see when every slot is taken.
 pub const BUSY_REPLY: &str =
     "I'm handling a lot of requests right now. Please try again in a moment.";
+
+/// What follows the text of an answer the agent stopped writing half-way.
+pub const CUT_NOTE: &str = "\n\n_(the answer was cut off: the agent failed)_";
+
+/// What follows the text of an answer ended by `stop` or by shutdown.
+pub const STOPPED_NOTE: &str = " (stopped)";
+
+/// The answer to `stop` with nothing in flight.
+pub const NOTHING_TO_STOP: &str = "There is no answer being written here to stop.";
+
+/// The answer to `stop` that ended an answer.
+pub const STOPPED_REPLY: &str = "Stopped.";
+
+/// How long the drain waits for cut answers to be recorded after the deadline.
+const CUT_GRACE: Duration = Duration::from_secs(3);
+
+/// How an answer ended.
+enum End {
+    Complete(AgentAnswer),
+    /// The backend failed (before any text, or half-way).
+    Failed(AgentError),
+    /// `stop`, or the shutdown deadline.
+    Stopped,
+}
+
+/// An answer as far as it was written, and how it ended.
+struct Written {
+    text: String,
+    end: End,
+}
 
 /// The relay's part of the configuration.
 #[derive(Debug, Clone)]
@@ -71,6 +104,14 @@ pub struct RelaySettings {
     /// after the replica last showed it is alive: longer than one agent call
     /// (`AGENT_TIMEOUT_SECS`) plus posting the answer.
     pub turn_hold: Duration,
+    /// `STREAM_EDIT_INTERVAL_MS`: least time between two updates of a streamed answer.
+    pub edit_interval: Duration,
+    /// `MAX_REPLY_MESSAGES`.
+    pub max_reply_messages: usize,
+    /// `AGENT_HISTORY_TURNS` / `AGENT_HISTORY_CHARS`: memory sent to a backend that
+    /// keeps none.
+    pub history_turns: usize,
+    pub history_chars: usize,
 }
 
 impl RelaySettings {
@@ -141,7 +182,7 @@ struct Inner {
     lanes: Lanes<Turn>,
     /// One permit per agent call in flight, across all conversations
     /// (`AGENT_MAX_CONCURRENCY`). Lane workers wait here, in FIFO order.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     settings: RelaySettings,
     access: Access,
     metrics: Arc<Metrics>,
@@ -149,6 +190,9 @@ struct Inner {
     tracker: TaskTracker,
     /// Cleared by [`Relay::close`]: from then on `submit` refuses new turns.
     accepting: AtomicBool,
+    /// The answer being written in each conversation: cancelling it (`stop`, or the
+    /// shutdown deadline) ends the answer with what was shown so far.
+    in_flight: DashMap<ConversationKey, CancellationToken>,
 }
 
 impl Relay {
@@ -161,12 +205,13 @@ impl Relay {
                 sessions: SessionMap::new(store.clone(), store.is_shared()),
                 store,
                 lanes: Lanes::new(capacity),
-                permits: Semaphore::new(max_concurrency),
+                permits: Arc::new(Semaphore::new(max_concurrency)),
                 access: Access::new(std::mem::take(&mut settings.access)),
                 metrics: Arc::new(Metrics::default()),
                 settings,
                 tracker: TaskTracker::new(),
                 accepting: AtomicBool::new(true),
+                in_flight: DashMap::new(),
             }),
         }
     }
@@ -281,6 +326,26 @@ impl Relay {
         answer
     }
 
+    /// [`Relay::ask`] as a stream of pieces (`/agent-query` with `stream`); the slot
+    /// is held until the stream is dropped.
+    pub async fn ask_stream(&self, req: &AgentRequest) -> Result<AnswerStream, AgentError> {
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AgentError::Unreachable("relay closed".into()))?;
+        let stream = match req.session_id {
+            Some(_) => self.inner.agent.converse_stream(req).await?,
+            None => self.inner.agent.query_stream(req).await?,
+        };
+        Ok(Box::pin(stream.map(move |event| {
+            let _slot = &permit;
+            event
+        })))
+    }
+
     /// Stores events that belong to no conversation change (e.g. `query`).
     pub async fn record(&self, events: Vec<OutboxEvent>) -> Result<(), StoreError> {
         self.inner
@@ -317,10 +382,21 @@ impl Relay {
     }
 
     /// Waits up to `within` for accepted turns to finish; `true` if they all did.
+    /// Answers still being written at the deadline are cut (` (stopped)`) and get a
+    /// few more seconds to be posted and recorded.
     pub async fn drain(&self, within: Duration) -> bool {
         self.close();
         self.inner.tracker.close();
-        tokio::time::timeout(within, self.inner.tracker.wait())
+        if tokio::time::timeout(within, self.inner.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        for entry in self.inner.in_flight.iter() {
+            entry.value().cancel();
+        }
+        tokio::time::timeout(CUT_GRACE, self.inner.tracker.wait())
             .await
             .is_ok()
     }
@@ -395,6 +471,28 @@ impl Inner {
             }
         }
         let key = ConversationKey::derive(self.settings.scope, &msg);
+        // `stop` cannot wait in the lane behind the answer it is meant to end.
+        if commands::parse(&msg.text) == Parsed::Command(Command::Stop) {
+            if reserved {
+                self.lanes.release();
+            }
+            let stopped = match self.in_flight.get(&key) {
+                Some(token) => {
+                    token.cancel();
+                    true
+                }
+                None => false,
+            };
+            self.metrics.turn_ended(TurnOutcome::Command);
+            self.tracker.spawn(async move {
+                let reply = if stopped { STOPPED_REPLY } else { NOTHING_TO_STOP };
+                if let Err(e) = sink.send(reply).await {
+                    warn!(error = %e, "could not answer `stop`");
+                }
+                let _ = done.send(TurnOutcome::Command);
+            });
+            return Ok(());
+        }
         let turn = Turn {
             key: key.clone(),
             msg,
@@ -530,8 +628,13 @@ impl Inner {
         let sink = &*sink;
         let outcome = match commands::parse(&msg.text) {
             Parsed::Chat(text) => {
+                let stop = CancellationToken::new();
+                self.in_flight.insert(key.clone(), stop.clone());
                 let shown = AtomicBool::new(false);
-                let outcome = self.chat(&key, &msg, text, received, sink, &shown).await;
+                let outcome = self
+                    .chat(&key, &msg, text, received, sink, &shown, &stop)
+                    .await;
+                self.in_flight.remove(&key);
                 if shown.load(Ordering::Relaxed) {
                     sink.finished().await;
                 }
@@ -544,6 +647,42 @@ impl Inner {
         let _ = done.send(outcome);
     }
 
+    /// The conversation's earlier turns for a backend without memory: newest kept,
+    /// at most `history_turns` exchanges and `history_chars` characters, oldest first.
+    async fn history_of(&self, conv: &Conversation) -> Vec<HistoryTurn> {
+        let Some(session) = conv.agent_session.as_deref() else {
+            return Vec::new();
+        };
+        let rows = match self.store.history(session, None).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(error = %e, "could not read the conversation's history; sending none");
+                return Vec::new();
+            }
+        };
+        let mut kept = Vec::new();
+        let mut chars = 0usize;
+        let max_messages = self.settings.history_turns.saturating_mul(2);
+        for row in rows.iter().rev() {
+            let len = row.content.chars().count();
+            if kept.len() >= max_messages || chars + len > self.settings.history_chars {
+                break;
+            }
+            chars += len;
+            kept.push(HistoryTurn {
+                role: row.role,
+                content: row.content.clone(),
+            });
+        }
+        // Never start with an answer whose question was cut off.
+        while kept.last().is_some_and(|t| t.role == Role::Assistant) {
+            kept.pop();
+        }
+        kept.reverse();
+        kept
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn chat(
         &self,
         key: &ConversationKey,
@@ -552,46 +691,84 @@ impl Inner {
         received: OffsetDateTime,
         sink: &dyn ChatSink,
         progress_shown: &AtomicBool,
+        stop: &CancellationToken,
     ) -> TurnOutcome {
         let conv = match self.sessions.get(key, self.settings.scope, msg).await {
             Ok(conv) => conv,
             Err(e) => return self.fail(key, msg, query, &e.to_string(), sink).await,
+        };
+        let history = match self.agent.wants_history() {
+            true => self.history_of(&conv).await,
+            false => Vec::new(),
         };
         let request = AgentRequest {
             query: query.to_string(),
             session_id: conv.agent_session.clone(),
             personality_id: self.personality_of(&conv),
             max_results: Some(self.settings.max_results),
+            history,
         };
         let started = Instant::now();
-        let call = async {
-            match self.permits.acquire().await {
-                Ok(_permit) => self.agent.converse(&request).await,
-                // The semaphore is never closed; treat it like an unreachable agent if it were.
-                Err(_) => Err(AgentError::Unreachable("relay closed".into())),
-            }
+        // The permit is held for the whole answer: a streaming turn occupies its
+        // slot until the last piece.
+        let Ok(_permit) = self.permits.acquire().await else {
+            return self
+                .fail(key, msg, query, "relay closed", sink)
+                .await;
         };
-        let answer = with_progress(sink, progress_shown, call).await;
+        let (text_tx, text_rx) = watch::channel(String::new());
+        let feed = AnswerFeed {
+            text: text_rx,
+            interval: self.settings.edit_interval,
+            max_messages: self.settings.max_reply_messages,
+        };
+        let written = async {
+            let written = self
+                .write_answer(&request, sink, progress_shown, stop, &text_tx)
+                .await;
+            let final_text = match &written.end {
+                End::Complete(_) => written.text.clone(),
+                End::Failed(_) if written.text.is_empty() => self.settings.error_reply.clone(),
+                End::Failed(_) => format!("{}{CUT_NOTE}", written.text),
+                End::Stopped => format!("{}{STOPPED_NOTE}", written.text).trim_start().to_string(),
+            };
+            text_tx.send_replace(final_text.clone());
+            drop(text_tx);
+            (written, final_text)
+        };
+        let ((written, final_text), sent) = tokio::join!(written, sink.stream(feed));
         let took = started.elapsed();
         self.metrics.agent_call(took);
         let latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
+
+        let (answer, complete) = match written.end {
+            End::Complete(answer) => (Some(answer), true),
+            End::Failed(e) if written.text.is_empty() => {
                 warn!(error = %e, latency_ms, "agent call failed");
-                return self.fail(key, msg, query, &e.to_string(), sink).await;
+                if let Err(e) = &sent {
+                    warn!(error = %e, "could not post the error reply");
+                }
+                return self.record_failure(key, msg, query, &e.to_string()).await;
+            }
+            End::Failed(e) => {
+                warn!(error = %e, latency_ms, shown = written.text.len(), "agent failed mid-answer; keeping what was shown");
+                (None, false)
+            }
+            End::Stopped => {
+                tracing::info!(latency_ms, "answer stopped");
+                (None, false)
             }
         };
-
-        let sent = sink.send(&answer.response).await;
         let now = OffsetDateTime::now_utc();
         let mut updated = conv;
         // The agent may answer with another session id (a new one after it expired its
         // own); the map follows it.
-        updated.agent_session = answer.session_id.clone().or(updated.agent_session);
+        let new_session = answer.as_ref().and_then(|a| a.session_id.clone());
+        updated.agent_session = new_session.or(updated.agent_session);
         updated.last_activity = now;
         let session = updated.agent_session.clone().unwrap_or_default();
         let at = conv_ref(&updated);
+        let turn_id = Uuid::new_v4().to_string();
         let mut events = Vec::new();
         if self.store.wants_events() {
             events.push(OutboxEvent::new(
@@ -603,8 +780,10 @@ impl Inner {
                     message_id: msg.message_id.clone(),
                     session_id: updated.agent_session.clone(),
                     personality_id: request.personality_id.clone(),
+                    turn_id,
                     query: query.to_string(),
-                    response: answer.response.clone(),
+                    response: final_text.clone(),
+                    complete,
                     latency_ms,
                 },
                 now,
@@ -636,7 +815,7 @@ impl Inner {
                 row(Role::User, query, received, Some(msg.message_id.clone())),
                 row(
                     Role::Assistant,
-                    &answer.response,
+                    &final_text,
                     now,
                     sent.ok().map(|ids| ids.join(",")),
                 ),
@@ -644,9 +823,84 @@ impl Inner {
             events,
         };
         self.commit(commit).await;
-        tracing::info!(session = %session, latency_ms, "turn answered");
+        tracing::info!(session = %session, latency_ms, complete, "turn answered");
         self.sessions.put(updated);
         outcome
+    }
+
+    /// Reads the agent's answer into `text` as it is written, with the progress
+    /// indicator beside the wait for the first piece, until the answer ends, fails or
+    /// `stop` fires.
+    async fn write_answer(
+        &self,
+        request: &AgentRequest,
+        sink: &dyn ChatSink,
+        progress_shown: &AtomicBool,
+        stop: &CancellationToken,
+        text: &watch::Sender<String>,
+    ) -> Written {
+        let mut written = String::new();
+        let opening = async {
+            let mut stream = self.agent.converse_stream(request).await?;
+            // The first piece with text (or the end) ends the wait the indicator covers.
+            let mut early = Vec::new();
+            loop {
+                match stream.next().await {
+                    Some(Ok(AnswerEvent::Delta(piece))) if piece.is_empty() => {}
+                    Some(event) => {
+                        early.push(event);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            Ok::<_, AgentError>((stream, early))
+        };
+        let opened = tokio::select! {
+            opened = with_progress(sink, progress_shown, opening) => opened,
+            () = stop.cancelled() => return Written { text: written, end: End::Stopped },
+        };
+        let (mut stream, early) = match opened {
+            Ok(opened) => opened,
+            Err(e) => return Written { text: written, end: End::Failed(e) },
+        };
+        let mut pending = early.into_iter();
+        loop {
+            let event = match pending.next() {
+                Some(event) => Some(event),
+                None => tokio::select! {
+                    event = stream.next() => event,
+                    () = stop.cancelled() => return Written { text: written, end: End::Stopped },
+                },
+            };
+            match event {
+                Some(Ok(AnswerEvent::Delta(piece))) => {
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    written.push_str(&piece);
+                    text.send_replace(written.clone());
+                }
+                Some(Ok(AnswerEvent::Done(answer))) => {
+                    // The whole answer is the backend's word; it normally equals the
+                    // pieces.
+                    let end_text = if answer.response.is_empty() {
+                        written
+                    } else {
+                        answer.response.clone()
+                    };
+                    return Written {
+                        text: end_text,
+                        end: End::Complete(answer),
+                    };
+                }
+                Some(Err(e)) => return Written { text: written, end: End::Failed(e) },
+                None => {
+                    let e = AgentError::Malformed("the answer ended before it was complete".into());
+                    return Written { text: written, end: End::Failed(e) };
+                }
+            }
+        }
     }
 
     async fn command(
@@ -658,6 +912,8 @@ impl Inner {
     ) -> TurnOutcome {
         let reply = match command {
             Command::Help => Ok(HELP_TEXT.to_string()),
+            // Answered in `enqueue`, before the lane; not reached.
+            Command::Stop => Ok(NOTHING_TO_STOP.to_string()),
             Command::Reset => self.reset(key, msg).await,
             Command::Personality(None) => self.list_personalities(key, msg).await,
             Command::Personality(Some(id)) => self.set_personality(key, msg, id).await,
@@ -807,6 +1063,17 @@ impl Inner {
         if let Err(e) = sink.send(&self.settings.error_reply).await {
             warn!(error = %e, "could not post the error reply");
         }
+        self.record_failure(key, msg, query, cause).await
+    }
+
+    /// Records a `reply.failed` event for a turn that got `ERROR_REPLY`.
+    async fn record_failure(
+        &self,
+        key: &ConversationKey,
+        msg: &Inbound,
+        query: &str,
+        cause: &str,
+    ) -> TurnOutcome {
         let at = ConversationRef {
             conversation: key.to_string(),
             platform: msg.platform.as_str().to_string(),

@@ -41,6 +41,8 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 pub struct Handler {
     relay: Relay,
     reply_mode: DiscordReplyMode,
+    /// `DISCORD_EDIT_INTERVAL_MS`, when set: the pace of streamed answers' edits.
+    edit_interval: Option<Duration>,
     /// `/readyz`'s Discord flag: set at READY/RESUMED, cleared when the shard leaves
     /// the connected stage.
     connected: Arc<AtomicBool>,
@@ -65,10 +67,16 @@ enum Place {
 }
 
 impl Handler {
-    pub fn new(relay: Relay, reply_mode: DiscordReplyMode, connected: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        relay: Relay,
+        reply_mode: DiscordReplyMode,
+        edit_interval: Option<Duration>,
+        connected: Arc<AtomicBool>,
+    ) -> Self {
         Handler {
             relay,
             reply_mode,
+            edit_interval,
             connected,
             bot: watch::Sender::new(None),
             channels: Arc::new(ChannelDirectory::default()),
@@ -153,7 +161,8 @@ impl Handler {
             message_id: msg.id.to_string(),
             text,
         };
-        let sink = MessageSink::new(http.clone(), target, self.channels.clone(), bot);
+        let sink = MessageSink::new(http.clone(), target, self.channels.clone(), bot)
+            .with_edit_interval(self.edit_interval);
         self.submit(inbound, Arc::new(sink));
     }
 

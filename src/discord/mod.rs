@@ -83,7 +83,7 @@ async fn supervise(
         | GatewayIntents::GUILD_MESSAGES
         | GatewayIntents::MESSAGE_CONTENT
         | GatewayIntents::DIRECT_MESSAGES;
-    let handler = Handler::new(relay, cfg.reply_mode, connected.clone());
+    let handler = Handler::new(relay, cfg.reply_mode, cfg.edit_interval, connected.clone());
     let mut client = match ClientBuilder::new_with_http(http, intents)
         .event_handler(handler)
         .await

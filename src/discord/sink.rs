@@ -7,13 +7,14 @@
 //! allow all three). Splitting is `core::chunk`'s; this module only posts the parts in
 //! order.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serenity::all::{
-    ChannelId, CreateAllowedMentions, CreateMessage, CreateThread, GuildId, Http, MessageId,
-    MessageReference, MessageReferenceKind, UserId,
+    ChannelId, CreateAllowedMentions, CreateMessage, CreateThread, EditMessage, GuildId, Http,
+    MessageId, MessageReference, MessageReferenceKind, UserId,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,8 @@ use tracing::{debug, warn, Instrument};
 use super::channels::ChannelDirectory;
 use super::{describe, discord_error_code, MESSAGE_LIMIT};
 use crate::core::chunk::split_text;
-use crate::core::ports::{ChatSink, SinkError};
+use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
+use crate::core::render::{self, render, Shape};
 
 /// Discord shows "typing…" for about 10 s after each POST; renewing a little earlier
 /// keeps it on without a gap.
@@ -90,6 +92,8 @@ pub struct MessageSink {
     destination: OnceCell<Destination>,
     /// Stops the typing renewal task; replaced when `working` starts one.
     typing: Mutex<Option<CancellationToken>>,
+    /// `DISCORD_EDIT_INTERVAL_MS`: overrides the relay's pace for streamed answers.
+    edit_interval: Option<Duration>,
 }
 
 impl MessageSink {
@@ -106,7 +110,50 @@ impl MessageSink {
             bot,
             destination: OnceCell::new(),
             typing: Mutex::new(None),
+            edit_interval: None,
         }
+    }
+
+    /// Streamed answers are edited at most once per `interval` (when set).
+    pub fn with_edit_interval(mut self, interval: Option<Duration>) -> Self {
+        self.edit_interval = interval;
+        self
+    }
+
+    /// Posts part `i` of an answer: the first one as a reply to the user's message
+    /// (when the destination is a reply), every one with no pings.
+    async fn post_part(
+        &self,
+        destination: Destination,
+        i: usize,
+        part: &str,
+    ) -> Result<MessageId, serenity::Error> {
+        let mut message = CreateMessage::new()
+            .content(part)
+            .allowed_mentions(no_pings());
+        if let (
+            0,
+            Destination::Reply {
+                channel,
+                message: replied,
+                guild,
+            },
+        ) = (i, destination)
+        {
+            let mut reference = MessageReference::new(MessageReferenceKind::Default, channel)
+                .message_id(replied)
+                // The user may have deleted the question meanwhile; answer anyway.
+                .fail_if_not_exists(false);
+            if let Some(guild) = guild {
+                reference = reference.guild_id(guild);
+            }
+            message = message.reference_message(reference);
+        }
+        destination
+            .channel()
+            .send_message(&*self.http, message)
+            .await
+            .map(|posted| posted.id)
     }
 
     async fn destination(&self) -> Destination {
@@ -228,38 +275,66 @@ impl ChatSink for MessageSink {
         }
         let total = parts.len();
         let mut ids = Vec::with_capacity(total);
-        for (i, part) in parts.into_iter().enumerate() {
-            let mut message = CreateMessage::new()
-                .content(part)
-                .allowed_mentions(no_pings());
-            if let (
-                0,
-                Destination::Reply {
-                    channel,
-                    message: replied,
-                    guild,
-                },
-            ) = (i, destination)
-            {
-                let mut reference = MessageReference::new(MessageReferenceKind::Default, channel)
-                    .message_id(replied)
-                    // The user may have deleted the question meanwhile; answer anyway.
-                    .fail_if_not_exists(false);
-                if let Some(guild) = guild {
-                    reference = reference.guild_id(guild);
-                }
-                message = message.reference_message(reference);
-            }
-            match destination
-                .channel()
-                .send_message(&*self.http, message)
-                .await
-            {
-                Ok(posted) => ids.push(posted.id.to_string()),
+        for (i, part) in parts.iter().enumerate() {
+            match self.post_part(destination, i, part).await {
+                Ok(id) => ids.push(id.to_string()),
                 Err(e) => return Err(part_failed(i, total, &e)),
             }
         }
         Ok(ids)
+    }
+
+    async fn stream(&self, mut feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
+        if let Some(interval) = self.edit_interval {
+            feed.interval = interval;
+        }
+        let surface = Surface {
+            sink: self,
+            destination: self.destination().await,
+            posted: AtomicUsize::new(0),
+        };
+        let identity = |text: &str| text.to_string();
+        let shape = Shape {
+            limit: MESSAGE_LIMIT,
+            prepare: &identity,
+        };
+        render(&surface, feed, &shape).await
+    }
+}
+
+/// One answer's messages on Discord: posts (the first a reply), then edits.
+struct Surface<'a> {
+    sink: &'a MessageSink,
+    destination: Destination,
+    /// Messages posted so far: the first is the reply to the user's message.
+    posted: AtomicUsize,
+}
+
+#[async_trait]
+impl render::Surface for Surface<'_> {
+    async fn post(&self, text: &str) -> Result<String, SinkError> {
+        // The first text ends "typing…"; a renewal after it would show it again.
+        self.sink.stop_typing();
+        let i = self.posted.fetch_add(1, Ordering::Relaxed);
+        match self.sink.post_part(self.destination, i, text).await {
+            Ok(id) => Ok(id.to_string()),
+            Err(e) => Err(part_failed(i, i + 1, &e)),
+        }
+    }
+
+    async fn edit(&self, id: &str, text: &str) -> Result<(), SinkError> {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| SinkError(format!("not a Discord message id: {id}")))?;
+        let edit = EditMessage::new()
+            .content(text)
+            .allowed_mentions(no_pings());
+        self.destination
+            .channel()
+            .edit_message(&*self.sink.http, MessageId::new(id), edit)
+            .await
+            .map(drop)
+            .map_err(|e| SinkError(format!("edit: {}", describe(&e))))
     }
 }
 

@@ -49,6 +49,7 @@ pub async fn agent_query(
             .personality_id
             .or_else(|| state.default_personality.clone()),
         max_results: body.max_results.or(Some(state.default_max_results)),
+        ..AgentRequest::default()
     };
     let relay = state.relay.clone();
     if body.asynchronous {

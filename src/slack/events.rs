@@ -347,9 +347,15 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
         channel: candidate.channel.clone(),
         thread_ts: candidate.reply_thread.clone(),
         message_ts: candidate.ts.clone(),
+        user: candidate.user.clone(),
+        team: workspace.clone(),
         reaction: shared.progress_reaction.clone(),
         reaction_after: shared.progress_reaction_delay,
+        progress: shared.progress,
+        status_text: shared.status_text.clone(),
+        streaming: shared.streaming,
         threads: shared.threads.clone(),
+        reacted: Default::default(),
     });
     let inbound = Inbound {
         platform: Platform::Slack,

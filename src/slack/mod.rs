@@ -33,7 +33,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-use crate::config::{SlackConfig, SlackRespondTo};
+use crate::config::{SlackConfig, SlackProgress, SlackRespondTo, SlackStreaming};
 use crate::core::{Relay, Store};
 
 use self::dedupe::{AnsweredThreads, Dedupe};
@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     follow_threads: bool,
     progress_reaction: Option<String>,
     progress_reaction_delay: Duration,
+    progress: SlackProgress,
+    status_text: String,
+    streaming: SlackStreaming,
 }
 
 /// Starts Slack: `auth.test` (retried in the background until it succeeds; `ready`
@@ -100,6 +103,9 @@ pub async fn start(
         follow_threads: cfg.follow_threads,
         progress_reaction: cfg.progress_reaction,
         progress_reaction_delay: cfg.progress_reaction_delay,
+        progress: cfg.progress,
+        status_text: cfg.status_text,
+        streaming: cfg.streaming,
     });
     let Some(api) = api else {
         return SlackApp { shared };

@@ -57,6 +57,13 @@ pub fn to_mrkdwn(markdown: &str) -> String {
     out
 }
 
+/// Agent text for a `markdown_text` field (native streaming): Markdown stays, but
+/// `&`, `<` and `>` become entities, so no piece — nor pieces joined — can form
+/// `<!channel>`, `<!here>`, `<!subteam^…>`, `<@U…>` or `<#C…>`.
+pub fn escape_markdown(text: &str) -> String {
+    escape(text)
+}
+
 /// Escapes the three characters Slack gives meaning to in message text.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -14,6 +14,7 @@
 //! messages per turn and relies on Slack's `Retry-After` instead).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +22,16 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 use url::Url;
 
 use super::dedupe::AnsweredThreads;
 use super::mrkdwn;
+use crate::config::{SlackProgress, SlackStreaming};
 use crate::core::chunk::split_text;
-use crate::core::ports::{ChatSink, SinkError};
+use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
+use crate::core::render::{final_parts, render, Shape, Surface};
 
 /// Slack truncates messages past 40,000 characters and advises staying under 4,000;
 /// 3,900 leaves room for the code-fence repair the splitter may add.
@@ -170,6 +173,124 @@ impl WebApi {
         Ok(answer.ts.0)
     }
 
+    /// `chat.update`: replaces a message's text.
+    pub async fn update_message(
+        &self,
+        channel: &str,
+        ts: &str,
+        text: &str,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiChatUpdateRequest::new(
+            SlackChannelId(channel.to_owned()),
+            SlackMessageContent::new().with_text(text.to_owned()),
+            SlackTs(ts.to_owned()),
+        );
+        self.call("chat.update", || async {
+            self.client
+                .open_session(&self.token)
+                .chat_update(&request)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `chat.startStream` in a thread, addressed to the user who asked; returns the
+    /// streaming message's `ts`.
+    pub async fn start_stream(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        recipient: (&str, &str),
+        markdown: &str,
+    ) -> Result<String, SlackApiError> {
+        let (user, team) = recipient;
+        let request = SlackApiChatStartStreamRequest::new(SlackChannelId(channel.to_owned()))
+            .with_thread_ts(SlackTs(thread_ts.to_owned()))
+            .with_recipient_user_id(SlackUserId(user.to_owned()))
+            .with_recipient_team_id(SlackTeamId(team.to_owned()))
+            .with_markdown_text(markdown.to_owned());
+        let answer = self
+            .call("chat.startStream", || async {
+                self.client
+                    .open_session(&self.token)
+                    .chat_start_stream(&request)
+                    .await
+            })
+            .await?;
+        Ok(answer.ts.0)
+    }
+
+    /// `chat.appendStream`: appends Markdown to a streaming message.
+    pub async fn append_stream(
+        &self,
+        channel: &str,
+        ts: &str,
+        markdown: &str,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiChatAppendStreamRequest::new(
+            SlackChannelId(channel.to_owned()),
+            SlackTs(ts.to_owned()),
+        )
+        .with_markdown_text(markdown.to_owned());
+        self.call("chat.appendStream", || async {
+            self.client
+                .open_session(&self.token)
+                .chat_append_stream(&request)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `chat.stopStream`: ends a streaming message, appending `markdown` if any.
+    pub async fn stop_stream(
+        &self,
+        channel: &str,
+        ts: &str,
+        markdown: Option<&str>,
+    ) -> Result<(), SlackApiError> {
+        let mut content = SlackMessageContent::new();
+        if let Some(markdown) = markdown.filter(|m| !m.is_empty()) {
+            content = content.with_markdown_text(markdown.to_owned());
+        }
+        let request = SlackApiChatStopStreamRequest::new(
+            SlackChannelId(channel.to_owned()),
+            SlackTs(ts.to_owned()),
+            content,
+        );
+        self.call("chat.stopStream", || async {
+            self.client
+                .open_session(&self.token)
+                .chat_stop_stream(&request)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `assistant.threads.setStatus`: the loading status under a thread.
+    pub async fn set_status(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        status: &str,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiAssistantThreadsSetStatusRequest::new(
+            SlackChannelId(channel.to_owned()),
+            status.to_owned(),
+            SlackTs(thread_ts.to_owned()),
+        );
+        self.call("assistant.threads.setStatus", || async {
+            self.client
+                .open_session(&self.token)
+                .assistant_threads_set_status(&request)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
     /// `reactions.add` on a message.
     pub async fn add_reaction(
         &self,
@@ -251,8 +372,9 @@ impl WebApi {
     }
 }
 
-/// Answers one Slack message: in its thread, with the progress reaction on the
-/// message while the agent works. Built per inbound message.
+/// Answers one Slack message: in its thread, streamed per `SLACK_STREAMING`, with
+/// the progress indicator per `SLACK_PROGRESS` while the agent works. Built per
+/// inbound message.
 pub struct ThreadSink {
     pub api: Arc<WebApi>,
     pub channel: String,
@@ -260,30 +382,44 @@ pub struct ThreadSink {
     pub thread_ts: String,
     /// The user's message, which gets the progress reaction.
     pub message_ts: String,
+    /// Who asked, and in which team: the recipient of a native stream.
+    pub user: String,
+    pub team: String,
     /// `SLACK_PROGRESS_REACTION`; `None` disables it.
     pub reaction: Option<String>,
-    /// `SLACK_PROGRESS_REACTION_DELAY_MS`: answers faster than this get no reaction.
+    /// `SLACK_PROGRESS_REACTION_DELAY_MS`: answers faster than this get no indicator.
     pub reaction_after: Duration,
+    /// `SLACK_PROGRESS`.
+    pub progress: SlackProgress,
+    /// `SLACK_STATUS_TEXT`.
+    pub status_text: String,
+    /// `SLACK_STREAMING`.
+    pub streaming: SlackStreaming,
     /// Told when an answer was posted, so later messages in the thread are followed.
     pub threads: Arc<AnsweredThreads>,
+    /// Set when the progress reaction was added (and so must be removed).
+    pub reacted: AtomicBool,
 }
 
-#[async_trait]
-impl ChatSink for ThreadSink {
-    fn progress_after(&self) -> Duration {
-        self.reaction_after
-    }
+/// Slack refusals of `assistant.threads.setStatus` are logged once per process.
+static STATUS_REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
 
-    async fn working(&self) {
+/// Least time between two `chat.appendStream` calls of one answer.
+const APPEND_INTERVAL: Duration = Duration::from_millis(250);
+
+impl ThreadSink {
+    async fn add_reaction(&self) {
         let Some(name) = &self.reaction else { return };
         match self
             .api
             .add_reaction(&self.channel, &self.message_ts, name)
             .await
         {
-            Ok(()) => {}
+            Ok(()) => self.reacted.store(true, Ordering::Relaxed),
             // Another replica or an earlier attempt already put it there.
-            Err(SlackApiError::Api(code)) if code == "already_reacted" => {}
+            Err(SlackApiError::Api(code)) if code == "already_reacted" => {
+                self.reacted.store(true, Ordering::Relaxed);
+            }
             Err(e) => warn!(
                 slack_error = e.code(),
                 error = %e,
@@ -293,32 +429,14 @@ impl ChatSink for ThreadSink {
         }
     }
 
-    async fn finished(&self) {
-        let Some(name) = &self.reaction else { return };
-        match self
-            .api
-            .remove_reaction(&self.channel, &self.message_ts, name)
-            .await
-        {
-            Ok(()) => {}
-            Err(SlackApiError::Api(code)) if code == "no_reaction" => {}
-            Err(e) => warn!(
-                slack_error = e.code(),
-                error = %e,
-                channel = %self.channel,
-                "could not remove the progress reaction"
-            ),
-        }
+    fn shape_limit(&self) -> usize {
+        MESSAGE_LIMIT
     }
 
-    async fn send(&self, text: &str) -> Result<Vec<String>, SinkError> {
-        let converted = mrkdwn::to_mrkdwn(text);
-        let parts = split_text(&converted, MESSAGE_LIMIT);
-        if parts.is_empty() {
-            debug!(channel = %self.channel, "empty answer; nothing to post");
-        }
+    /// `chat.postMessage` of each part; marks the thread as answered.
+    async fn post_parts(&self, parts: &[String]) -> Result<Vec<String>, SinkError> {
         let mut posted = Vec::with_capacity(parts.len());
-        for part in &parts {
+        for part in parts {
             match self
                 .api
                 .post_in_thread(&self.channel, &self.thread_ts, part)
@@ -342,5 +460,246 @@ impl ChatSink for ThreadSink {
             self.threads.mark(&self.channel, &self.thread_ts);
         }
         Ok(posted)
+    }
+
+    /// `update` mode: post, then `chat.update`, paced by the feed's interval.
+    async fn stream_by_update(&self, feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
+        let shape = Shape {
+            limit: self.shape_limit(),
+            prepare: &mrkdwn::to_mrkdwn,
+        };
+        let result = render(self, feed, &shape).await;
+        if matches!(&result, Ok(ids) if !ids.is_empty()) {
+            self.threads.mark(&self.channel, &self.thread_ts);
+        }
+        result
+    }
+
+    /// `native` mode: `chat.startStream`, appends at most every 250 ms, `chat.stopStream`.
+    /// Refused or expired, the rest of the answer continues in `update` mode, starting
+    /// exactly after the text the stream already holds. An answer longer than one
+    /// message continues the same way once the stream holds a message's worth.
+    async fn stream_natively(&self, mut feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
+        let mut ts: Option<String> = None;
+        // Bytes of the agent text the stream holds.
+        let mut sent = 0usize;
+        let mut last_call: Option<tokio::time::Instant> = None;
+        // `Some(offset)`: the answer continues in `update` mode from there.
+        let handover = loop {
+            let mut done = feed.text.changed().await.is_err();
+            if let Some(at) = last_call {
+                let due = at + APPEND_INTERVAL;
+                if tokio::time::Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
+                }
+                done = done || feed.text.has_changed().is_err();
+            }
+            let text = feed.text.borrow_and_update().clone();
+            // Never more than a message's worth in one stream.
+            let room = stream_room(&text, self.shape_limit());
+            let upto = room.unwrap_or(text.len()).max(sent);
+            let ending = done || room.is_some();
+            let fresh = text.get(sent..upto).unwrap_or_default();
+            match &ts {
+                None if fresh.is_empty() => {
+                    if ending {
+                        break None;
+                    }
+                    continue;
+                }
+                None => {
+                    let markdown = mrkdwn::escape_markdown(fresh);
+                    match self
+                        .api
+                        .start_stream(&self.channel, &self.thread_ts, (&self.user, &self.team), &markdown)
+                        .await
+                    {
+                        Ok(started) => {
+                            ts = Some(started);
+                            sent = upto;
+                        }
+                        Err(e) => {
+                            debug!(slack_error = e.code(), error = %e, "chat.startStream refused; answering with chat.update");
+                            break Some(sent);
+                        }
+                    }
+                }
+                Some(stream) if !fresh.is_empty() && !ending => {
+                    let markdown = mrkdwn::escape_markdown(fresh);
+                    match self.api.append_stream(&self.channel, stream, &markdown).await {
+                        Ok(()) => sent = upto,
+                        Err(e) => {
+                            debug!(slack_error = e.code(), error = %e, "chat.appendStream refused; continuing with chat.update");
+                            break Some(sent);
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+            last_call = Some(tokio::time::Instant::now());
+            if !ending {
+                continue;
+            }
+            let Some(stream) = &ts else { break None };
+            let rest = text.get(sent..upto).unwrap_or_default();
+            let tail = (!rest.is_empty()).then(|| mrkdwn::escape_markdown(rest));
+            match self
+                .api
+                .stop_stream(&self.channel, stream, tail.as_deref())
+                .await
+            {
+                Ok(()) => sent = upto,
+                Err(e) => {
+                    debug!(slack_error = e.code(), error = %e, "chat.stopStream refused; continuing with chat.update");
+                    break Some(sent);
+                }
+            }
+            break room.map(|_| sent);
+        };
+        let mut ids: Vec<String> = ts.into_iter().collect();
+        if !ids.is_empty() {
+            self.threads.mark(&self.channel, &self.thread_ts);
+        }
+        let Some(from) = handover else {
+            return Ok(ids);
+        };
+        // The rest of the answer, after what the stream holds, in `update` mode.
+        let (tx, rx) = watch::channel(String::new());
+        let rest = AnswerFeed {
+            text: rx,
+            interval: feed.interval,
+            max_messages: feed.max_messages.saturating_sub(ids.len()).max(1),
+        };
+        let forward = async move {
+            loop {
+                let text = feed.text.borrow_and_update().clone();
+                tx.send_replace(text.get(from..).unwrap_or_default().to_string());
+                if feed.text.changed().await.is_err() {
+                    let text = feed.text.borrow().clone();
+                    tx.send_replace(text.get(from..).unwrap_or_default().to_string());
+                    return;
+                }
+            }
+        };
+        let (_, more) = tokio::join!(forward, self.stream_by_update(rest));
+        ids.extend(more?);
+        Ok(ids)
+    }
+}
+
+/// Where a stream must end when `text` no longer fits one message: the end of the
+/// first part the splitter would make (as a byte offset into `text`); `None` while
+/// it fits.
+fn stream_room(text: &str, limit: usize) -> Option<usize> {
+    if mrkdwn::to_mrkdwn(text).chars().count() <= limit {
+        return None;
+    }
+    // Cut at the last paragraph or line break before the limit, else a space.
+    let window_end = text
+        .char_indices()
+        .nth(limit.saturating_sub(200))
+        .map_or(text.len(), |(i, _)| i);
+    let window = &text[..window_end];
+    let cut = window
+        .rfind("\n\n")
+        .map(|i| i + 2)
+        .or_else(|| window.rfind('\n').map(|i| i + 1))
+        .or_else(|| window.rfind(' ').map(|i| i + 1))
+        .unwrap_or(window_end);
+    Some(cut)
+}
+
+#[async_trait]
+impl Surface for ThreadSink {
+    async fn post(&self, text: &str) -> Result<String, SinkError> {
+        let mut ids = self.post_parts(std::slice::from_ref(&text.to_string())).await?;
+        ids.pop()
+            .ok_or_else(|| SinkError("chat.postMessage returned no ts".into()))
+    }
+
+    async fn edit(&self, id: &str, text: &str) -> Result<(), SinkError> {
+        self.api
+            .update_message(&self.channel, id, text)
+            .await
+            .map_err(|e| SinkError(format!("chat.update: {e}")))
+    }
+}
+
+#[async_trait]
+impl ChatSink for ThreadSink {
+    fn progress_after(&self) -> Duration {
+        self.reaction_after
+    }
+
+    async fn working(&self) {
+        match self.progress {
+            SlackProgress::None => {}
+            SlackProgress::Reaction => self.add_reaction().await,
+            SlackProgress::Status => {
+                match self
+                    .api
+                    .set_status(&self.channel, &self.thread_ts, &self.status_text)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) => {
+                        if !STATUS_REFUSAL_LOGGED.swap(true, Ordering::Relaxed) {
+                            warn!(
+                                slack_error = e.code(),
+                                error = %e,
+                                "Slack refused assistant.threads.setStatus; using the progress reaction instead"
+                            );
+                        }
+                        self.add_reaction().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finished(&self) {
+        if !self.reacted.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let Some(name) = &self.reaction else { return };
+        match self
+            .api
+            .remove_reaction(&self.channel, &self.message_ts, name)
+            .await
+        {
+            Ok(()) => {}
+            Err(SlackApiError::Api(code)) if code == "no_reaction" => {}
+            Err(e) => warn!(
+                slack_error = e.code(),
+                error = %e,
+                channel = %self.channel,
+                "could not remove the progress reaction"
+            ),
+        }
+    }
+
+    async fn send(&self, text: &str) -> Result<Vec<String>, SinkError> {
+        let converted = mrkdwn::to_mrkdwn(text);
+        let parts = split_text(&converted, MESSAGE_LIMIT);
+        if parts.is_empty() {
+            debug!(channel = %self.channel, "empty answer; nothing to post");
+        }
+        self.post_parts(&parts).await
+    }
+
+    async fn stream(&self, feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
+        match self.streaming {
+            SlackStreaming::Native => self.stream_natively(feed).await,
+            SlackStreaming::Update => self.stream_by_update(feed).await,
+            SlackStreaming::Off => {
+                let max = feed.max_messages;
+                let text = feed.finished().await;
+                let shape = Shape {
+                    limit: MESSAGE_LIMIT,
+                    prepare: &mrkdwn::to_mrkdwn,
+                };
+                self.post_parts(&final_parts(&text, &shape, max)).await
+            }
+        }
     }
 }

@@ -20,6 +20,10 @@ fn config(url: &str, timeout: Duration) -> AgentConfig {
         max_concurrency: 4,
         personality: None,
         max_results: 3,
+        echo_delay: None,
+        history_turns: 20,
+        history_chars: 24_000,
+        openai: None,
     }
 }
 

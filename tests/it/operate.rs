@@ -45,6 +45,8 @@ impl Bridge {
             .env("SLACK_BOT_TOKEN", SLACK_TOKEN)
             .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
             .env("SLACK_API_BASE", slack.api_base())
+            .env("SLACK_STREAMING", "update")
+            .env("SLACK_PROGRESS", "reaction")
             .env("RUST_LOG", "info");
         for (k, v) in extra {
             cmd.env(k, v);

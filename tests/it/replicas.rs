@@ -19,6 +19,8 @@ async fn replica(agent: &FakeAgent, slack: &FakeSlack, db: &str) -> TestApp {
         .var("SLACK_SIGNING_SECRET", SECRET)
         .var("SLACK_API_BASE", &slack.api_base())
         .var("SLACK_PROGRESS_REACTION", "")
+        .var("SLACK_STREAMING", "update")
+        .var("SLACK_PROGRESS", "reaction")
         .start()
         .await
 }

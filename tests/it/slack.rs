@@ -41,7 +41,11 @@ impl Setup {
         let mut builder = TestApp::builder()
             .var("SLACK_BOT_TOKEN", "xoxb-test")
             .var("SLACK_SIGNING_SECRET", SECRET)
-            .var("SLACK_API_BASE", &slack.api_base());
+            .var("SLACK_API_BASE", &slack.api_base())
+            // The classic path (one post per answer, the reaction as progress);
+            // streaming and the status have their own tests in `streaming`.
+            .var("SLACK_STREAMING", "update")
+            .var("SLACK_PROGRESS", "reaction");
         for (k, v) in vars {
             builder = builder.var(k, v);
         }

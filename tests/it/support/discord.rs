@@ -144,6 +144,8 @@ struct Inner {
     channel_guilds: Mutex<HashMap<String, Option<String>>>,
     failures: Mutex<VecDeque<Failure>>,
     heartbeat_interval_ms: u64,
+    /// The bot's messages as they stand now (posts, with edits applied): id, content.
+    bot_messages: Mutex<Vec<(String, String)>>,
 }
 
 /// Aborts the server tasks when the last handle goes away.
@@ -194,6 +196,7 @@ impl FakeDiscord {
             channel_guilds: Mutex::new(HashMap::new()),
             failures: Mutex::new(VecDeque::new()),
             heartbeat_interval_ms: 41_250,
+            bot_messages: Mutex::new(Vec::new()),
         });
 
         let (http_tx, http_rx) = mpsc::channel(64);
@@ -253,6 +256,25 @@ impl FakeDiscord {
         self.calls()
             .into_iter()
             .filter(Call::is_message_post)
+            .collect()
+    }
+
+    /// Edits of the bot's messages (`PATCH /channels/{id}/messages/{id}`), in order.
+    pub fn edits(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == "PATCH" && c.path.starts_with("/channels/"))
+            .collect()
+    }
+
+    /// The bot's messages as a user sees them now: each post with its edits applied.
+    pub fn final_texts(&self) -> Vec<String> {
+        self.inner
+            .bot_messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.clone())
             .collect()
     }
 
@@ -738,6 +760,10 @@ async fn rest(
         ("POST", ["channels", _, "typing"]) => StatusCode::NO_CONTENT.into_response(),
         ("POST", ["channels", channel, "messages"]) => {
             let message = inner.bot_message(channel, &call.body);
+            inner.bot_messages.lock().unwrap().push((
+                message["id"].as_str().unwrap_or_default().to_string(),
+                call.content().to_string(),
+            ));
             // Discord sends the bot its own messages too; the bot must ignore them.
             let echo = inner.clone();
             let payload = message.clone();
@@ -752,6 +778,11 @@ async fn rest(
             Json(message).into_response()
         }
         ("PATCH", ["channels", channel, "messages", id]) => {
+            for (posted, content) in inner.bot_messages.lock().unwrap().iter_mut() {
+                if posted == id {
+                    *content = call.content().to_string();
+                }
+            }
             let mut message = inner.bot_message(channel, &call.body);
             message["id"] = json!(id);
             Json(message).into_response()

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod db;
 pub mod discord;
+pub mod openai;
 pub mod receiver;
 pub mod slack;
 

@@ -75,6 +75,8 @@ struct Knobs {
     rate_limits: HashMap<String, (u32, u64)>,
     /// Method → Slack error code to answer with, until cleared.
     failures: HashMap<String, String>,
+    /// Method → (calls still answered normally, then the error code for the rest).
+    failures_after: HashMap<String, (u32, String)>,
 }
 
 struct Inner {
@@ -152,6 +154,26 @@ impl FakeSlack {
             .unwrap()
             .failures
             .insert(method.into(), error.into());
+    }
+
+    /// Answers `method` normally `n` times, then with `error` (a stream that expires).
+    pub fn fail_after(&self, method: &str, n: u32, error: &str) {
+        self.inner
+            .knobs
+            .lock()
+            .unwrap()
+            .failures_after
+            .insert(method.to_owned(), (n, error.to_owned()));
+    }
+
+    /// The `markdown_text` of every streaming call (`chat.startStream`,
+    /// `chat.appendStream`, `chat.stopStream`), in order.
+    pub fn streamed_markdown(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method.starts_with("chat.") && c.method.ends_with("Stream"))
+            .filter_map(|c| c.param("markdown_text"))
+            .collect()
     }
 
     pub fn clear_failure(&self, method: &str) {
@@ -282,6 +304,12 @@ async fn handle(
         if let Some(error) = knobs.failures.get(&name) {
             return json_ok(json!({"ok": false, "error": error}));
         }
+        if let Some((left, error)) = knobs.failures_after.get_mut(&name) {
+            if *left == 0 {
+                return json_ok(json!({"ok": false, "error": error.clone()}));
+            }
+            *left -= 1;
+        }
     }
 
     if call
@@ -329,6 +357,39 @@ async fn handle(
                 message["thread_ts"] = Value::String(thread);
             }
             json_ok(json!({"ok": true, "channel": channel, "ts": ts, "message": message}))
+        }
+        "chat.update" => match (call.param("channel"), call.param("ts")) {
+            (Some(channel), Some(ts)) if !call.text().is_empty() => json_ok(json!({
+                "ok": true,
+                "channel": channel,
+                "ts": ts,
+                "text": call.text(),
+                "message": {"type": "message", "text": call.text(), "user": BOT_USER, "bot_id": BOT_ID, "ts": ts},
+            })),
+            _ => json_ok(json!({"ok": false, "error": "invalid_arguments"})),
+        },
+        "chat.startStream" => {
+            let Some(channel) = call.param("channel") else {
+                return json_ok(json!({"ok": false, "error": "channel_not_found"}));
+            };
+            if call.param("thread_ts").is_none() {
+                return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
+            }
+            let micros = inner.next_ts.fetch_add(100, Ordering::SeqCst);
+            let ts = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+            json_ok(json!({"ok": true, "channel": channel, "ts": ts}))
+        }
+        "chat.appendStream" | "chat.stopStream" => {
+            match (call.param("channel"), call.param("ts")) {
+                (Some(channel), Some(ts)) => json_ok(json!({"ok": true, "channel": channel, "ts": ts})),
+                _ => json_ok(json!({"ok": false, "error": "invalid_arguments"})),
+            }
+        }
+        "assistant.threads.setStatus" => {
+            if call.param("channel_id").is_none() || call.param("thread_ts").is_none() {
+                return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
+            }
+            json_ok(json!({"ok": true}))
         }
         "reactions.add" | "reactions.remove" => {
             if call.param("name").is_none() || call.param("timestamp").is_none() {
