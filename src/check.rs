@@ -153,11 +153,20 @@ async fn check_store(cfg: &Config) -> Result<String, String> {
 
 async fn check_agent(cfg: &Config) -> Result<String, String> {
     let agent = agent::from_config(&cfg.agent).map_err(|e| e.to_string())?;
+    // The OpenAI-compatible backend is healthy when `GET /models` answers 2xx.
+    let target = match &cfg.agent.openai {
+        Some(openai) => format!(
+            "{}/models (model {})",
+            openai.base_url.as_str().trim_end_matches('/'),
+            openai.model
+        ),
+        None => cfg.agent.url.to_string(),
+    };
     agent
         .health()
         .await
-        .map_err(|e| format!("{} — {e}", cfg.agent.url))?;
-    Ok(format!("{} healthy", cfg.agent.url))
+        .map_err(|e| format!("{target} — {e}"))?;
+    Ok(format!("{target} healthy"))
 }
 
 async fn check_slack(http: &reqwest::Client, slack: &SlackConfig) -> Result<String, String> {

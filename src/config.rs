@@ -1043,7 +1043,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 30] = [
+    const OPTIONAL_VARS: [&str; 44] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1074,6 +1074,20 @@ mod tests {
         "RUST_LOG",
         "LOG_FORMAT",
         "TOKIO_WORKER_THREADS",
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_MODEL",
+        "AGENT_SYSTEM_PROMPT",
+        "PERSONALITIES_FILE",
+        "AGENT_HISTORY_TURNS",
+        "AGENT_HISTORY_CHARS",
+        "ECHO_DELAY_MS",
+        "STREAM_EDIT_INTERVAL_MS",
+        "DISCORD_EDIT_INTERVAL_MS",
+        "MAX_REPLY_MESSAGES",
+        "SLACK_STREAMING",
+        "SLACK_PROGRESS",
+        "SLACK_STATUS_TEXT",
     ];
 
     #[test]

@@ -29,7 +29,11 @@ pub fn from_config(cfg: &AgentConfig) -> Result<Arc<dyn Agent>, AgentError> {
         AgentKind::AiAgentApi => Arc::new(AiAgentApi::new(cfg)?),
         AgentKind::OpenAi => match &cfg.openai {
             Some(openai) => Arc::new(OpenAi::new(cfg, openai)?),
-            None => return Err(AgentError::Malformed("AGENT_KIND=openai without OPENAI_MODEL".into())),
+            None => {
+                return Err(AgentError::Malformed(
+                    "AGENT_KIND=openai without OPENAI_MODEL".into(),
+                ))
+            }
         },
         AgentKind::Echo => Arc::new(EchoAgent::with_delay(cfg.echo_delay.unwrap_or_default())),
     })

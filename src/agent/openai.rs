@@ -248,9 +248,10 @@ impl OpenAi {
         let (tx, rx) = mpsc::channel(PIECES_BUFFERED);
         let timeout = self.timeout;
         tokio::spawn(read_events(response, tx, session_id, timeout));
-        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|event| (event, rx))
-        })))
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|event| (event, rx)) },
+        )))
     }
 }
 
@@ -316,7 +317,9 @@ async fn read_events(
         };
         if text.len() + piece.len() > MAX_STREAMED_CHARS {
             let _ = tx
-                .send(Err(AgentError::Malformed("answer larger than 1 MiB".into())))
+                .send(Err(AgentError::Malformed(
+                    "answer larger than 1 MiB".into(),
+                )))
                 .await;
             return;
         }
@@ -473,7 +476,9 @@ async fn collect(mut stream: AnswerStream) -> Result<AgentAnswer, AgentError> {
             return Ok(answer);
         }
     }
-    Err(AgentError::Malformed("the stream ended without [DONE]".into()))
+    Err(AgentError::Malformed(
+        "the stream ended without [DONE]".into(),
+    ))
 }
 
 #[cfg(test)]

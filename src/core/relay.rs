@@ -33,8 +33,8 @@ use super::lanes::{Admission, Lanes};
 use super::message::{ConversationKey, Inbound, SessionScope};
 use super::metrics::Metrics;
 use super::ports::{
-    Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerFeed, AnswerStream,
-    ChatSink, Commit, Conversation, HistoryTurn, Role, Store, StoreError, TranscriptEntry,
+    Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerFeed, AnswerStream, ChatSink,
+    Commit, Conversation, HistoryTurn, Role, Store, StoreError, TranscriptEntry,
 };
 use super::sessions::SessionMap;
 
@@ -485,7 +485,11 @@ impl Inner {
             };
             self.metrics.turn_ended(TurnOutcome::Command);
             self.tracker.spawn(async move {
-                let reply = if stopped { STOPPED_REPLY } else { NOTHING_TO_STOP };
+                let reply = if stopped {
+                    STOPPED_REPLY
+                } else {
+                    NOTHING_TO_STOP
+                };
                 if let Err(e) = sink.send(reply).await {
                     warn!(error = %e, "could not answer `stop`");
                 }
@@ -712,9 +716,7 @@ impl Inner {
         // The permit is held for the whole answer: a streaming turn occupies its
         // slot until the last piece.
         let Ok(_permit) = self.permits.acquire().await else {
-            return self
-                .fail(key, msg, query, "relay closed", sink)
-                .await;
+            return self.fail(key, msg, query, "relay closed", sink).await;
         };
         let (text_tx, text_rx) = watch::channel(String::new());
         let feed = AnswerFeed {
@@ -730,7 +732,9 @@ impl Inner {
                 End::Complete(_) => written.text.clone(),
                 End::Failed(_) if written.text.is_empty() => self.settings.error_reply.clone(),
                 End::Failed(_) => format!("{}{CUT_NOTE}", written.text),
-                End::Stopped => format!("{}{STOPPED_NOTE}", written.text).trim_start().to_string(),
+                End::Stopped => format!("{}{STOPPED_NOTE}", written.text)
+                    .trim_start()
+                    .to_string(),
             };
             text_tx.send_replace(final_text.clone());
             drop(text_tx);
@@ -862,7 +866,12 @@ impl Inner {
         };
         let (mut stream, early) = match opened {
             Ok(opened) => opened,
-            Err(e) => return Written { text: written, end: End::Failed(e) },
+            Err(e) => {
+                return Written {
+                    text: written,
+                    end: End::Failed(e),
+                }
+            }
         };
         let mut pending = early.into_iter();
         loop {
@@ -894,10 +903,18 @@ impl Inner {
                         end: End::Complete(answer),
                     };
                 }
-                Some(Err(e)) => return Written { text: written, end: End::Failed(e) },
+                Some(Err(e)) => {
+                    return Written {
+                        text: written,
+                        end: End::Failed(e),
+                    }
+                }
                 None => {
                     let e = AgentError::Malformed("the answer ended before it was complete".into());
-                    return Written { text: written, end: End::Failed(e) };
+                    return Written {
+                        text: written,
+                        end: End::Failed(e),
+                    };
                 }
             }
         }

@@ -88,9 +88,8 @@ pub fn close_for_display(partial: &str) -> String {
             .chars()
             .take_while(|c| *c == '`' || *c == '~')
             .collect();
-        let is_fence = indent <= 3
-            && marker.len() >= 3
-            && marker.chars().all(|c| Some(c) == marker.chars().next());
+        let is_fence =
+            indent <= 3 && marker.len() >= 3 && marker.chars().all(|c| marker.starts_with(c));
         if is_fence {
             match &open_fence {
                 Some(open) if marker.starts_with(open.as_str()) && trimmed.trim_end() == marker => {
@@ -138,26 +137,38 @@ pub async fn render(
     let mut last_round: Option<Instant> = None;
     loop {
         let mut done = feed.text.changed().await.is_err();
-        if let Some(at) = last_round {
-            let due = at + interval;
-            if Instant::now() < due {
-                tokio::time::sleep_until(due).await;
-            }
-            done = done || feed.text.has_changed().is_err();
+        if let (false, Some(at)) = (done, last_round) {
+            // Wait out the interval; the text grows meanwhile.
+            tokio::time::sleep_until(at + interval).await;
+            done = feed.text.has_changed().is_err();
         }
         let text = feed.text.borrow_and_update().clone();
-        let display = if done {
-            text
-        } else {
-            close_for_display(&text)
-        };
+        let display = if done { text } else { close_for_display(&text) };
         let parts = final_parts(&display, shape, feed.max_messages);
+        if let (true, Some(at)) = (done, last_round) {
+            // The final update keeps the pace too, but an answer already shown as
+            // it ends (one that came in one piece) is not touched again.
+            if changes(&shown, &parts) {
+                tokio::time::sleep_until(at + interval).await;
+            }
+        }
         update(surface, &mut shown, &parts, done).await?;
         last_round = Some(Instant::now());
         if done {
             return Ok(shown.into_iter().map(|(id, _)| id).collect());
         }
     }
+}
+
+/// Whether showing `parts` needs any call.
+fn changes(shown: &[(String, String)], parts: &[String]) -> bool {
+    parts
+        .iter()
+        .enumerate()
+        .any(|(i, part)| match shown.get(i) {
+            Some((_, text)) => text != part,
+            None => !part.trim().is_empty(),
+        })
 }
 
 /// Brings the posted messages to `parts`: edits the ones whose text changed, posts

@@ -112,7 +112,20 @@ pub struct WebApi {
     /// connections to Slack: a burst of turns queues here instead of opening a
     /// connection (and its buffers) per turn.
     in_flight: Semaphore,
+    /// Set when Slack refused `chat.startStream` for the whole app (an unknown
+    /// method, a missing scope): later answers go straight to `update` mode instead
+    /// of paying a refused call each.
+    native_refused: AtomicBool,
 }
+
+/// Refusals of `chat.startStream` that hold for every channel (unlike
+/// `method_not_supported_for_channel_type`, which is tried again next time).
+const NATIVE_REFUSALS: &[&str] = &[
+    "unknown_method",
+    "not_allowed",
+    "missing_scope",
+    "not_allowed_token_type",
+];
 
 impl WebApi {
     /// A client for `api_base` (e.g. `https://slack.com/api`). Fails only when the TLS
@@ -133,6 +146,7 @@ impl WebApi {
             client: SlackClient::new(connector),
             token: SlackApiToken::new(SlackApiTokenValue(token.expose_secret().to_owned())),
             in_flight: Semaphore::new(MAX_CALLS_IN_FLIGHT),
+            native_refused: AtomicBool::new(false),
         })
     }
 
@@ -487,12 +501,10 @@ impl ThreadSink {
         // `Some(offset)`: the answer continues in `update` mode from there.
         let handover = loop {
             let mut done = feed.text.changed().await.is_err();
-            if let Some(at) = last_call {
-                let due = at + APPEND_INTERVAL;
-                if tokio::time::Instant::now() < due {
-                    tokio::time::sleep_until(due).await;
-                }
-                done = done || feed.text.has_changed().is_err();
+            if let (false, Some(at)) = (done, last_call) {
+                // Appends are batched: at most one per APPEND_INTERVAL.
+                tokio::time::sleep_until(at + APPEND_INTERVAL).await;
+                done = feed.text.has_changed().is_err();
             }
             let text = feed.text.borrow_and_update().clone();
             // Never more than a message's worth in one stream.
@@ -511,7 +523,12 @@ impl ThreadSink {
                     let markdown = mrkdwn::escape_markdown(fresh);
                     match self
                         .api
-                        .start_stream(&self.channel, &self.thread_ts, (&self.user, &self.team), &markdown)
+                        .start_stream(
+                            &self.channel,
+                            &self.thread_ts,
+                            (&self.user, &self.team),
+                            &markdown,
+                        )
                         .await
                     {
                         Ok(started) => {
@@ -519,6 +536,11 @@ impl ThreadSink {
                             sent = upto;
                         }
                         Err(e) => {
+                            if matches!(&e, SlackApiError::Api(code) if NATIVE_REFUSALS.contains(&code.as_str()))
+                                && !self.api.native_refused.swap(true, Ordering::Relaxed)
+                            {
+                                warn!(slack_error = e.code(), "Slack refuses native streaming for this app; answers stream by chat.update from now on");
+                            }
                             debug!(slack_error = e.code(), error = %e, "chat.startStream refused; answering with chat.update");
                             break Some(sent);
                         }
@@ -526,7 +548,11 @@ impl ThreadSink {
                 }
                 Some(stream) if !fresh.is_empty() && !ending => {
                     let markdown = mrkdwn::escape_markdown(fresh);
-                    match self.api.append_stream(&self.channel, stream, &markdown).await {
+                    match self
+                        .api
+                        .append_stream(&self.channel, stream, &markdown)
+                        .await
+                    {
                         Ok(()) => sent = upto,
                         Err(e) => {
                             debug!(slack_error = e.code(), error = %e, "chat.appendStream refused; continuing with chat.update");
@@ -612,7 +638,9 @@ fn stream_room(text: &str, limit: usize) -> Option<usize> {
 #[async_trait]
 impl Surface for ThreadSink {
     async fn post(&self, text: &str) -> Result<String, SinkError> {
-        let mut ids = self.post_parts(std::slice::from_ref(&text.to_string())).await?;
+        let mut ids = self
+            .post_parts(std::slice::from_ref(&text.to_string()))
+            .await?;
         ids.pop()
             .ok_or_else(|| SinkError("chat.postMessage returned no ts".into()))
     }
@@ -689,6 +717,9 @@ impl ChatSink for ThreadSink {
 
     async fn stream(&self, feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
         match self.streaming {
+            SlackStreaming::Native if self.api.native_refused.load(Ordering::Relaxed) => {
+                self.stream_by_update(feed).await
+            }
             SlackStreaming::Native => self.stream_natively(feed).await,
             SlackStreaming::Update => self.stream_by_update(feed).await,
             SlackStreaming::Off => {

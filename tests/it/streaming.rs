@@ -50,7 +50,10 @@ fn words(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("word{i} ")).collect()
 }
 
-async fn discord_app(extra: &[(&str, &str)], openai: Option<&FakeOpenAi>) -> (FakeDiscord, TestApp) {
+async fn discord_app(
+    extra: &[(&str, &str)],
+    openai: Option<&FakeOpenAi>,
+) -> (FakeDiscord, TestApp) {
     let fake = FakeDiscord::start().await;
     let mut vars: Vec<(String, String)> = vec![
         ("DISCORD_TOKEN".into(), "test-token".into()),
@@ -66,8 +69,7 @@ async fn discord_app(extra: &[(&str, &str)], openai: Option<&FakeOpenAi>) -> (Fa
 }
 
 #[tokio::test]
-async fn a_streamed_answer_on_discord_is_one_post_then_paced_edits_ending_in_the_whole_answer()
-{
+async fn a_streamed_answer_on_discord_is_one_post_then_paced_edits_ending_in_the_whole_answer() {
     let openai = FakeOpenAi::start().await;
     let pieces = words(20);
     openai.script(Script {
@@ -101,7 +103,10 @@ async fn a_streamed_answer_on_discord_is_one_post_then_paced_edits_ending_in_the
         assert!(gap >= Duration::from_millis(180), "updates {gap:?} apart");
     }
     for call in posts.iter().chain(&edits) {
-        assert_eq!(call.body["allowed_mentions"]["parse"], serde_json::json!([]));
+        assert_eq!(
+            call.body["allowed_mentions"]["parse"],
+            serde_json::json!([])
+        );
     }
     app.shutdown().await;
 }
@@ -206,7 +211,9 @@ async fn mention(app: &TestApp, text: &str) -> EventBuilder {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
 }
 
 #[tokio::test]
@@ -229,7 +236,10 @@ async fn slack_native_streaming_is_start_appends_stop_with_the_whole_answer() {
         .map(|c| c.method)
         .filter(|m| m.starts_with("chat."))
         .collect();
-    assert_eq!(methods.first().map(String::as_str), Some("chat.startStream"));
+    assert_eq!(
+        methods.first().map(String::as_str),
+        Some("chat.startStream")
+    );
     assert_eq!(methods.last().map(String::as_str), Some("chat.stopStream"));
     assert!(
         methods.iter().any(|m| m == "chat.appendStream"),
@@ -240,7 +250,10 @@ async fn slack_native_streaming_is_start_appends_stop_with_the_whole_answer() {
     assert_eq!(start.param("thread_ts").as_deref(), Some(ev.ts.as_str()));
     assert_eq!(start.param("recipient_user_id"), ev.user);
     assert!(start.param("recipient_team_id").is_some());
-    assert_eq!(unescape(&slack.streamed_markdown().concat()), pieces.concat());
+    assert_eq!(
+        unescape(&slack.streamed_markdown().concat()),
+        pieces.concat()
+    );
     // The status showed while the agent worked? Quick answers need none; but it is
     // never the reaction by default.
     assert!(slack.calls_of("reactions.add").is_empty());
@@ -316,7 +329,11 @@ async fn an_expired_slack_stream_continues_by_update_without_loss_or_repeat() {
 async fn mass_mentions_from_the_model_never_reach_slack_as_such() {
     let openai = FakeOpenAi::start().await;
     openai.script(Script {
-        pieces: vec!["hey <".into(), "!channel> and <@U".into(), "123> <#C1>".into()],
+        pieces: vec![
+            "hey <".into(),
+            "!channel> and <@U".into(),
+            "123> <#C1>".into(),
+        ],
         pause: Duration::from_millis(20),
         ..Script::default()
     });
@@ -350,7 +367,10 @@ async fn slack_status_shows_while_the_agent_works() {
     let status = slack.calls_of("assistant.threads.setStatus");
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].param("status").as_deref(), Some("is thinking…"));
-    assert_eq!(status[0].param("thread_ts").as_deref(), Some(ev.ts.as_str()));
+    assert_eq!(
+        status[0].param("thread_ts").as_deref(),
+        Some(ev.ts.as_str())
+    );
     assert!(slack.calls_of("reactions.add").is_empty());
     app.shutdown().await;
 }
@@ -395,7 +415,10 @@ async fn openai_gets_the_history_and_the_personality_prompt_and_reset_empties_it
 
     assert_eq!(app.turn("C1", "one", &sink).await, TurnOutcome::Answered);
     assert_eq!(app.turn("C1", "two", &sink).await, TurnOutcome::Answered);
-    assert_eq!(app.turn("C1", "personality pirate", &sink).await, TurnOutcome::Command);
+    assert_eq!(
+        app.turn("C1", "personality pirate", &sink).await,
+        TurnOutcome::Command
+    );
     assert_eq!(app.turn("C1", "three", &sink).await, TurnOutcome::Answered);
     assert_eq!(app.turn("C1", "reset", &sink).await, TurnOutcome::Command);
     assert_eq!(app.turn("C1", "four", &sink).await, TurnOutcome::Answered);
@@ -405,7 +428,10 @@ async fn openai_gets_the_history_and_the_personality_prompt_and_reset_empties_it
     assert_eq!(requests[0]["model"], "test-model");
     assert_eq!(requests[0]["stream"], true);
     let s = |r: &str, c: &str| (r.to_string(), c.to_string());
-    assert_eq!(messages_of(&requests[0]), [s("system", "Be brief."), s("user", "one")]);
+    assert_eq!(
+        messages_of(&requests[0]),
+        [s("system", "Be brief."), s("user", "one")]
+    );
     assert_eq!(
         messages_of(&requests[1]),
         [

@@ -148,7 +148,9 @@ fn async_stream(
     let event = |v: Value| Bytes::from(format!("data: {v}\n\n"));
     let mut items: Vec<(Duration, Result<Bytes, std::io::Error>)> = vec![(
         Duration::ZERO,
-        Ok(event(json!({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}))),
+        Ok(event(
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}),
+        )),
     )];
     for (i, piece) in script.pieces.iter().enumerate() {
         if script.break_after == Some(i) {
@@ -160,16 +162,18 @@ fn async_stream(
         }
         items.push((
             script.pause,
-            Ok(event(json!({"choices": [{"index": 0, "delta": {"content": piece}}]}))),
+            Ok(event(
+                json!({"choices": [{"index": 0, "delta": {"content": piece}}]}),
+            )),
         ));
     }
-    let broke = script
-        .break_after
-        .is_some_and(|n| n < script.pieces.len());
+    let broke = script.break_after.is_some_and(|n| n < script.pieces.len());
     if !broke && !script.no_done {
         items.push((
             Duration::ZERO,
-            Ok(event(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))),
+            Ok(event(
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            )),
         ));
         items.push((Duration::ZERO, Ok(Bytes::from("data: [DONE]\n\n"))));
     }

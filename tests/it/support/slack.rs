@@ -381,7 +381,9 @@ async fn handle(
         }
         "chat.appendStream" | "chat.stopStream" => {
             match (call.param("channel"), call.param("ts")) {
-                (Some(channel), Some(ts)) => json_ok(json!({"ok": true, "channel": channel, "ts": ts})),
+                (Some(channel), Some(ts)) => {
+                    json_ok(json!({"ok": true, "channel": channel, "ts": ts}))
+                }
                 _ => json_ok(json!({"ok": false, "error": "invalid_arguments"})),
             }
         }
