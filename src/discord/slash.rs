@@ -35,6 +35,7 @@ pub fn definitions() -> Vec<CreateCommand> {
                     .max_length(4000),
             ),
         CreateCommand::new("reset").description("Start a new conversation with the agent"),
+        CreateCommand::new("stop").description("Stop the answer being written here"),
         CreateCommand::new("personality")
             .description("List the agent's personalities, or switch to one")
             .add_option(CreateCommandOption::new(
@@ -64,6 +65,7 @@ pub fn to_text(command: &CommandInteraction) -> Option<String> {
     match command.data.name.as_str() {
         "ask" => Some(option("text").unwrap_or_default()),
         "reset" => Some("reset".to_string()),
+        "stop" => Some("stop".to_string()),
         "personality" => Some(match option("id").filter(|id| !id.is_empty()) {
             Some(id) => format!("personality {id}"),
             None => "personality".to_string(),

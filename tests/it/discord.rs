@@ -516,7 +516,7 @@ async fn readyz_reports_discord_up_after_ready_and_identify_asks_for_the_right_i
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["ask", "reset", "personality"]);
+    assert_eq!(names, ["ask", "reset", "stop", "personality"]);
     app.shutdown().await;
 }
 
@@ -588,6 +588,20 @@ async fn slash_reset_and_personality_are_the_chat_commands() {
         )
         .await;
     assert!(edit.content().contains("`pirate`"), "{}", edit.content());
+
+    let stop = fake.slash_command("2710", USER, "stop", json!([])).await;
+    let edit = fake
+        .wait_call(
+            "PATCH",
+            &format!("/webhooks/{APP_ID}/{}/messages/@original", stop.token),
+            WAIT,
+        )
+        .await;
+    assert!(
+        edit.content().contains("no answer being written"),
+        "{}",
+        edit.content()
+    );
     assert!(app.agent.requests_to("/conversation").is_empty());
     app.shutdown().await;
 }
