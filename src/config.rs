@@ -79,6 +79,10 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// `BRIDGE_API_TOKEN`; `None`: admin API for loopback clients only.
     pub api_token: Option<SecretString>,
+    /// `HTTP_REQUEST_TIMEOUT_SECS`, default 30: a whole request must arrive within it.
+    pub request_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`, default 1024: connections served at once.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +213,8 @@ impl Config {
         let http = HttpConfig {
             bind: http_bind(&vars)?,
             api_token: secret(&vars, "BRIDGE_API_TOKEN")?,
+            request_timeout: Duration::from_secs(number(&vars, &HTTP_REQUEST_TIMEOUT_SECS)?),
+            max_connections: to_usize(number(&vars, &HTTP_MAX_CONNECTIONS)?),
         };
         let store = StoreConfig {
             url: database_url(&vars)?,
@@ -450,6 +456,24 @@ const TOKIO_WORKER_THREADS: Number = Number {
     example: "2",
 };
 
+const HTTP_REQUEST_TIMEOUT_SECS: Number = Number {
+    var: "HTTP_REQUEST_TIMEOUT_SECS",
+    default: 30,
+    min: 1,
+    max: 3600,
+    noun: "seconds",
+    example: "30",
+};
+
+const HTTP_MAX_CONNECTIONS: Number = Number {
+    var: "HTTP_MAX_CONNECTIONS",
+    default: 1024,
+    min: 1,
+    max: 1_000_000,
+    noun: "connections",
+    example: "1024",
+};
+
 const WEBHOOK_TIMEOUT_SECS: Number = Number {
     var: "WEBHOOK_TIMEOUT_SECS",
     default: 15,
@@ -484,7 +508,7 @@ fn number(vars: &Vars<'_>, spec: &Number) -> Result<u64, ConfigError> {
     Err(bad(spec.var, &value, &problem, spec.example))
 }
 
-/// `number` bounds every value well inside `usize` (≤ 10,000), so this never saturates.
+/// `number` bounds every value well inside `usize` (≤ 1,000,000), so this never saturates.
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
@@ -855,6 +879,8 @@ mod tests {
         );
         assert_eq!(cfg.http.bind, "0.0.0.0:3000".parse().unwrap());
         assert!(cfg.http.api_token.is_none());
+        assert_eq!(cfg.http.request_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.http.max_connections, 1024);
         assert_eq!(cfg.store.url.expose_secret(), "sqlite://agent-bridge.db");
         assert!(cfg.discord.is_none());
         assert!(cfg.slack.is_none());
@@ -875,7 +901,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 30] = [
+    const OPTIONAL_VARS: [&str; 32] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -886,6 +912,8 @@ mod tests {
         "ERROR_REPLY",
         "HTTP_BIND",
         "BRIDGE_API_TOKEN",
+        "HTTP_REQUEST_TIMEOUT_SECS",
+        "HTTP_MAX_CONNECTIONS",
         "DATABASE_URL",
         "DISCORD_TOKEN",
         "DISCORD_API_BASE",

@@ -16,6 +16,7 @@ pub mod body;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod serve;
 pub mod sessions;
 pub mod webhooks;
 

@@ -1,7 +1,8 @@
 //! `POST /slack/events`: the Events API receiver.
 //!
-//! Order matters and is the point of this module: read the raw body under the 1 MiB
-//! limit (413) → verify the signature on those exact bytes (401, nothing parsed) →
+//! Order matters and is the point of this module: before the body is read,
+//! [`precheck`] refuses an announced body over 1 MiB (413) and a request without both
+//! signature headers (401); then read the raw body under the 1 MiB limit (413) → verify the signature on those exact bytes (401, nothing parsed) →
 //! parse (400) → `url_verification` / `ssl_check` answered at once → an
 //! `event_callback` is filtered and handed to the relay with its dedupe write
 //! (`Relay::submit_once`), and Slack gets its 200 at once: the dedupe write, the agent
@@ -221,6 +222,35 @@ pub fn clean_text(text: &str, bot_user: &str) -> String {
         .replace("&gt;", ">")
         .replace("&amp;", "&");
     unescaped.trim().to_owned()
+}
+
+/// Runs before the body is read (SPEC §6): a `Content-Length` over the 1 MiB limit is
+/// refused with 413, and a request without both `X-Slack-Request-Timestamp` and
+/// `X-Slack-Signature` with 401, so neither costs the bridge a read of the body.
+pub(crate) async fn precheck(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|len| len > super::EVENTS_BODY_LIMIT as u64) {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            .into_response();
+    }
+    let signed = ["x-slack-request-timestamp", "x-slack-signature"]
+        .iter()
+        .all(|name| headers.get(*name).is_some_and(|v| !v.is_empty()));
+    if !signed {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing X-Slack-Request-Timestamp or X-Slack-Signature",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// The handler of `POST /slack/events`.

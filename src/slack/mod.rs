@@ -172,10 +172,13 @@ fn authenticated(shared: &Shared, identity: Identity, ready: &AtomicBool) {
 }
 
 /// The public routes Slack needs (`POST /slack/events`), with their own state and
-/// body limit, to be merged into the server's router.
+/// body limit, to be merged into the server's router. Every Slack route is guarded
+/// by [`events::precheck`]: an announced body over the limit (413) or a request
+/// without both signature headers (401) is refused before a byte of its body is read.
 pub fn routes(app: SlackApp) -> Router {
     Router::new()
         .route("/slack/events", post(events::handle))
         .with_state(app.shared)
         .layer(DefaultBodyLimit::max(EVENTS_BODY_LIMIT))
+        .route_layer(axum::middleware::from_fn(events::precheck))
 }

@@ -56,6 +56,7 @@ pub struct Spawn {
     agent: Option<FakeAgent>,
     db_url: Option<String>,
     subscriber: bool,
+    header_timeout: Option<Duration>,
 }
 
 impl Spawn {
@@ -72,6 +73,12 @@ impl Spawn {
     /// Use this database instead of a fresh SQLite file.
     pub fn database(mut self, url: &str) -> Self {
         self.db_url = Some(url.into());
+        self
+    }
+
+    /// A shorter header timeout than SPEC's 10 s, so a test need not wait for it.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = Some(timeout);
         self
     }
 
@@ -106,7 +113,10 @@ impl Spawn {
         ];
         vars.extend(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let cfg = config(&vars);
-        let app = App::build(cfg).await.expect("app builds");
+        let mut app = App::build(cfg).await.expect("app builds");
+        if let Some(timeout) = self.header_timeout {
+            app = app.with_header_timeout(timeout);
+        }
         let addr = app.addr();
         if self.subscriber {
             subscribe_everything(&db_url).await;
@@ -146,6 +156,7 @@ impl TestApp {
             agent: None,
             db_url: None,
             subscriber: true,
+            header_timeout: None,
         }
     }
 
