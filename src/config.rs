@@ -212,7 +212,7 @@ impl Config {
 
         let http = HttpConfig {
             bind: http_bind(&vars)?,
-            api_token: secret(&vars, "BRIDGE_API_TOKEN")?,
+            api_token: admin_token(secret(&vars, "BRIDGE_API_TOKEN")?)?,
             request_timeout: Duration::from_secs(number(&vars, &HTTP_REQUEST_TIMEOUT_SECS)?),
             max_connections: to_usize(number(&vars, &HTTP_MAX_CONNECTIONS)?),
         };
@@ -652,6 +652,42 @@ fn secret(vars: &Vars<'_>, var: &str) -> Result<Option<SecretString>, ConfigErro
     Ok(Some(SecretString::from(value)))
 }
 
+/// SPEC §6 "Admin access": a set `BRIDGE_API_TOKEN` must be at least this long.
+pub const MIN_API_TOKEN_LEN: usize = 24;
+
+/// Refuses a `BRIDGE_API_TOKEN` that is short or a placeholder (`CHANGE-ME`,
+/// `changeme`, `token`, `secret`, one repeated character): such a token guards
+/// nothing. The value is never shown.
+fn admin_token(token: Option<SecretString>) -> Result<Option<SecretString>, ConfigError> {
+    const VAR: &str = "BRIDGE_API_TOKEN";
+    const EXAMPLE: &str = "the output of `openssl rand -hex 32`";
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    let value = token.expose_secret();
+    let normalized: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mut chars = value.chars();
+    let repeated = chars.next().is_some_and(|first| chars.all(|c| c == first));
+    let placeholder = repeated
+        || normalized.contains("changeme")
+        || ["token", "secret"].contains(&normalized.as_str());
+    let problem = if placeholder {
+        "is a placeholder".to_owned()
+    } else if value.chars().count() < MIN_API_TOKEN_LEN {
+        format!("is shorter than {MIN_API_TOKEN_LEN} characters")
+    } else {
+        return Ok(Some(token));
+    };
+    Err(ConfigError(format!(
+        "{VAR}: the value {problem} (e.g. {EXAMPLE}); the value is not shown because it \
+         is a secret"
+    )))
+}
+
 /// Unset means `eyes`; set but empty means no reaction. Surrounding colons (`:eyes:`,
 /// as people write emoji in Slack) are dropped because the Web API wants the bare name.
 fn progress_reaction(vars: &Vars<'_>) -> Result<Option<String>, ConfigError> {
@@ -848,7 +884,7 @@ mod tests {
         ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5"),
         ("SLACK_BOT_TOKEN", "xoxb-SLACKBOT-9f8e7d6c"),
         ("SLACK_SIGNING_SECRET", "SIGNING-SECRET-a1b2c3d4"),
-        ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d"),
+        ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d9c"),
         (
             "DATABASE_URL",
             "postgres://bridge:DBPASSWORD-77aa66bb@db.internal/bridge",
@@ -983,7 +1019,7 @@ mod tests {
             ("SESSION_SCOPE", "thread"),
             ("ERROR_REPLY", "Oops."),
             ("HTTP_BIND", "127.0.0.1:8080"),
-            ("BRIDGE_API_TOKEN", "admin-token"),
+            ("BRIDGE_API_TOKEN", "admin-token-4f9c2a7e1b3d5f60"),
             ("DATABASE_URL", "sqlite::memory:"),
             ("DISCORD_TOKEN", "d-token"),
             ("DISCORD_API_BASE", "http://127.0.0.1:9001"),
@@ -1033,7 +1069,7 @@ mod tests {
         assert_eq!(cfg.http.bind, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
             cfg.http.api_token.as_ref().map(|t| t.expose_secret()),
-            Some("admin-token")
+            Some("admin-token-4f9c2a7e1b3d5f60")
         );
         assert_eq!(cfg.store.url.expose_secret(), "sqlite::memory:");
         let discord = cfg.discord.expect("discord enabled");
@@ -1351,6 +1387,29 @@ mod tests {
     }
 
     #[test]
+    fn a_short_or_placeholder_admin_token_stops_start_up_naming_the_variable() {
+        for (value, fragment) in [
+            ("CHANGE-ME", "placeholder"),
+            ("changeme", "placeholder"),
+            ("token", "placeholder"),
+            ("secret", "placeholder"),
+            ("Secret", "placeholder"),
+            ("CHANGE-ME-CHANGE-ME-CHANGE-ME", "placeholder"),
+            ("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "placeholder"),
+            ("short-but-random-9f2c", "shorter than 24"),
+        ] {
+            let msg = err(&[("BRIDGE_API_TOKEN", value)]);
+            assert!(msg.starts_with("BRIDGE_API_TOKEN: "), "{value}: {msg}");
+            assert!(msg.contains(fragment), "{value}: {msg}");
+            if value.len() > 8 {
+                assert!(!msg.contains(value), "{value} shown: {msg}");
+            }
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        assert!(load(&[("BRIDGE_API_TOKEN", "0123456789abcdef01234567")]).is_ok());
+    }
+
+    #[test]
     fn secrets_never_appear_in_debug_output() {
         let cfg = ok(&SECRETS);
         assert!(cfg.discord.is_some() && cfg.slack.is_some());
@@ -1371,7 +1430,7 @@ mod tests {
             ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5\u{1}"),
             ("SLACK_BOT_TOKEN", "xoxb-SLACKBOT-9f8e7d6c\n2"),
             ("SLACK_SIGNING_SECRET", "SIGNING-SECRET-a1b2c3d4\t\u{7f}"),
-            ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d\u{1b}[0m"),
+            ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d9c\u{1b}[0m"),
         ];
         let mut messages: Vec<String> = own_errors.iter().map(|pair| err(&[*pair])).collect();
         for (var, value) in [

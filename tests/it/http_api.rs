@@ -86,6 +86,45 @@ async fn without_a_token_loopback_clients_are_admitted() {
 }
 
 #[tokio::test]
+async fn without_a_token_a_request_through_a_proxy_is_refused_with_401() {
+    let app = TestApp::builder().var("BRIDGE_API_TOKEN", "").start().await;
+    for (name, value) in [
+        ("forwarded", "for=203.0.113.7"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-real-ip", "203.0.113.7"),
+    ] {
+        let resp = app
+            .client
+            .get(app.url("/sessions"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{name}");
+        let body = json_of(resp).await;
+        assert!(body["error"].is_string(), "{name}: {body}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_token_an_ipv4_mapped_loopback_client_is_admitted() {
+    // A dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1.
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        return;
+    }
+    let app = TestApp::builder()
+        .var("BRIDGE_API_TOKEN", "")
+        .var("HTTP_BIND", "[::]:0")
+        .start()
+        .await;
+    let url = format!("http://127.0.0.1:{}/sessions", app.addr.port());
+    let resp = app.client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "::ffff:127.0.0.1 is loopback");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn sessions_history_and_reset_over_http() {
     let app = TestApp::spawn().await;
     let sink = RecordingSink::new();

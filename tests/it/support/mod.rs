@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::agent::FakeAgent;
 
-pub const TOKEN: &str = "test-admin-token";
+pub const TOKEN: &str = "test-admin-token-5d41402abc4b2a76";
 
 /// Builds a `Config` the way the binary does, from variables: test defaults first,
 /// then `overrides` (an empty value counts as unset, as in the real environment).
