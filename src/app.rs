@@ -135,6 +135,7 @@ impl App {
     /// Serves until `shutdown` is cancelled, then stops intake (`/readyz` 503, new
     /// turns refused), waits up to the grace period for turns in flight, and stops.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        use secrecy::ExposeSecret;
         let App {
             cfg,
             core,
@@ -179,7 +180,8 @@ impl App {
         }
         tracing::info!(
             http = %addr,
-            agent = %cfg.agent.url,
+            agent = %crate::config::redact_url(cfg.agent.url.as_str()),
+            store = %crate::config::redact_url(cfg.store.url.expose_secret()),
             agent_kind = ?cfg.agent.kind,
             discord = cfg.discord.is_some(),
             slack = cfg.slack.is_some(),

@@ -52,7 +52,12 @@ impl std::fmt::Display for Line {
     }
 }
 
+/// Every detail goes through `redact_url`: a check's error may quote a URL with its
+/// credentials (AGENT_URL, DATABASE_URL, …).
 fn line(part: &'static str, result: Result<String, String>) -> Line {
+    let result = result
+        .map(|d| crate::config::redact_url(&d))
+        .map_err(|d| crate::config::redact_url(&d));
     match result {
         Ok(detail) => Line {
             part,

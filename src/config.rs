@@ -34,7 +34,7 @@ pub enum AgentKind {
     Echo,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// `AGENT_URL`, default `http://127.0.0.1:5001`.
     pub url: Url,
@@ -97,7 +97,7 @@ pub enum DiscordReplyMode {
     Thread,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DiscordConfig {
     /// `DISCORD_TOKEN`.
     pub token: SecretString,
@@ -113,7 +113,7 @@ pub enum SlackRespondTo {
     All,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SlackConfig {
     /// `SLACK_BOT_TOKEN`.
     pub bot_token: SecretString,
@@ -155,6 +155,79 @@ pub struct LogConfig {
     pub filter: String,
     /// `LOG_FORMAT`, default `pretty`.
     pub format: LogFormat,
+}
+
+// `Debug` by hand for the configs that hold a URL: a URL may carry credentials
+// (`http://user:password@host`), shown as `user:***@` (SPEC §6 "Secrets in URLs").
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("url", &redact_url(self.url.as_str()))
+            .field("kind", &self.kind)
+            .field("timeout", &self.timeout)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("personality", &self.personality)
+            .field("max_results", &self.max_results)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DiscordConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordConfig")
+            .field("token", &self.token)
+            .field("api_base", &redact_url(self.api_base.as_str()))
+            .field("reply_mode", &self.reply_mode)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SlackConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackConfig")
+            .field("bot_token", &self.bot_token)
+            .field("signing_secret", &self.signing_secret)
+            .field("api_base", &redact_url(self.api_base.as_str()))
+            .field("respond_to", &self.respond_to)
+            .field("follow_threads", &self.follow_threads)
+            .field("progress_reaction", &self.progress_reaction)
+            .field("progress_reaction_delay", &self.progress_reaction_delay)
+            .finish()
+    }
+}
+
+/// Masks the password of every URL in `text` (`scheme://user:secret@host/…` →
+/// `scheme://user:***@host/…`; a user-only `scheme://token@host` → `scheme://***@host`).
+/// For URLs and for messages that quote one (a client error naming its URL).
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The authority ends at the first `/`, `?`, `#` or whitespace.
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(userinfo_end) => {
+                let userinfo = &authority[..userinfo_end];
+                match userinfo.split_once(':') {
+                    Some((user, _password)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str("***"),
+                }
+                out.push_str(&authority[userinfo_end..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A configuration error: one line naming the variable, the problem and an example.
@@ -1407,6 +1480,53 @@ mod tests {
             assert!(!msg.contains('\n'), "{msg}");
         }
         assert!(load(&[("BRIDGE_API_TOKEN", "0123456789abcdef01234567")]).is_ok());
+    }
+
+    #[test]
+    fn urls_with_credentials_are_shown_with_the_password_masked() {
+        for (raw, shown) in [
+            (
+                "postgres://bridge:pw-77@db.internal:5432/bridge",
+                "postgres://bridge:***@db.internal:5432/bridge",
+            ),
+            ("http://user:hunter2@h/x?y=1", "http://user:***@h/x?y=1"),
+            (
+                "https://tok-123@proxy.example/",
+                "https://***@proxy.example/",
+            ),
+            ("http://127.0.0.1:5001/", "http://127.0.0.1:5001/"),
+            (
+                "error sending request for url (http://a:b@h:1/health): refused",
+                "error sending request for url (http://a:***@h:1/health): refused",
+            ),
+            ("sqlite://agent-bridge.db", "sqlite://agent-bridge.db"),
+            ("no url here", "no url here"),
+        ] {
+            assert_eq!(redact_url(raw), shown);
+        }
+
+        let cfg = ok(&[
+            ("AGENT_URL", "http://agent:AGENTPW-1@agent.internal:5001"),
+            ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5"),
+            (
+                "DISCORD_API_BASE",
+                "http://proxy:DISCORDPW-2@proxy.internal",
+            ),
+            ("SLACK_BOT_TOKEN", "xoxb-1"),
+            ("SLACK_SIGNING_SECRET", "s3cret"),
+            (
+                "SLACK_API_BASE",
+                "https://proxy:SLACKPW-3@proxy.internal/api",
+            ),
+        ]);
+        let rendered = format!("{cfg:?}");
+        for secret in ["AGENTPW-1", "DISCORDPW-2", "SLACKPW-3"] {
+            assert!(!rendered.contains(secret), "{secret} leaked: {rendered}");
+        }
+        assert!(
+            rendered.contains("http://agent:***@agent.internal:5001/"),
+            "{rendered}"
+        );
     }
 
     #[test]
