@@ -834,6 +834,9 @@ fn rate_limit(vars: &Vars<'_>) -> Result<Option<RateLimit>, ConfigError> {
     }))
 }
 
+/// SPEC §7: each delay of `WEBHOOK_RETRY_SCHEDULE` is at most 7 days.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * SECS_PER_DAY);
+
 fn retry_schedule(vars: &Vars<'_>) -> Result<Vec<Duration>, ConfigError> {
     const VAR: &str = "WEBHOOK_RETRY_SCHEDULE";
     const EXAMPLE: &str = "5s,5m,30m,2h";
@@ -846,6 +849,14 @@ fn retry_schedule(vars: &Vars<'_>) -> Result<Vec<Duration>, ConfigError> {
                     VAR,
                     entry,
                     "is zero; every delay must be positive",
+                    EXAMPLE,
+                ))
+            }
+            Some(d) if d > MAX_RETRY_DELAY => {
+                return Err(bad(
+                    VAR,
+                    entry,
+                    "is longer than 7 days; every delay must be at most 7d",
                     EXAMPLE,
                 ))
             }
@@ -1527,6 +1538,17 @@ mod tests {
             rendered.contains("http://agent:***@agent.internal:5001/"),
             "{rendered}"
         );
+    }
+
+    #[test]
+    fn a_retry_delay_over_seven_days_stops_start_up() {
+        for value in ["8d", "5s,169h", "604801s"] {
+            let msg = err(&[("WEBHOOK_RETRY_SCHEDULE", value)]);
+            assert!(msg.starts_with("WEBHOOK_RETRY_SCHEDULE: "), "{msg}");
+            assert!(msg.contains("7 days"), "{msg}");
+        }
+        let cfg = ok(&[("WEBHOOK_RETRY_SCHEDULE", "5s,7d,168h")]);
+        assert_eq!(cfg.webhooks.retry_schedule.len(), 3);
     }
 
     #[test]
