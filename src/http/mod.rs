@@ -14,6 +14,7 @@ pub mod agent_query;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod serve;

@@ -125,6 +125,22 @@ async fn without_a_token_an_ipv4_mapped_loopback_client_is_admitted() {
 }
 
 #[tokio::test]
+async fn a_query_string_the_bridge_rejects_gets_a_json_400() {
+    let app = TestApp::spawn().await;
+    for path in [
+        "/sessions?limit=x",
+        "/sessions?limit=-1",
+        "/webhooks/ep_1/deliveries?limit=many",
+    ] {
+        let resp = app.admin(Method::GET, path).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let body = json_of(resp).await;
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn sessions_history_and_reset_over_http() {
     let app = TestApp::spawn().await;
     let sink = RecordingSink::new();
