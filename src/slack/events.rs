@@ -228,6 +228,7 @@ pub fn clean_text(text: &str, bot_user: &str) -> String {
 /// refused with 413, and a request without both `X-Slack-Request-Timestamp` and
 /// `X-Slack-Signature` with 401, so neither costs the bridge a read of the body.
 pub(crate) async fn precheck(
+    State(shared): State<Arc<Shared>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -244,6 +245,7 @@ pub(crate) async fn precheck(
         .iter()
         .all(|name| headers.get(*name).is_some_and(|v| !v.is_empty()));
     if !signed {
+        shared.signature_refused("missing signature headers");
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing X-Slack-Request-Timestamp or X-Slack-Signature",
@@ -279,7 +281,7 @@ pub(crate) async fn handle(
         &body,
         OffsetDateTime::now_utc().unix_timestamp(),
     ) {
-        warn!(reason = %e, "refused a Slack events request");
+        shared.signature_refused(&e.to_string());
         return ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
     }
 

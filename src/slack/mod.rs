@@ -71,6 +71,44 @@ pub(crate) struct Shared {
     follow_threads: bool,
     progress_reaction: Option<String>,
     progress_reaction_delay: Duration,
+    /// Refused signatures since the last log line, and when that line was written.
+    refusals: std::sync::Mutex<Refusals>,
+}
+
+/// Refused signatures are logged at most once a minute, with their count.
+#[derive(Default)]
+pub(crate) struct Refusals {
+    pub(crate) unlogged: u64,
+    pub(crate) logged_at: Option<std::time::Instant>,
+}
+
+/// The least time between two "refused signatures" log lines.
+pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Shared {
+    /// Counts a request refused for its signature in `/metrics`, and logs the refusals
+    /// at most once a minute (a flood of forged requests must not flood the log).
+    pub(crate) fn signature_refused(&self, reason: &str) {
+        self.relay.metrics().slack_signature_refused();
+        let Ok(mut refusals) = self.refusals.lock() else {
+            return;
+        };
+        refusals.unlogged += 1;
+        let now = std::time::Instant::now();
+        if refusals
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        warn!(
+            refused = refusals.unlogged,
+            last_reason = reason,
+            "refused Slack requests without a valid signature"
+        );
+        refusals.unlogged = 0;
+        refusals.logged_at = Some(now);
+    }
 }
 
 /// Starts Slack: `auth.test` (retried in the background until it succeeds; `ready`
@@ -100,6 +138,7 @@ pub async fn start(
         follow_threads: cfg.follow_threads,
         progress_reaction: cfg.progress_reaction,
         progress_reaction_delay: cfg.progress_reaction_delay,
+        refusals: std::sync::Mutex::new(Refusals::default()),
     });
     let Some(api) = api else {
         return SlackApp { shared };
@@ -178,7 +217,10 @@ fn authenticated(shared: &Shared, identity: Identity, ready: &AtomicBool) {
 pub fn routes(app: SlackApp) -> Router {
     Router::new()
         .route("/slack/events", post(events::handle))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.shared.clone(),
+            events::precheck,
+        ))
         .with_state(app.shared)
         .layer(DefaultBodyLimit::max(EVENTS_BODY_LIMIT))
-        .route_layer(axum::middleware::from_fn(events::precheck))
 }

@@ -270,6 +270,22 @@ async fn bad_signature_stale_timestamp_and_missing_headers_get_401_and_no_agent_
 
     s.agent_calls_stay(0).await;
     assert!(s.slack.calls_of("chat.postMessage").is_empty());
+    let metrics = s
+        .app
+        .client
+        .get(s.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "bridge_slack_signatures_refused_total 7"),
+        "{metrics}"
+    );
     s.shutdown().await;
 }
 
