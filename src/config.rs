@@ -131,6 +131,8 @@ pub struct SlackConfig {
     /// the agent takes longer (an instant answer needs no "working" sign, and each
     /// reaction is two Web API calls on Slack's tight `reactions.*` rate tier).
     pub progress_reaction_delay: Duration,
+    /// `SLACK_APP_ID`: events for another app id are acknowledged and ignored.
+    pub app_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +194,7 @@ impl std::fmt::Debug for SlackConfig {
             .field("follow_threads", &self.follow_threads)
             .field("progress_reaction", &self.progress_reaction)
             .field("progress_reaction_delay", &self.progress_reaction_delay)
+            .field("app_id", &self.app_id)
             .finish()
     }
 }
@@ -323,6 +326,7 @@ impl Config {
         let slack_progress_reaction = progress_reaction(&vars)?;
         let slack_progress_reaction_delay =
             Duration::from_millis(number(&vars, &SLACK_PROGRESS_REACTION_DELAY_MS)?);
+        let slack_app_id = vars.get("SLACK_APP_ID");
 
         let conversation = ConversationConfig {
             scope,
@@ -368,6 +372,7 @@ impl Config {
                 follow_threads: slack_follow_threads,
                 progress_reaction: slack_progress_reaction,
                 progress_reaction_delay: slack_progress_reaction_delay,
+                app_id: slack_app_id,
             }),
             (None, None) => None,
             // Half a Slack configuration is almost always a forgotten line, so it stops
@@ -1021,7 +1026,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 32] = [
+    const OPTIONAL_VARS: [&str; 33] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1044,6 +1049,7 @@ mod tests {
         "SLACK_RESPOND_TO",
         "SLACK_FOLLOW_THREADS",
         "SLACK_PROGRESS_REACTION_DELAY_MS",
+        "SLACK_APP_ID",
         "ALLOWED_CHANNELS",
         "BLOCKED_USERS",
         "USER_RATE_LIMIT",

@@ -50,10 +50,49 @@ struct Envelope {
     event_id: Option<String>,
     #[serde(default)]
     team_id: Option<String>,
+    #[serde(default)]
+    api_app_id: Option<String>,
+    /// The workspaces (and users) this event is delivered for.
+    #[serde(default)]
+    authorizations: Vec<Authorization>,
     /// Kept raw and parsed on its own, so a malformed event is told apart from a
     /// malformed envelope without building a `Value` tree first.
     #[serde(default)]
     event: Option<Box<RawValue>>,
+}
+
+/// One entry of an envelope's `authorizations`.
+#[derive(Debug, Deserialize)]
+struct Authorization {
+    #[serde(default)]
+    team_id: Option<String>,
+}
+
+/// Whether an envelope is for this app and a workspace it is installed in: a
+/// `team_id` that is neither `auth.test`'s nor among the event's `authorizations`,
+/// or an `api_app_id` other than `SLACK_APP_ID` (when set), is someone else's event.
+fn foreign(
+    team_id: Option<&str>,
+    api_app_id: Option<&str>,
+    authorizations: &[Authorization],
+    me: &Identity,
+    app_id: Option<&str>,
+) -> Option<&'static str> {
+    if let Some(team) = team_id {
+        let authorized = team == me.team_id
+            || authorizations
+                .iter()
+                .any(|a| a.team_id.as_deref() == Some(team));
+        if !authorized {
+            return Some("event for another workspace");
+        }
+    }
+    if let Some(app_id) = app_id {
+        if api_app_id != Some(app_id) {
+            return Some("event for another app");
+        }
+    }
+    None
 }
 
 /// The inner `event` of an `event_callback`: the fields of `app_mention` and `message`
@@ -350,6 +389,22 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
     let (Some(me), Some(api)) = (shared.identity.get(), shared.api.as_ref()) else {
         return unavailable("not connected to Slack yet");
     };
+    if let Some(reason) = foreign(
+        envelope.team_id.as_deref(),
+        envelope.api_app_id.as_deref(),
+        &envelope.authorizations,
+        me,
+        shared.app_id.as_deref(),
+    ) {
+        debug!(
+            event_id,
+            team_id = envelope.team_id.as_deref(),
+            api_app_id = envelope.api_app_id.as_deref(),
+            reason,
+            "ignoring Slack event"
+        );
+        return StatusCode::OK.into_response();
+    }
 
     let candidate = match classify(&event, me, shared.respond_to, shared.follow_threads) {
         Decision::Answer(candidate) => candidate,

@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     follow_threads: bool,
     progress_reaction: Option<String>,
     progress_reaction_delay: Duration,
+    /// `SLACK_APP_ID`: events for another app are ignored.
+    app_id: Option<String>,
     /// Refused signatures since the last log line, and when that line was written.
     refusals: std::sync::Mutex<Refusals>,
 }
@@ -138,6 +140,7 @@ pub async fn start(
         follow_threads: cfg.follow_threads,
         progress_reaction: cfg.progress_reaction,
         progress_reaction_delay: cfg.progress_reaction_delay,
+        app_id: cfg.app_id,
         refusals: std::sync::Mutex::new(Refusals::default()),
     });
     let Some(api) = api else {
