@@ -169,7 +169,11 @@ impl App {
 
         tasks.spawn(janitor::run(
             core.store.clone(),
-            cfg.conversation.transcript_retention,
+            core.webhooks.clone(),
+            janitor::Retention {
+                transcripts: cfg.conversation.transcript_retention,
+                webhooks: cfg.webhooks.retention,
+            },
             background.clone(),
         ));
 

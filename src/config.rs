@@ -143,6 +143,9 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// `WEBHOOK_ALLOW_PRIVATE_TARGETS`, default `false`.
     pub allow_private_targets: bool,
+    /// `WEBHOOK_RETENTION_DAYS`, default 30: delivered and failed events are purged
+    /// after this.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,6 +346,7 @@ impl Config {
             retry_schedule: retry_schedule(&vars)?,
             timeout: Duration::from_secs(number(&vars, &WEBHOOK_TIMEOUT_SECS)?),
             allow_private_targets: boolean(&vars, "WEBHOOK_ALLOW_PRIVATE_TARGETS", false)?,
+            retention: Duration::from_secs(number(&vars, &WEBHOOK_RETENTION_DAYS)? * SECS_PER_DAY),
         };
 
         let log = LogConfig {
@@ -510,6 +514,15 @@ const TRANSCRIPT_RETENTION_DAYS: Number = Number {
     default: 30,
     min: 1,
     // A century keeps `now - retention` inside the range every date type can represent.
+    max: 36_500,
+    noun: "days",
+    example: "30",
+};
+
+const WEBHOOK_RETENTION_DAYS: Number = Number {
+    var: "WEBHOOK_RETENTION_DAYS",
+    default: 30,
+    min: 1,
     max: 36_500,
     noun: "days",
     example: "30",
@@ -1020,13 +1033,14 @@ mod tests {
         );
         assert_eq!(cfg.webhooks.timeout, Duration::from_secs(15));
         assert!(!cfg.webhooks.allow_private_targets);
+        assert_eq!(cfg.webhooks.retention, Duration::from_secs(30 * 86_400));
         assert_eq!(cfg.log.filter, "info");
         assert_eq!(cfg.log.format, LogFormat::Pretty);
     }
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 33] = [
+    const OPTIONAL_VARS: [&str; 34] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1057,6 +1071,7 @@ mod tests {
         "WEBHOOK_RETRY_SCHEDULE",
         "WEBHOOK_TIMEOUT_SECS",
         "WEBHOOK_ALLOW_PRIVATE_TARGETS",
+        "WEBHOOK_RETENTION_DAYS",
         "RUST_LOG",
         "LOG_FORMAT",
         "TOKIO_WORKER_THREADS",

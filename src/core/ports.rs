@@ -486,4 +486,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Deliveries still pending, for the backlog gauge.
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
+    /// Deletes deliveries that ended (`delivered` or `failed`) before `before`, with
+    /// their attempts, and events older than `before` left without a delivery
+    /// (`WEBHOOK_RETENTION_DAYS`). Returns the deliveries deleted.
+    async fn purge_outbox(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 }
