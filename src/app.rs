@@ -83,6 +83,8 @@ pub struct App {
     addr: SocketAddr,
     readiness: Readiness,
     shutdown_grace: Duration,
+    /// SPEC §6: 10 s; shorter only in tests (`with_header_timeout`).
+    header_timeout: Duration,
     /// Delivers the outbox; spawned by `run`.
     webhook_worker: webhook::Worker,
 }
@@ -107,6 +109,7 @@ impl App {
             addr,
             readiness: Readiness::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            header_timeout: http::serve::HEADER_TIMEOUT,
             webhook_worker,
         })
     }
@@ -126,9 +129,17 @@ impl App {
         self
     }
 
+    /// How long a client may take to send a request's headers (SPEC §6: 10 s, the
+    /// default); tests shorten it so they need not wait.
+    pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+
     /// Serves until `shutdown` is cancelled, then stops intake (`/readyz` 503, new
     /// turns refused), waits up to the grace period for turns in flight, and stops.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        use secrecy::ExposeSecret;
         let App {
             cfg,
             core,
@@ -136,6 +147,7 @@ impl App {
             addr,
             readiness,
             shutdown_grace,
+            header_timeout,
             webhook_worker,
         } = self;
         let relay = core.relay.clone();
@@ -161,7 +173,11 @@ impl App {
 
         tasks.spawn(janitor::run(
             core.store.clone(),
-            cfg.conversation.transcript_retention,
+            core.webhooks.clone(),
+            janitor::Retention {
+                transcripts: cfg.conversation.transcript_retention,
+                webhooks: cfg.webhooks.retention,
+            },
             background.clone(),
         ));
 
@@ -172,7 +188,8 @@ impl App {
         }
         tracing::info!(
             http = %addr,
-            agent = %cfg.agent.url,
+            agent = %crate::config::redact_url(cfg.agent.url.as_str()),
+            store = %crate::config::redact_url(cfg.store.url.expose_secret()),
             agent_kind = ?cfg.agent.kind,
             discord = cfg.discord.is_some(),
             slack = cfg.slack.is_some(),
@@ -219,21 +236,26 @@ impl App {
         };
         let router = http::router(state, AdminAuth::new(cfg.http.api_token.clone()), mounts);
         let stop_serving = CancellationToken::new();
-        let server = axum::serve(
+        let limits = http::serve::ServeLimits {
+            header_timeout,
+            request_timeout: cfg.http.request_timeout,
+            max_connections: cfg.http.max_connections,
+        };
+        let mut server = tokio::spawn(http::serve::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
-        let mut server = tokio::spawn(async move { server.await });
+            router,
+            limits,
+            stop_serving.clone(),
+        ));
 
         tokio::select! {
             _ = shutdown.cancelled() => {}
             result = &mut server => {
-                // The server only ends early on an accept error; report it as fatal.
+                // The server waits out accept errors; it only ends early if its task
+                // panicked. Report that as fatal.
                 background.cancel();
                 return match result {
-                    Ok(Ok(())) => Err(anyhow::anyhow!("HTTP server stopped unexpectedly")),
-                    Ok(Err(e)) => Err(e).context("HTTP server failed"),
+                    Ok(()) => Err(anyhow::anyhow!("HTTP server stopped unexpectedly")),
                     Err(e) => Err(e).context("HTTP server task failed"),
                 };
             }

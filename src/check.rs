@@ -52,7 +52,12 @@ impl std::fmt::Display for Line {
     }
 }
 
+/// Every detail goes through `redact_url`: a check's error may quote a URL with its
+/// credentials (AGENT_URL, DATABASE_URL, …).
 fn line(part: &'static str, result: Result<String, String>) -> Line {
+    let result = result
+        .map(|d| crate::config::redact_url(&d))
+        .map_err(|d| crate::config::redact_url(&d));
     match result {
         Ok(detail) => Line {
             part,
@@ -162,6 +167,7 @@ async fn check_agent(cfg: &Config) -> Result<String, String> {
         ),
         None => cfg.agent.url.to_string(),
     };
+    let target = crate::config::redact_url(&target);
     agent
         .health()
         .await

@@ -36,7 +36,7 @@ pub enum AgentKind {
     Echo,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// `AGENT_URL`, default `http://127.0.0.1:5001`.
     pub url: Url,
@@ -62,7 +62,7 @@ pub struct AgentConfig {
 }
 
 /// The OpenAI-compatible backend (SPEC §1.2).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpenAiConfig {
     /// `OPENAI_BASE_URL`, default `https://api.openai.com/v1`.
     pub base_url: Url,
@@ -109,6 +109,10 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// `BRIDGE_API_TOKEN`; `None`: admin API for loopback clients only.
     pub api_token: Option<SecretString>,
+    /// `HTTP_REQUEST_TIMEOUT_SECS`, default 30: a whole request must arrive within it.
+    pub request_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`, default 1024: connections served at once.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +127,7 @@ pub enum DiscordReplyMode {
     Thread,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DiscordConfig {
     /// `DISCORD_TOKEN`.
     pub token: SecretString,
@@ -161,7 +165,7 @@ pub enum SlackRespondTo {
     All,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SlackConfig {
     /// `SLACK_BOT_TOKEN`.
     pub bot_token: SecretString,
@@ -185,6 +189,8 @@ pub struct SlackConfig {
     pub progress: SlackProgress,
     /// `SLACK_STATUS_TEXT`, default `is thinking…`.
     pub status_text: String,
+    /// `SLACK_APP_ID`: events for another app id are acknowledged and ignored.
+    pub app_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +201,9 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// `WEBHOOK_ALLOW_PRIVATE_TARGETS`, default `false`.
     pub allow_private_targets: bool,
+    /// `WEBHOOK_RETENTION_DAYS`, default 30: delivered and failed events are purged
+    /// after this.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +218,100 @@ pub struct LogConfig {
     pub filter: String,
     /// `LOG_FORMAT`, default `pretty`.
     pub format: LogFormat,
+}
+
+// `Debug` by hand for the configs that hold a URL: a URL may carry credentials
+// (`http://user:password@host`), shown as `user:***@` (SPEC §6 "Secrets in URLs").
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("url", &redact_url(self.url.as_str()))
+            .field("kind", &self.kind)
+            .field("timeout", &self.timeout)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("personality", &self.personality)
+            .field("max_results", &self.max_results)
+            .field("echo_delay", &self.echo_delay)
+            .field("history_turns", &self.history_turns)
+            .field("history_chars", &self.history_chars)
+            .field("openai", &self.openai)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &redact_url(self.base_url.as_str()))
+            .field("api_key", &self.api_key)
+            .field("model", &self.model)
+            .field("system_prompt", &self.system_prompt)
+            .field("personalities_file", &self.personalities_file)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DiscordConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordConfig")
+            .field("token", &self.token)
+            .field("api_base", &redact_url(self.api_base.as_str()))
+            .field("reply_mode", &self.reply_mode)
+            .field("edit_interval", &self.edit_interval)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SlackConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackConfig")
+            .field("bot_token", &self.bot_token)
+            .field("signing_secret", &self.signing_secret)
+            .field("api_base", &redact_url(self.api_base.as_str()))
+            .field("respond_to", &self.respond_to)
+            .field("follow_threads", &self.follow_threads)
+            .field("progress_reaction", &self.progress_reaction)
+            .field("progress_reaction_delay", &self.progress_reaction_delay)
+            .field("app_id", &self.app_id)
+            .field("streaming", &self.streaming)
+            .field("progress", &self.progress)
+            .field("status_text", &self.status_text)
+            .finish()
+    }
+}
+
+/// Masks the password of every URL in `text` (`scheme://user:secret@host/…` →
+/// `scheme://user:***@host/…`; a user-only `scheme://token@host` → `scheme://***@host`).
+/// For URLs and for messages that quote one (a client error naming its URL).
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The authority ends at the first `/`, `?`, `#` or whitespace.
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(userinfo_end) => {
+                let userinfo = &authority[..userinfo_end];
+                match userinfo.split_once(':') {
+                    Some((user, _password)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str("***"),
+                }
+                out.push_str(&authority[userinfo_end..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A configuration error: one line naming the variable, the problem and an example.
@@ -291,7 +394,9 @@ impl Config {
 
         let http = HttpConfig {
             bind: http_bind(&vars)?,
-            api_token: secret(&vars, "BRIDGE_API_TOKEN")?,
+            api_token: admin_token(secret(&vars, "BRIDGE_API_TOKEN")?)?,
+            request_timeout: Duration::from_secs(number(&vars, &HTTP_REQUEST_TIMEOUT_SECS)?),
+            max_connections: to_usize(number(&vars, &HTTP_MAX_CONNECTIONS)?),
         };
         let store = StoreConfig {
             url: database_url(&vars)?,
@@ -327,6 +432,7 @@ impl Config {
         let slack_progress_reaction = progress_reaction(&vars)?;
         let slack_progress_reaction_delay =
             Duration::from_millis(number(&vars, &SLACK_PROGRESS_REACTION_DELAY_MS)?);
+        let slack_app_id = vars.get("SLACK_APP_ID");
 
         let conversation = ConversationConfig {
             scope,
@@ -375,6 +481,7 @@ impl Config {
             retry_schedule: retry_schedule(&vars)?,
             timeout: Duration::from_secs(number(&vars, &WEBHOOK_TIMEOUT_SECS)?),
             allow_private_targets: boolean(&vars, "WEBHOOK_ALLOW_PRIVATE_TARGETS", false)?,
+            retention: Duration::from_secs(number(&vars, &WEBHOOK_RETENTION_DAYS)? * SECS_PER_DAY),
         };
 
         let log = LogConfig {
@@ -408,6 +515,7 @@ impl Config {
                 streaming: slack_streaming,
                 progress: slack_progress,
                 status_text: slack_status_text,
+                app_id: slack_app_id,
             }),
             (None, None) => None,
             // Half a Slack configuration is almost always a forgotten line, so it stops
@@ -550,6 +658,15 @@ const TRANSCRIPT_RETENTION_DAYS: Number = Number {
     example: "30",
 };
 
+const WEBHOOK_RETENTION_DAYS: Number = Number {
+    var: "WEBHOOK_RETENTION_DAYS",
+    default: 30,
+    min: 1,
+    max: 36_500,
+    noun: "days",
+    example: "30",
+};
+
 const SLACK_PROGRESS_REACTION_DELAY_MS: Number = Number {
     var: "SLACK_PROGRESS_REACTION_DELAY_MS",
     default: 500,
@@ -623,6 +740,24 @@ const MAX_REPLY_MESSAGES: Number = Number {
     example: "10",
 };
 
+const HTTP_REQUEST_TIMEOUT_SECS: Number = Number {
+    var: "HTTP_REQUEST_TIMEOUT_SECS",
+    default: 30,
+    min: 1,
+    max: 3600,
+    noun: "seconds",
+    example: "30",
+};
+
+const HTTP_MAX_CONNECTIONS: Number = Number {
+    var: "HTTP_MAX_CONNECTIONS",
+    default: 1024,
+    min: 1,
+    max: 1_000_000,
+    noun: "connections",
+    example: "1024",
+};
+
 const WEBHOOK_TIMEOUT_SECS: Number = Number {
     var: "WEBHOOK_TIMEOUT_SECS",
     default: 15,
@@ -657,7 +792,7 @@ fn number(vars: &Vars<'_>, spec: &Number) -> Result<u64, ConfigError> {
     Err(bad(spec.var, &value, &problem, spec.example))
 }
 
-/// `number` bounds every value well inside `usize` (≤ 10,000), so this never saturates.
+/// `number` bounds every value well inside `usize` (≤ 1,000,000), so this never saturates.
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
@@ -796,6 +931,42 @@ fn secret(vars: &Vars<'_>, var: &str) -> Result<Option<SecretString>, ConfigErro
     Ok(Some(SecretString::from(value)))
 }
 
+/// SPEC §6 "Admin access": a set `BRIDGE_API_TOKEN` must be at least this long.
+pub const MIN_API_TOKEN_LEN: usize = 24;
+
+/// Refuses a `BRIDGE_API_TOKEN` that is short or a placeholder (`CHANGE-ME`,
+/// `changeme`, `token`, `secret`, one repeated character): such a token guards
+/// nothing. The value is never shown.
+fn admin_token(token: Option<SecretString>) -> Result<Option<SecretString>, ConfigError> {
+    const VAR: &str = "BRIDGE_API_TOKEN";
+    const EXAMPLE: &str = "the output of `openssl rand -hex 32`";
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    let value = token.expose_secret();
+    let normalized: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mut chars = value.chars();
+    let repeated = chars.next().is_some_and(|first| chars.all(|c| c == first));
+    let placeholder = repeated
+        || normalized.contains("changeme")
+        || ["token", "secret"].contains(&normalized.as_str());
+    let problem = if placeholder {
+        "is a placeholder".to_owned()
+    } else if value.chars().count() < MIN_API_TOKEN_LEN {
+        format!("is shorter than {MIN_API_TOKEN_LEN} characters")
+    } else {
+        return Ok(Some(token));
+    };
+    Err(ConfigError(format!(
+        "{VAR}: the value {problem} (e.g. {EXAMPLE}); the value is not shown because it \
+         is a secret"
+    )))
+}
+
 /// Unset means `eyes`; set but empty means no reaction. Surrounding colons (`:eyes:`,
 /// as people write emoji in Slack) are dropped because the Web API wants the bare name.
 fn progress_reaction(vars: &Vars<'_>) -> Result<Option<String>, ConfigError> {
@@ -869,6 +1040,9 @@ fn rate_limit(vars: &Vars<'_>) -> Result<Option<RateLimit>, ConfigError> {
     }))
 }
 
+/// SPEC §7: each delay of `WEBHOOK_RETRY_SCHEDULE` is at most 7 days.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * SECS_PER_DAY);
+
 fn retry_schedule(vars: &Vars<'_>) -> Result<Vec<Duration>, ConfigError> {
     const VAR: &str = "WEBHOOK_RETRY_SCHEDULE";
     const EXAMPLE: &str = "5s,5m,30m,2h";
@@ -881,6 +1055,14 @@ fn retry_schedule(vars: &Vars<'_>) -> Result<Vec<Duration>, ConfigError> {
                     VAR,
                     entry,
                     "is zero; every delay must be positive",
+                    EXAMPLE,
+                ))
+            }
+            Some(d) if d > MAX_RETRY_DELAY => {
+                return Err(bad(
+                    VAR,
+                    entry,
+                    "is longer than 7 days; every delay must be at most 7d",
                     EXAMPLE,
                 ))
             }
@@ -992,7 +1174,7 @@ mod tests {
         ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5"),
         ("SLACK_BOT_TOKEN", "xoxb-SLACKBOT-9f8e7d6c"),
         ("SLACK_SIGNING_SECRET", "SIGNING-SECRET-a1b2c3d4"),
-        ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d"),
+        ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d9c"),
         (
             "DATABASE_URL",
             "postgres://bridge:DBPASSWORD-77aa66bb@db.internal/bridge",
@@ -1023,6 +1205,8 @@ mod tests {
         );
         assert_eq!(cfg.http.bind, "0.0.0.0:3000".parse().unwrap());
         assert!(cfg.http.api_token.is_none());
+        assert_eq!(cfg.http.request_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.http.max_connections, 1024);
         assert_eq!(cfg.store.url.expose_secret(), "sqlite://agent-bridge.db");
         assert!(cfg.discord.is_none());
         assert!(cfg.slack.is_none());
@@ -1037,13 +1221,14 @@ mod tests {
         );
         assert_eq!(cfg.webhooks.timeout, Duration::from_secs(15));
         assert!(!cfg.webhooks.allow_private_targets);
+        assert_eq!(cfg.webhooks.retention, Duration::from_secs(30 * 86_400));
         assert_eq!(cfg.log.filter, "info");
         assert_eq!(cfg.log.format, LogFormat::Pretty);
     }
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 44] = [
+    const OPTIONAL_VARS: [&str; 48] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1054,6 +1239,8 @@ mod tests {
         "ERROR_REPLY",
         "HTTP_BIND",
         "BRIDGE_API_TOKEN",
+        "HTTP_REQUEST_TIMEOUT_SECS",
+        "HTTP_MAX_CONNECTIONS",
         "DATABASE_URL",
         "DISCORD_TOKEN",
         "DISCORD_API_BASE",
@@ -1064,6 +1251,7 @@ mod tests {
         "SLACK_RESPOND_TO",
         "SLACK_FOLLOW_THREADS",
         "SLACK_PROGRESS_REACTION_DELAY_MS",
+        "SLACK_APP_ID",
         "ALLOWED_CHANNELS",
         "BLOCKED_USERS",
         "USER_RATE_LIMIT",
@@ -1071,6 +1259,7 @@ mod tests {
         "WEBHOOK_RETRY_SCHEDULE",
         "WEBHOOK_TIMEOUT_SECS",
         "WEBHOOK_ALLOW_PRIVATE_TARGETS",
+        "WEBHOOK_RETENTION_DAYS",
         "RUST_LOG",
         "LOG_FORMAT",
         "TOKIO_WORKER_THREADS",
@@ -1137,7 +1326,7 @@ mod tests {
             ("SESSION_SCOPE", "thread"),
             ("ERROR_REPLY", "Oops."),
             ("HTTP_BIND", "127.0.0.1:8080"),
-            ("BRIDGE_API_TOKEN", "admin-token"),
+            ("BRIDGE_API_TOKEN", "admin-token-4f9c2a7e1b3d5f60"),
             ("DATABASE_URL", "sqlite::memory:"),
             ("DISCORD_TOKEN", "d-token"),
             ("DISCORD_API_BASE", "http://127.0.0.1:9001"),
@@ -1187,7 +1376,7 @@ mod tests {
         assert_eq!(cfg.http.bind, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
             cfg.http.api_token.as_ref().map(|t| t.expose_secret()),
-            Some("admin-token")
+            Some("admin-token-4f9c2a7e1b3d5f60")
         );
         assert_eq!(cfg.store.url.expose_secret(), "sqlite::memory:");
         let discord = cfg.discord.expect("discord enabled");
@@ -1506,6 +1695,87 @@ mod tests {
     }
 
     #[test]
+    fn a_short_or_placeholder_admin_token_stops_start_up_naming_the_variable() {
+        for (value, fragment) in [
+            ("CHANGE-ME", "placeholder"),
+            ("changeme", "placeholder"),
+            ("token", "placeholder"),
+            ("secret", "placeholder"),
+            ("Secret", "placeholder"),
+            ("CHANGE-ME-CHANGE-ME-CHANGE-ME", "placeholder"),
+            ("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "placeholder"),
+            ("short-but-random-9f2c", "shorter than 24"),
+        ] {
+            let msg = err(&[("BRIDGE_API_TOKEN", value)]);
+            assert!(msg.starts_with("BRIDGE_API_TOKEN: "), "{value}: {msg}");
+            assert!(msg.contains(fragment), "{value}: {msg}");
+            if value.len() > 8 {
+                assert!(!msg.contains(value), "{value} shown: {msg}");
+            }
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        assert!(load(&[("BRIDGE_API_TOKEN", "0123456789abcdef01234567")]).is_ok());
+    }
+
+    #[test]
+    fn urls_with_credentials_are_shown_with_the_password_masked() {
+        for (raw, shown) in [
+            (
+                "postgres://bridge:pw-77@db.internal:5432/bridge",
+                "postgres://bridge:***@db.internal:5432/bridge",
+            ),
+            ("http://user:hunter2@h/x?y=1", "http://user:***@h/x?y=1"),
+            (
+                "https://tok-123@proxy.example/",
+                "https://***@proxy.example/",
+            ),
+            ("http://127.0.0.1:5001/", "http://127.0.0.1:5001/"),
+            (
+                "error sending request for url (http://a:b@h:1/health): refused",
+                "error sending request for url (http://a:***@h:1/health): refused",
+            ),
+            ("sqlite://agent-bridge.db", "sqlite://agent-bridge.db"),
+            ("no url here", "no url here"),
+        ] {
+            assert_eq!(redact_url(raw), shown);
+        }
+
+        let cfg = ok(&[
+            ("AGENT_URL", "http://agent:AGENTPW-1@agent.internal:5001"),
+            ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5"),
+            (
+                "DISCORD_API_BASE",
+                "http://proxy:DISCORDPW-2@proxy.internal",
+            ),
+            ("SLACK_BOT_TOKEN", "xoxb-1"),
+            ("SLACK_SIGNING_SECRET", "s3cret"),
+            (
+                "SLACK_API_BASE",
+                "https://proxy:SLACKPW-3@proxy.internal/api",
+            ),
+        ]);
+        let rendered = format!("{cfg:?}");
+        for secret in ["AGENTPW-1", "DISCORDPW-2", "SLACKPW-3"] {
+            assert!(!rendered.contains(secret), "{secret} leaked: {rendered}");
+        }
+        assert!(
+            rendered.contains("http://agent:***@agent.internal:5001/"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn a_retry_delay_over_seven_days_stops_start_up() {
+        for value in ["8d", "5s,169h", "604801s"] {
+            let msg = err(&[("WEBHOOK_RETRY_SCHEDULE", value)]);
+            assert!(msg.starts_with("WEBHOOK_RETRY_SCHEDULE: "), "{msg}");
+            assert!(msg.contains("7 days"), "{msg}");
+        }
+        let cfg = ok(&[("WEBHOOK_RETRY_SCHEDULE", "5s,7d,168h")]);
+        assert_eq!(cfg.webhooks.retry_schedule.len(), 3);
+    }
+
+    #[test]
     fn secrets_never_appear_in_debug_output() {
         let cfg = ok(&SECRETS);
         assert!(cfg.discord.is_some() && cfg.slack.is_some());
@@ -1526,7 +1796,7 @@ mod tests {
             ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5\u{1}"),
             ("SLACK_BOT_TOKEN", "xoxb-SLACKBOT-9f8e7d6c\n2"),
             ("SLACK_SIGNING_SECRET", "SIGNING-SECRET-a1b2c3d4\t\u{7f}"),
-            ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d\u{1b}[0m"),
+            ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d9c\u{1b}[0m"),
         ];
         let mut messages: Vec<String> = own_errors.iter().map(|pair| err(&[*pair])).collect();
         for (var, value) in [

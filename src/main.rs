@@ -82,8 +82,10 @@ async fn main_async(cli: Cli, cfg: Config) -> ExitCode {
     match run(cli.command.unwrap_or(Command::Run), cfg).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "agent-bridge failed");
-            eprintln!("error: {e:#}");
+            // A cause may quote a configured URL with its credentials.
+            let shown = agent_bridge::config::redact_url(&format!("{e:#}"));
+            tracing::error!(error = %shown, "agent-bridge failed");
+            eprintln!("error: {shown}");
             ExitCode::FAILURE
         }
     }

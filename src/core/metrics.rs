@@ -28,6 +28,8 @@ pub struct Metrics {
     agent_latency: Histogram,
     /// Webhook delivery attempts by outcome (`delivered`, `retrying`, `failed`, `disabled`).
     deliveries: DashMap<&'static str, AtomicU64>,
+    /// Slack requests refused for a missing or bad signature.
+    slack_signatures_refused: AtomicU64,
 }
 
 fn platform_index(platform: Platform) -> usize {
@@ -71,6 +73,12 @@ impl Metrics {
 
     pub fn agent_call(&self, took: Duration) {
         self.agent_latency.observe(took);
+    }
+
+    /// Counts a Slack request refused for its signature.
+    pub fn slack_signature_refused(&self) {
+        self.slack_signatures_refused
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn delivery(&self, outcome: &'static str) {
@@ -117,6 +125,16 @@ impl Metrics {
             "Webhook delivery attempts by outcome.",
             "outcome",
             &self.deliveries,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bridge_slack_signatures_refused_total Slack requests refused for a missing or bad signature."
+        );
+        let _ = writeln!(out, "# TYPE bridge_slack_signatures_refused_total counter");
+        let _ = writeln!(
+            out,
+            "bridge_slack_signatures_refused_total {}",
+            self.slack_signatures_refused.load(Ordering::Relaxed)
         );
         self.agent_latency
             .render(out, "bridge_agent_latency_seconds", "Agent call latency.");

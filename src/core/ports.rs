@@ -350,8 +350,9 @@ pub trait Store: Send + Sync + 'static {
 // ---------------------------------------------------------------------------------
 
 /// A registered webhook endpoint, as stored (secrets included: this record never
-/// leaves the process; the HTTP layer renders its own view without them).
-#[derive(Debug, Clone, PartialEq)]
+/// leaves the process; the HTTP layer renders its own view without them). Its
+/// `Debug` shows `[REDACTED]` for the token and the secrets.
+#[derive(Clone, PartialEq)]
 pub struct WebhookEndpoint {
     /// `ep_` followed by 32 hex digits.
     pub id: String,
@@ -373,6 +374,32 @@ pub struct WebhookEndpoint {
     pub created_at: OffsetDateTime,
     /// Subscribed event types (`*` for all), sorted.
     pub events: Vec<String>,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const REDACTED: &str = "[REDACTED]";
+        f.debug_struct("WebhookEndpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("description", &self.description)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("ordered", &self.ordered)
+            .field("secret", &REDACTED)
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| REDACTED),
+            )
+            .field(
+                "previous_secret_expires_at",
+                &self.previous_secret_expires_at,
+            )
+            .field("enabled", &self.enabled)
+            .field("disabled_reason", &self.disabled_reason)
+            .field("created_at", &self.created_at)
+            .field("events", &self.events)
+            .finish()
+    }
 }
 
 /// Where a delivery row stands.
@@ -538,4 +565,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Deliveries still pending, for the backlog gauge.
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
+    /// Deletes deliveries that ended (`delivered` or `failed`) before `before`, with
+    /// their attempts, and events older than `before` left without a delivery
+    /// (`WEBHOOK_RETENTION_DAYS`). Returns the deliveries deleted.
+    async fn purge_outbox(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 }

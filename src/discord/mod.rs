@@ -139,7 +139,7 @@ fn build_http(cfg: &DiscordConfig) -> Http {
         }
     }
     if base != DEFAULT_API_BASE {
-        info!(api_base = %base, "Discord REST goes through DISCORD_API_BASE (client-side rate limiter off)");
+        info!(api_base = %crate::config::redact_url(base), "Discord REST goes through DISCORD_API_BASE (client-side rate limiter off)");
         builder = builder.proxy(base).ratelimiter_disabled(true);
     }
     builder.build()

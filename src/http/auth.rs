@@ -1,6 +1,8 @@
 //! Admin authentication: `Authorization: Bearer <BRIDGE_API_TOKEN>`, compared in
 //! constant time. Without a configured token the admin API answers loopback clients
-//! only (start-up warns about it).
+//! only (start-up warns about it): IPv4-mapped loopback (`::ffff:127.0.0.1`) counts,
+//! and a request carrying `Forwarded`, `X-Forwarded-For` or `X-Real-IP` does not —
+//! it came through a proxy on this host, not from this host (401).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,10 +28,21 @@ impl AdminAuth {
         }
     }
 
-    fn check(&self, authorization: Option<&str>, peer: Option<SocketAddr>) -> Result<(), ApiError> {
+    fn check(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<SocketAddr>,
+        proxied: bool,
+    ) -> Result<(), ApiError> {
         let Some(token) = &self.token else {
+            if proxied {
+                return Err(unauthorized(
+                    "a proxied request needs BRIDGE_API_TOKEN; without it the admin API \
+                     answers direct loopback clients only",
+                ));
+            }
             return match peer {
-                Some(addr) if addr.ip().is_loopback() => Ok(()),
+                Some(addr) if addr.ip().to_canonical().is_loopback() => Ok(()),
                 _ => Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "the admin API answers loopback clients only until BRIDGE_API_TOKEN is set",
@@ -59,6 +72,9 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, message)
 }
 
+/// Headers a reverse proxy adds: their presence means the peer address is the proxy's.
+const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
 /// Middleware guarding every admin route.
 pub async fn require_admin(State(auth): State<AdminAuth>, req: Request, next: Next) -> Response {
     let authorization = req
@@ -69,7 +85,10 @@ pub async fn require_admin(State(auth): State<AdminAuth>, req: Request, next: Ne
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    match auth.check(authorization, peer) {
+    let proxied = PROXY_HEADERS
+        .iter()
+        .any(|name| req.headers().contains_key(*name));
+    match auth.check(authorization, peer, proxied) {
         Ok(()) => next.run(req).await,
         Err(e) => {
             let mut response = e.into_response();
@@ -96,22 +115,30 @@ mod tests {
     fn a_token_must_match_exactly() {
         let auth = AdminAuth::new(Some(SecretString::from("s3cret")));
         assert!(auth
-            .check(Some("Bearer s3cret"), addr("10.0.0.1:1"))
+            .check(Some("Bearer s3cret"), addr("10.0.0.1:1"), false)
             .is_ok());
         assert_eq!(
-            auth.check(Some("Bearer s3cre"), None).unwrap_err().status,
+            auth.check(Some("Bearer s3cre"), None, false)
+                .unwrap_err()
+                .status,
             401
         );
         assert_eq!(
-            auth.check(Some("Bearer s3cret2"), None).unwrap_err().status,
+            auth.check(Some("Bearer s3cret2"), None, false)
+                .unwrap_err()
+                .status,
             401
         );
         assert_eq!(
-            auth.check(Some("Basic s3cret"), None).unwrap_err().status,
+            auth.check(Some("Basic s3cret"), None, false)
+                .unwrap_err()
+                .status,
             401
         );
         assert_eq!(
-            auth.check(None, addr("127.0.0.1:1")).unwrap_err().status,
+            auth.check(None, addr("127.0.0.1:1"), false)
+                .unwrap_err()
+                .status,
             401
         );
     }
@@ -119,12 +146,39 @@ mod tests {
     #[test]
     fn without_a_token_only_loopback_is_admitted() {
         let auth = AdminAuth::new(None);
-        assert!(auth.check(None, addr("127.0.0.1:5")).is_ok());
-        assert!(auth.check(None, addr("[::1]:5")).is_ok());
+        assert!(auth.check(None, addr("127.0.0.1:5"), false).is_ok());
+        assert!(auth.check(None, addr("[::1]:5"), false).is_ok());
         assert_eq!(
-            auth.check(None, addr("192.168.1.2:5")).unwrap_err().status,
+            auth.check(None, addr("192.168.1.2:5"), false)
+                .unwrap_err()
+                .status,
             403
         );
-        assert_eq!(auth.check(None, None).unwrap_err().status, 403);
+        assert_eq!(auth.check(None, None, false).unwrap_err().status, 403);
+        assert!(auth
+            .check(None, addr("[::ffff:127.0.0.1]:5"), false)
+            .is_ok());
+        assert_eq!(
+            auth.check(None, addr("[::ffff:10.0.0.1]:5"), false)
+                .unwrap_err()
+                .status,
+            403
+        );
+    }
+
+    #[test]
+    fn without_a_token_a_proxied_loopback_request_is_refused() {
+        let auth = AdminAuth::new(None);
+        assert_eq!(
+            auth.check(None, addr("127.0.0.1:5"), true)
+                .unwrap_err()
+                .status,
+            401
+        );
+        // With a token, proxies are fine: the token decides.
+        let auth = AdminAuth::new(Some(SecretString::from("s3cret")));
+        assert!(auth
+            .check(Some("Bearer s3cret"), addr("127.0.0.1:5"), true)
+            .is_ok());
     }
 }

@@ -14,8 +14,10 @@ pub mod agent_query;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod serve;
 pub mod sessions;
 pub mod webhooks;
 

@@ -1,7 +1,9 @@
 //! `/sessions`: the conversations the bridge knows, a session's transcript (what a
 //! poller reads), and resetting a session. Thin over the relay and the store.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;

@@ -6,7 +6,9 @@
 //! render. Secrets appear in exactly two answers: registration and rotation. The
 //! router adds admin auth and the 64 KiB body limit to everything mounted here.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};

@@ -1,7 +1,8 @@
 //! `POST /slack/events`: the Events API receiver.
 //!
-//! Order matters and is the point of this module: read the raw body under the 1 MiB
-//! limit (413) → verify the signature on those exact bytes (401, nothing parsed) →
+//! Order matters and is the point of this module: before the body is read,
+//! [`precheck`] refuses an announced body over 1 MiB (413) and a request without both
+//! signature headers (401); then read the raw body under the 1 MiB limit (413) → verify the signature on those exact bytes (401, nothing parsed) →
 //! parse (400) → `url_verification` / `ssl_check` answered at once → an
 //! `event_callback` is filtered and handed to the relay with its dedupe write
 //! (`Relay::submit_once`), and Slack gets its 200 at once: the dedupe write, the agent
@@ -49,10 +50,49 @@ struct Envelope {
     event_id: Option<String>,
     #[serde(default)]
     team_id: Option<String>,
+    #[serde(default)]
+    api_app_id: Option<String>,
+    /// The workspaces (and users) this event is delivered for.
+    #[serde(default)]
+    authorizations: Vec<Authorization>,
     /// Kept raw and parsed on its own, so a malformed event is told apart from a
     /// malformed envelope without building a `Value` tree first.
     #[serde(default)]
     event: Option<Box<RawValue>>,
+}
+
+/// One entry of an envelope's `authorizations`.
+#[derive(Debug, Deserialize)]
+struct Authorization {
+    #[serde(default)]
+    team_id: Option<String>,
+}
+
+/// Whether an envelope is for this app and a workspace it is installed in: a
+/// `team_id` that is neither `auth.test`'s nor among the event's `authorizations`,
+/// or an `api_app_id` other than `SLACK_APP_ID` (when set), is someone else's event.
+fn foreign(
+    team_id: Option<&str>,
+    api_app_id: Option<&str>,
+    authorizations: &[Authorization],
+    me: &Identity,
+    app_id: Option<&str>,
+) -> Option<&'static str> {
+    if let Some(team) = team_id {
+        let authorized = team == me.team_id
+            || authorizations
+                .iter()
+                .any(|a| a.team_id.as_deref() == Some(team));
+        if !authorized {
+            return Some("event for another workspace");
+        }
+    }
+    if let Some(app_id) = app_id {
+        if api_app_id != Some(app_id) {
+            return Some("event for another app");
+        }
+    }
+    None
 }
 
 /// The inner `event` of an `event_callback`: the fields of `app_mention` and `message`
@@ -223,6 +263,37 @@ pub fn clean_text(text: &str, bot_user: &str) -> String {
     unescaped.trim().to_owned()
 }
 
+/// Runs before the body is read (SPEC §6): a `Content-Length` over the 1 MiB limit is
+/// refused with 413, and a request without both `X-Slack-Request-Timestamp` and
+/// `X-Slack-Signature` with 401, so neither costs the bridge a read of the body.
+pub(crate) async fn precheck(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|len| len > super::EVENTS_BODY_LIMIT as u64) {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            .into_response();
+    }
+    let signed = ["x-slack-request-timestamp", "x-slack-signature"]
+        .iter()
+        .all(|name| headers.get(*name).is_some_and(|v| !v.is_empty()));
+    if !signed {
+        shared.signature_refused("missing signature headers");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing X-Slack-Request-Timestamp or X-Slack-Signature",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// The handler of `POST /slack/events`.
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
@@ -249,7 +320,7 @@ pub(crate) async fn handle(
         &body,
         OffsetDateTime::now_utc().unix_timestamp(),
     ) {
-        warn!(reason = %e, "refused a Slack events request");
+        shared.signature_refused(&e.to_string());
         return ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
     }
 
@@ -318,6 +389,22 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
     let (Some(me), Some(api)) = (shared.identity.get(), shared.api.as_ref()) else {
         return unavailable("not connected to Slack yet");
     };
+    if let Some(reason) = foreign(
+        envelope.team_id.as_deref(),
+        envelope.api_app_id.as_deref(),
+        &envelope.authorizations,
+        me,
+        shared.app_id.as_deref(),
+    ) {
+        debug!(
+            event_id,
+            team_id = envelope.team_id.as_deref(),
+            api_app_id = envelope.api_app_id.as_deref(),
+            reason,
+            "ignoring Slack event"
+        );
+        return StatusCode::OK.into_response();
+    }
 
     let candidate = match classify(&event, me, shared.respond_to, shared.follow_threads) {
         Decision::Answer(candidate) => candidate,

@@ -74,6 +74,46 @@ pub(crate) struct Shared {
     progress: SlackProgress,
     status_text: String,
     streaming: SlackStreaming,
+    /// `SLACK_APP_ID`: events for another app are ignored.
+    app_id: Option<String>,
+    /// Refused signatures since the last log line, and when that line was written.
+    refusals: std::sync::Mutex<Refusals>,
+}
+
+/// Refused signatures are logged at most once a minute, with their count.
+#[derive(Default)]
+pub(crate) struct Refusals {
+    pub(crate) unlogged: u64,
+    pub(crate) logged_at: Option<std::time::Instant>,
+}
+
+/// The least time between two "refused signatures" log lines.
+pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Shared {
+    /// Counts a request refused for its signature in `/metrics`, and logs the refusals
+    /// at most once a minute (a flood of forged requests must not flood the log).
+    pub(crate) fn signature_refused(&self, reason: &str) {
+        self.relay.metrics().slack_signature_refused();
+        let Ok(mut refusals) = self.refusals.lock() else {
+            return;
+        };
+        refusals.unlogged += 1;
+        let now = std::time::Instant::now();
+        if refusals
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        warn!(
+            refused = refusals.unlogged,
+            last_reason = reason,
+            "refused Slack requests without a valid signature"
+        );
+        refusals.unlogged = 0;
+        refusals.logged_at = Some(now);
+    }
 }
 
 /// Starts Slack: `auth.test` (retried in the background until it succeeds; `ready`
@@ -106,6 +146,8 @@ pub async fn start(
         progress: cfg.progress,
         status_text: cfg.status_text,
         streaming: cfg.streaming,
+        app_id: cfg.app_id,
+        refusals: std::sync::Mutex::new(Refusals::default()),
     });
     let Some(api) = api else {
         return SlackApp { shared };
@@ -178,10 +220,16 @@ fn authenticated(shared: &Shared, identity: Identity, ready: &AtomicBool) {
 }
 
 /// The public routes Slack needs (`POST /slack/events`), with their own state and
-/// body limit, to be merged into the server's router.
+/// body limit, to be merged into the server's router. Every Slack route is guarded
+/// by [`events::precheck`]: an announced body over the limit (413) or a request
+/// without both signature headers (401) is refused before a byte of its body is read.
 pub fn routes(app: SlackApp) -> Router {
     Router::new()
         .route("/slack/events", post(events::handle))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.shared.clone(),
+            events::precheck,
+        ))
         .with_state(app.shared)
         .layer(DefaultBodyLimit::max(EVENTS_BODY_LIMIT))
 }

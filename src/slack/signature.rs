@@ -198,4 +198,62 @@ mod tests {
             Err(SignatureError::Mismatch),
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const NOW: i64 = 1_700_000_000;
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn a_signed_request_verifies_and_any_mutation_is_refused(
+                secret in proptest::collection::vec(any::<u8>(), 1..64),
+                body in proptest::collection::vec(any::<u8>(), 0..512),
+                skew in -300i64..=300,
+                flip in any::<proptest::sample::Index>(),
+                bit in 0u8..8,
+                other_ts in -300i64..=300,
+                sig_pos in any::<proptest::sample::Index>(),
+            ) {
+                let ts = (NOW + skew).to_string();
+                let sig = sign(&secret, &ts, &body);
+                prop_assert!(verify(&secret, Some(&ts), Some(&sig), &body, NOW).is_ok());
+
+                // Any flipped bit of the body.
+                if !body.is_empty() {
+                    let mut tampered = body.clone();
+                    let i = flip.index(tampered.len());
+                    tampered[i] ^= 1 << bit;
+                    prop_assert!(verify(&secret, Some(&ts), Some(&sig), &tampered, NOW).is_err());
+                }
+                // A byte more or less.
+                let mut longer = body.clone();
+                longer.push(b' ');
+                prop_assert!(verify(&secret, Some(&ts), Some(&sig), &longer, NOW).is_err());
+                // Another timestamp, even inside the window.
+                let other = (NOW + other_ts).to_string();
+                if other != ts {
+                    prop_assert!(verify(&secret, Some(&other), Some(&sig), &body, NOW).is_err());
+                }
+                // Any changed character of the signature.
+                let mut chars: Vec<char> = sig.chars().collect();
+                let i = sig_pos.index(chars.len());
+                chars[i] = if chars[i] == '0' { '1' } else { '0' };
+                let forged: String = chars.into_iter().collect();
+                prop_assert!(verify(&secret, Some(&ts), Some(&forged), &body, NOW).is_err());
+                // Another secret.
+                let mut other_secret = secret.clone();
+                other_secret[0] ^= 1;
+                prop_assert!(verify(&other_secret, Some(&ts), Some(&sig), &body, NOW).is_err());
+            }
+        }
+    }
 }

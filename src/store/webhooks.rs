@@ -82,6 +82,21 @@ const ENDPOINT_EXISTS: &str = "SELECT COUNT(*) FROM webhook_endpoints WHERE id =
 
 /// Subscriptions, deliveries and (through deliveries) attempts go with it:
 /// `ON DELETE CASCADE` in the schema.
+/// `WEBHOOK_RETENTION_DAYS`: finished deliveries, their attempts, then events no
+/// delivery refers to any more. Attempts first: nothing relies on `ON DELETE CASCADE`
+/// (SQLite enforces it only with `foreign_keys` on).
+const PURGE_ATTEMPTS: &str = "\
+    DELETE FROM webhook_attempts WHERE delivery_id IN (\
+        SELECT id FROM webhook_deliveries \
+        WHERE status IN ('delivered', 'failed') AND updated_at < $1)";
+const PURGE_DELIVERIES: &str = "\
+    DELETE FROM webhook_deliveries \
+    WHERE status IN ('delivered', 'failed') AND updated_at < $1";
+const PURGE_EVENTS: &str = "\
+    DELETE FROM webhook_events \
+    WHERE created_at < $1 \
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)";
+
 const DELETE_ENDPOINT: &str = "DELETE FROM webhook_endpoints WHERE id = $1";
 
 /// In an `UPDATE`, every right-hand side sees the row as it was, so the old secret
@@ -692,6 +707,31 @@ impl WebhookStore for SqlStore {
         .map_err(db_err)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+
+    async fn purge_outbox(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let before = to_ms(before);
+        on_pool!(self, |p| {
+            async {
+                let mut tx = p.begin().await?;
+                sqlx::query(PURGE_ATTEMPTS)
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?;
+                let deliveries = sqlx::query(PURGE_DELIVERIES)
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(PURGE_EVENTS)
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await.map(|()| deliveries)
+            }
+            .await
+        })
+        .map_err(db_err)
+    }
 }
 
 #[cfg(test)]
@@ -812,6 +852,59 @@ mod tests {
         assert_eq!(log[0].attempts, 1);
         // Both attempts happened and are on record.
         assert_eq!(log[0].attempt_log.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_purge_removes_finished_deliveries_past_retention_and_keeps_the_rest() {
+        let s = store().await;
+        s.create_endpoint(&endpoint("ep_a", false, &["*"]))
+            .await
+            .unwrap();
+        let delivered = emit(&s, "k1", T0).await;
+        let failed = emit(&s, "k2", T0).await;
+        let pending = emit(&s, "k3", T0).await;
+        let rows = s.claim_deliveries(&claim(T0, &[])).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        let row = |id: &str| rows.iter().find(|r| r.event_id == id).unwrap();
+        let done_at = T0 + Duration::seconds(1);
+        s.record_results(&[
+            result(row(&delivered), DeliveryStatus::Delivered, done_at),
+            result(row(&failed), DeliveryStatus::Failed, done_at),
+            result(row(&pending), DeliveryStatus::Pending, done_at),
+        ])
+        .await
+        .unwrap();
+
+        // Nothing has ended before the cut-off yet.
+        assert_eq!(s.purge_outbox(T0).await.unwrap(), 0);
+        assert_eq!(s.deliveries("ep_a", 10).await.unwrap().len(), 3);
+
+        // A row's end is stamped with the real clock; a cut-off just after it takes it.
+        let purged = s
+            .purge_outbox(OffsetDateTime::now_utc() + Duration::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(purged, 2, "the delivered and the failed one");
+        let left = s.deliveries("ep_a", 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].event_id, pending);
+        assert_eq!(left[0].status, DeliveryStatus::Pending);
+        assert_eq!(left[0].attempt_log.len(), 1, "its attempts stay");
+        assert_eq!(s.outbox_backlog().await.unwrap(), 1);
+        let events: i64 = on_pool!(&s, |p| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events")
+                .fetch_one(p)
+                .await
+        })
+        .unwrap();
+        assert_eq!(events, 1, "only the pending delivery's event is kept");
+        let attempts: i64 = on_pool!(&s, |p| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_attempts")
+                .fetch_one(p)
+                .await
+        })
+        .unwrap();
+        assert_eq!(attempts, 1);
     }
 
     #[tokio::test]

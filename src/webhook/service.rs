@@ -264,6 +264,30 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoints_debug_output_hides_its_token_and_secrets() {
+        let ep = crate::core::ports::WebhookEndpoint {
+            id: "ep_1".into(),
+            url: "https://receiver.example/hook".into(),
+            description: None,
+            token: Some("TOKEN-abc123".into()),
+            ordered: false,
+            secret: "whsec_CURRENT-xyz".into(),
+            previous_secret: Some("whsec_PREVIOUS-xyz".into()),
+            previous_secret_expires_at: None,
+            enabled: true,
+            disabled_reason: None,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+            events: vec!["*".into()],
+        };
+        for shown in [format!("{ep:?}"), format!("{ep:#?}")] {
+            for secret in ["TOKEN-abc123", "CURRENT-xyz", "PREVIOUS-xyz"] {
+                assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+            }
+            assert!(shown.contains("receiver.example"), "{shown}");
+        }
+    }
+
+    #[test]
     fn webhook_events_must_be_known_kinds_or_star() {
         assert_eq!(
             events(&["query", "conversation", "query"]).unwrap(),

@@ -231,4 +231,61 @@ mod tests {
             "SigningKey(..)"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn the_signer_and_the_verifier_agree_and_mutations_are_refused(
+                key in proptest::collection::vec(any::<u8>(), 1..64),
+                other_key in proptest::collection::vec(any::<u8>(), 1..64),
+                msg_id in "[a-zA-Z0-9_]{1,40}",
+                timestamp in 0i64..4_000_000_000,
+                body in proptest::collection::vec(any::<u8>(), 0..512),
+                flip in any::<proptest::sample::Index>(),
+            ) {
+                let secret = format!("whsec_{}", STANDARD.encode(&key));
+                let other = format!("whsec_{}", STANDARD.encode(&other_key));
+                let Ok(signing) = SigningKey::parse(&secret) else {
+                    return Err(TestCaseError::fail("a generated secret parses"));
+                };
+                let Ok(other_signing) = SigningKey::parse(&other) else {
+                    return Err(TestCaseError::fail("a generated secret parses"));
+                };
+                let header = signature_header(&[signing], &msg_id, timestamp, &body);
+                prop_assert!(verify(&secret, &msg_id, timestamp, &body, &header));
+                if key != other_key {
+                    prop_assert!(!verify(&other, &msg_id, timestamp, &body, &header));
+                }
+                // During a rotation both keys' signatures are in the header.
+                let Ok(signing) = SigningKey::parse(&secret) else {
+                    return Err(TestCaseError::fail("a generated secret parses"));
+                };
+                let both = signature_header(&[other_signing, signing], &msg_id, timestamp, &body);
+                prop_assert!(verify(&secret, &msg_id, timestamp, &body, &both));
+                prop_assert!(verify(&other, &msg_id, timestamp, &body, &both));
+
+                prop_assert!(!verify(&secret, &msg_id, timestamp + 1, &body, &header));
+                let other_id = format!("{msg_id}x");
+                prop_assert!(!verify(&secret, &other_id, timestamp, &body, &header));
+                let mut tampered = body.clone();
+                if tampered.is_empty() {
+                    tampered.push(0);
+                } else {
+                    let i = flip.index(tampered.len());
+                    tampered[i] ^= 0x01;
+                }
+                prop_assert!(!verify(&secret, &msg_id, timestamp, &tampered, &header));
+            }
+        }
+    }
 }

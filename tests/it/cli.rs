@@ -206,9 +206,10 @@ async fn check_prints_one_line_per_part_and_fails_on_a_dead_agent() {
     assert_eq!(agent.requests_to("/health").len(), 1);
 
     let dead = crate::support::agent::dead_url().await;
+    let dead_with_credentials = dead.replacen("://", "://bridge:AGENT-PASSWORD-9@", 1);
     let out = bridge(dir.path())
         .arg("check")
-        .env("AGENT_URL", &dead)
+        .env("AGENT_URL", &dead_with_credentials)
         .output()
         .await
         .unwrap();
@@ -220,6 +221,12 @@ async fn check_prints_one_line_per_part_and_fails_on_a_dead_agent() {
             .any(|l| l.starts_with("FAIL") && l.contains("agent")),
         "{stdout}"
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains("AGENT-PASSWORD-9") && !stderr.contains("AGENT-PASSWORD-9"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("bridge:***@"), "{stdout}");
 }
 
 #[tokio::test]

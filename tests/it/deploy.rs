@@ -59,8 +59,17 @@ fn kubernetes_probes_and_port_match_the_server() {
         }
     }
     let secret = yaml("deploy/k8s/secret.example.yaml");
-    for (k, _) in secret["stringData"].as_mapping().unwrap() {
+    let mut values = std::collections::HashMap::new();
+    for (k, v) in secret["stringData"].as_mapping().unwrap() {
         assert_known(k.as_str().unwrap(), "secret.example.yaml");
+        values.insert(
+            k.as_str().unwrap().to_owned(),
+            v.as_str().unwrap_or_default().to_owned(),
+        );
+    }
+    // Applied as it stands, the example starts (no placeholder admin token).
+    if let Err(e) = agent_bridge::config::Config::from_vars(|k| values.get(k).cloned()) {
+        panic!("secret.example.yaml does not pass start-up validation: {e}");
     }
     let service = yaml("deploy/k8s/service.yaml");
     assert_eq!(

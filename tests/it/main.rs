@@ -10,6 +10,7 @@ mod deploy;
 mod discord;
 mod http_api;
 mod operate;
+mod public_port;
 mod relay;
 mod replicas;
 mod slack;

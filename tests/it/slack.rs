@@ -274,6 +274,22 @@ async fn bad_signature_stale_timestamp_and_missing_headers_get_401_and_no_agent_
 
     s.agent_calls_stay(0).await;
     assert!(s.slack.calls_of("chat.postMessage").is_empty());
+    let metrics = s
+        .app
+        .client
+        .get(s.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "bridge_slack_signatures_refused_total 7"),
+        "{metrics}"
+    );
     s.shutdown().await;
 }
 
@@ -848,5 +864,38 @@ async fn a_user_over_the_rate_limit_is_told_so_in_the_thread() {
         "{texts:?}"
     );
     s.agent_calls_stay(1).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_for_another_workspace_or_app_are_acknowledged_and_ignored() {
+    let s = Setup::with(&[("SLACK_APP_ID", "A1")]).await;
+    let mention = |text: &str| EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> {text}"));
+
+    let mut other_team = mention("other team").envelope();
+    other_team["team_id"] = json!("T-OTHER");
+    other_team["authorizations"] = json!([{"team_id": "T-OTHER", "user_id": "U9"}]);
+    other_team["authorizations"][0]["team_id"] = json!("T-ELSE");
+    let mut other_app = mention("other app").envelope();
+    other_app["api_app_id"] = json!("A2");
+    let mut no_app = mention("no app").envelope();
+    no_app.as_object_mut().unwrap().remove("api_app_id");
+    for (name, envelope) in [
+        ("other team", other_team),
+        ("other app", other_app),
+        ("no app id", no_app),
+    ] {
+        let (status, _) = s.send(&envelope.to_string()).await;
+        assert_eq!(status, 200, "{name}");
+    }
+    s.agent_calls_stay(0).await;
+
+    // A workspace the app is authorized in (Enterprise Grid, shared channels) is fine.
+    let mut shared_team = mention("shared").envelope();
+    shared_team["team_id"] = json!("T2");
+    shared_team["authorizations"] = json!([{"team_id": "T2", "user_id": BOT_USER}]);
+    let (status, _) = s.send(&shared_team.to_string()).await;
+    assert_eq!(status, 200);
+    s.slack.wait_for("chat.postMessage", 1, WAIT).await;
     s.shutdown().await;
 }

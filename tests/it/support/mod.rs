@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::agent::FakeAgent;
 
-pub const TOKEN: &str = "test-admin-token";
+pub const TOKEN: &str = "test-admin-token-5d41402abc4b2a76";
 
 /// Builds a `Config` the way the binary does, from variables: test defaults first,
 /// then `overrides` (an empty value counts as unset, as in the real environment).
@@ -57,6 +57,7 @@ pub struct Spawn {
     agent: Option<FakeAgent>,
     db_url: Option<String>,
     subscriber: bool,
+    header_timeout: Option<Duration>,
 }
 
 impl Spawn {
@@ -73,6 +74,12 @@ impl Spawn {
     /// Use this database instead of a fresh SQLite file.
     pub fn database(mut self, url: &str) -> Self {
         self.db_url = Some(url.into());
+        self
+    }
+
+    /// A shorter header timeout than SPEC's 10 s, so a test need not wait for it.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = Some(timeout);
         self
     }
 
@@ -107,7 +114,10 @@ impl Spawn {
         ];
         vars.extend(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let cfg = config(&vars);
-        let app = App::build(cfg).await.expect("app builds");
+        let mut app = App::build(cfg).await.expect("app builds");
+        if let Some(timeout) = self.header_timeout {
+            app = app.with_header_timeout(timeout);
+        }
         let addr = app.addr();
         if self.subscriber {
             subscribe_everything(&db_url).await;
@@ -147,6 +157,7 @@ impl TestApp {
             agent: None,
             db_url: None,
             subscriber: true,
+            header_timeout: None,
         }
     }
 
