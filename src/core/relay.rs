@@ -65,6 +65,12 @@ pub const NOTHING_TO_STOP: &str = "There is no answer being written here to stop
 /// The answer to `stop` that ended an answer.
 pub const STOPPED_REPLY: &str = "Stopped.";
 
+/// A conversation is told about a rate limit or a busy bridge at most this often.
+const NOTICE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Conversations whose last notice is remembered before old ones are forgotten.
+const NOTICES_KEPT: usize = 10_000;
+
 /// How long the drain waits for cut answers to be recorded after the deadline.
 const CUT_GRACE: Duration = Duration::from_secs(3);
 
@@ -193,6 +199,9 @@ struct Inner {
     /// The answer being written in each conversation: cancelling it (`stop`, or the
     /// shutdown deadline) ends the answer with what was shown so far.
     in_flight: DashMap<ConversationKey, CancellationToken>,
+    /// When each conversation was last told about a rate limit or a busy bridge:
+    /// at most one such notice a minute per conversation (a flood gets one answer).
+    notices: DashMap<ConversationKey, Instant>,
 }
 
 impl Relay {
@@ -212,6 +221,7 @@ impl Relay {
                 tracker: TaskTracker::new(),
                 accepting: AtomicBool::new(true),
                 in_flight: DashMap::new(),
+                notices: DashMap::new(),
             }),
         }
     }
@@ -255,7 +265,8 @@ impl Relay {
                 "no room for the turn, answering busy"
             );
             // Only a first delivery is told: a duplicate was answered already.
-            inner.answer_busy(sink, first);
+            let key = ConversationKey::derive(inner.settings.scope, &msg);
+            inner.answer_busy(&key, sink, first);
             return Err(Rejected::Busy);
         }
         if !self.is_accepting() {
@@ -461,9 +472,13 @@ impl Inner {
             Verdict::Limited => {
                 self.metrics.turn_ended(TurnOutcome::RateLimited);
                 tracing::info!(user = %msg.user, platform = %msg.platform, "user over the rate limit");
+                let key = ConversationKey::derive(self.settings.scope, &msg);
+                let tell = self.may_notify(&key);
                 self.tracker.spawn(async move {
-                    if let Err(e) = sink.send(RATE_LIMITED_REPLY).await {
-                        warn!(error = %e, "could not post the rate-limit reply");
+                    if tell {
+                        if let Err(e) = sink.send(RATE_LIMITED_REPLY).await {
+                            warn!(error = %e, "could not post the rate-limit reply");
+                        }
                     }
                     let _ = done.send(TurnOutcome::RateLimited);
                 });
@@ -516,21 +531,45 @@ impl Inner {
             Admission::Queued => Ok(()),
             Admission::Full(turn) => {
                 warn!(conversation = %key, pending = self.lanes.pending(), "queue full, answering busy");
-                self.answer_busy(turn.sink, std::future::ready(true));
+                self.answer_busy(&key, turn.sink, std::future::ready(true));
                 Err(Rejected::Busy)
             }
         }
     }
 
+    /// Whether `key` may be told about a limit now (then it is noted as told).
+    fn may_notify(&self, key: &ConversationKey) -> bool {
+        let now = Instant::now();
+        if self.notices.len() >= NOTICES_KEPT {
+            self.notices
+                .retain(|_, at| now.duration_since(*at) < NOTICE_INTERVAL);
+        }
+        let mut told = false;
+        self.notices
+            .entry(key.clone())
+            .and_modify(|at| {
+                if now.duration_since(*at) >= NOTICE_INTERVAL {
+                    *at = now;
+                    told = true;
+                }
+            })
+            .or_insert_with(|| {
+                told = true;
+                now
+            });
+        told
+    }
+
     /// Counts a busy turn and posts [`BUSY_REPLY`] in the background, if `tell`
-    /// resolves to `true`.
-    fn answer_busy<F>(&self, sink: Arc<dyn ChatSink>, tell: F)
+    /// resolves to `true` and the conversation was not told in the last minute.
+    fn answer_busy<F>(&self, key: &ConversationKey, sink: Arc<dyn ChatSink>, tell: F)
     where
         F: Future<Output = bool> + Send + 'static,
     {
         self.metrics.turn_busy();
+        let allowed = self.may_notify(key);
         self.tracker.spawn(async move {
-            if tell.await {
+            if tell.await && allowed {
                 if let Err(e) = sink.send(BUSY_REPLY).await {
                     warn!(error = %e, "could not post the busy reply");
                 }

@@ -463,3 +463,24 @@ async fn a_user_over_the_rate_limit_gets_a_polite_answer() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_flood_over_the_rate_limit_gets_one_notice_a_minute_per_conversation() {
+    let app = TestApp::builder()
+        .var("USER_RATE_LIMIT", "1/min")
+        .start()
+        .await;
+    let sink = RecordingSink::new();
+    assert_eq!(app.turn("C1", "one", &sink).await, TurnOutcome::Answered);
+    for text in ["two", "three", "four", "five"] {
+        assert_eq!(app.turn("C1", text, &sink).await, TurnOutcome::RateLimited);
+    }
+    let notices = sink
+        .texts()
+        .iter()
+        .filter(|t| *t == agent_bridge::core::relay::RATE_LIMITED_REPLY)
+        .count();
+    assert_eq!(notices, 1, "{:?}", sink.texts());
+    assert_eq!(app.agent.requests_to("/conversation").len(), 1);
+    app.shutdown().await;
+}
