@@ -179,6 +179,19 @@ struct Turn {
     received: OffsetDateTime,
     /// Told how the turn ended; the receiver may be gone.
     done: oneshot::Sender<TurnOutcome>,
+    /// `DELETE /sessions/{id}`: reset the conversation in its lane, so a turn in
+    /// flight cannot undo it.
+    api_reset: bool,
+}
+
+/// The sink of a lane job that answers nobody (an API reset).
+struct Silent;
+
+#[async_trait::async_trait]
+impl ChatSink for Silent {
+    async fn send(&self, _text: &str) -> Result<Vec<String>, super::ports::SinkError> {
+        Ok(Vec::new())
+    }
 }
 
 struct Inner {
@@ -289,31 +302,19 @@ impl Relay {
     }
 
     /// Resets every conversation using `agent_session` (`DELETE /sessions/{id}`);
-    /// returns how many there were.
+    /// returns how many there were. Each reset runs in its conversation's lane, after
+    /// the turns already accepted there, so a turn in flight cannot undo it.
     pub async fn reset_session(&self, agent_session: &str) -> Result<usize, StoreError> {
         let inner = &self.inner;
-        let now = OffsetDateTime::now_utc();
-        let mut commit = Commit::default();
-        for mut conv in inner.store.conversations_by_session(agent_session).await? {
-            let previous = conv.agent_session.take();
-            conv.last_activity = now;
-            commit.events.push(OutboxEvent::new(
-                EventKind::SessionReset,
-                Some(conv.key.to_string()),
-                &SessionReset {
-                    at: conv_ref(&conv),
-                    previous_session_id: previous,
-                    reason: "api",
-                },
-                now,
-            ));
-            commit.conversations.push(conv);
+        let conversations = inner.store.conversations_by_session(agent_session).await?;
+        let mut waits = Vec::with_capacity(conversations.len());
+        for conv in conversations {
+            waits.push(inner.enqueue_reset(conv));
         }
-        let count = commit.conversations.len();
-        if count > 0 {
-            inner.store.commit(commit.clone()).await?;
-            for conv in commit.conversations {
-                inner.sessions.put(conv);
+        let count = waits.len();
+        for wait in waits {
+            if wait.await != Ok(TurnOutcome::Command) {
+                return Err(StoreError::Unavailable("the session reset failed".into()));
             }
         }
         Ok(count)
@@ -518,6 +519,7 @@ impl Inner {
             sink,
             received: OffsetDateTime::now_utc(),
             done,
+            api_reset: false,
         };
         let admission = match reserved {
             true => self.lanes.admit_reserved(&key, turn),
@@ -558,6 +560,70 @@ impl Inner {
                 now
             });
         told
+    }
+
+    /// Queues an API reset of `conv` in its lane; resolves when it is done. With the
+    /// lane full it runs at once instead (an operator's reset is never refused).
+    fn enqueue_reset(self: &Arc<Self>, conv: Conversation) -> oneshot::Receiver<TurnOutcome> {
+        let (done, wait) = oneshot::channel();
+        let key = conv.key.clone();
+        let turn = Turn {
+            key: key.clone(),
+            msg: Inbound {
+                platform: conv.platform,
+                workspace: conv.workspace,
+                channel: conv.channel,
+                thread: conv.thread,
+                user: conv.user.unwrap_or_default(),
+                message_id: String::new(),
+                text: String::new(),
+            },
+            sink: Arc::new(Silent),
+            received: OffsetDateTime::now_utc(),
+            done,
+            api_reset: true,
+        };
+        match self.lanes.admit(&key, turn) {
+            Admission::StartWorker(turn) => {
+                self.tracker.spawn(self.clone().run_lane(key, turn));
+            }
+            Admission::Queued => {}
+            Admission::Full(turn) => {
+                let inner = self.clone();
+                self.tracker.spawn(async move { inner.process(turn).await });
+            }
+        }
+        wait
+    }
+
+    /// The reset itself: the conversation as stored now loses its agent session,
+    /// with a `session.reset` event (`reason: "api"`).
+    async fn reset_by_api(&self, key: &ConversationKey) -> Result<(), StoreError> {
+        let Some(mut conv) = self.store.conversation(key).await? else {
+            return Ok(());
+        };
+        let now = OffsetDateTime::now_utc();
+        let previous = conv.agent_session.take();
+        conv.last_activity = now;
+        let event = OutboxEvent::new(
+            EventKind::SessionReset,
+            Some(key.to_string()),
+            &SessionReset {
+                at: conv_ref(&conv),
+                previous_session_id: previous,
+                reason: "api",
+            },
+            now,
+        );
+        self.store
+            .commit(Commit {
+                conversations: vec![conv.clone()],
+                transcript: vec![],
+                events: vec![event],
+            })
+            .await?;
+        self.sessions.put(conv);
+        Ok(())
     }
 
     /// Counts a busy turn and posts [`BUSY_REPLY`] in the background, if `tell`
@@ -667,7 +733,19 @@ impl Inner {
             sink,
             received,
             done,
+            api_reset,
         } = turn;
+        if api_reset {
+            let outcome = match self.reset_by_api(&key).await {
+                Ok(()) => TurnOutcome::Command,
+                Err(e) => {
+                    warn!(error = %e, conversation = %key, "could not reset the session");
+                    TurnOutcome::Failed
+                }
+            };
+            let _ = done.send(outcome);
+            return;
+        }
         let sink = &*sink;
         let outcome = match commands::parse(&msg.text) {
             Parsed::Chat(text) => {

@@ -484,3 +484,49 @@ async fn a_flood_over_the_rate_limit_gets_one_notice_a_minute_per_conversation()
     assert_eq!(app.agent.requests_to("/conversation").len(), 1);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_api_reset_waits_for_the_turn_in_flight_and_is_not_undone_by_it() {
+    let app = TestApp::spawn().await;
+    let sink = RecordingSink::new();
+    assert_eq!(app.turn("C1", "one", &sink).await, TurnOutcome::Answered);
+    let sessions: serde_json::Value = app
+        .admin(reqwest::Method::GET, "/sessions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = sessions["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A turn in flight (the agent is slow) when the reset arrives.
+    app.agent.set_delay(Duration::from_millis(400));
+    let in_flight = app
+        .relay
+        .submit(msg("C1", "two"), sink.clone())
+        .expect("accepted");
+    app.agent
+        .wait_for_requests_to("/conversation", 2, Duration::from_secs(5))
+        .await;
+    let status = app
+        .admin(reqwest::Method::DELETE, &format!("/sessions/{session}"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    assert_eq!(in_flight.outcome().await, TurnOutcome::Answered);
+    app.agent.set_delay(Duration::ZERO);
+
+    assert_eq!(app.turn("C1", "three", &sink).await, TurnOutcome::Answered);
+    let calls = app.agent.requests_to("/conversation");
+    assert_eq!(
+        calls[2].session_id, None,
+        "the reset holds although the turn in flight finished after it was asked"
+    );
+    app.shutdown().await;
+}
