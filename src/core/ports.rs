@@ -289,6 +289,9 @@ pub struct WebhookEndpoint {
     /// `previous_secret_expires_at`.
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<OffsetDateTime>,
+    /// Secrets replaced before `previous_secret`, each with the time it stops signing
+    /// (several rotations within 24 hours keep all of them valid).
+    pub older_secrets: Vec<(String, OffsetDateTime)>,
     pub enabled: bool,
     /// Why the endpoint was disabled (a 410 from the receiver).
     pub disabled_reason: Option<String>,
@@ -315,6 +318,7 @@ impl std::fmt::Debug for WebhookEndpoint {
                 "previous_secret_expires_at",
                 &self.previous_secret_expires_at,
             )
+            .field("older_secrets", &self.older_secrets.len())
             .field("enabled", &self.enabled)
             .field("disabled_reason", &self.disabled_reason)
             .field("created_at", &self.created_at)
