@@ -58,6 +58,14 @@ const SELECT_HISTORY: &str = "\
            message_id \
     FROM transcripts WHERE session_id = $1 AND created_at >= $2 ORDER BY created_at, id";
 
+/// A page for a poller: the `(session_id, …)` index bounds the range, so an empty
+/// poll is an index lookup.
+const SELECT_HISTORY_PAGE: &str = "\
+    SELECT id, session_id, role, content, created_at, platform, channel, thread, user_id, \
+           message_id \
+    FROM transcripts WHERE session_id = $1 AND created_at >= $2 AND id > $3 \
+    ORDER BY id LIMIT $4";
+
 const PURGE_TRANSCRIPTS: &str = "DELETE FROM transcripts WHERE created_at < $1";
 
 /// The event row, only when an enabled endpoint subscribes to its type or to `*`
@@ -329,6 +337,29 @@ impl Store for SqlStore {
             sqlx::query_as::<_, TranscriptRow>(SELECT_HISTORY)
                 .bind(agent_session)
                 .bind(since)
+                .fetch_all(p)
+                .await
+        })
+        .map_err(db_err)?;
+        convert_all(rows)
+    }
+
+    async fn history_page(
+        &self,
+        agent_session: &str,
+        since: Option<OffsetDateTime>,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<TranscriptEntry>, StoreError> {
+        let since = since.map_or(i64::MIN, to_ms);
+        let after = after.unwrap_or(i64::MIN);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = on_pool!(self, |p| {
+            sqlx::query_as::<_, TranscriptRow>(SELECT_HISTORY_PAGE)
+                .bind(agent_session)
+                .bind(since)
+                .bind(after)
+                .bind(limit)
                 .fetch_all(p)
                 .await
         })
