@@ -211,9 +211,10 @@ pub trait Store: Send + Sync + 'static {
         agent_session: &str,
         since: Option<OffsetDateTime>,
     ) -> Result<Vec<TranscriptEntry>, StoreError>;
-    /// One page of an agent session's transcript: rows at or after `since` with an id
-    /// above `after`, in id order, at most `limit` (an index range on the session).
-    /// The default reads the whole history; stores override it.
+    /// One page of an agent session's transcript: rows at or after `since`, oldest
+    /// first (`history`'s order), following the row with id `after`, at most `limit`
+    /// (an index range on the session). The default reads the whole history; stores
+    /// override it.
     async fn history_page(
         &self,
         agent_session: &str,
@@ -221,11 +222,12 @@ pub trait Store: Send + Sync + 'static {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<TranscriptEntry>, StoreError> {
-        let mut rows = self.history(agent_session, since).await?;
-        rows.retain(|r| after.is_none_or(|a| r.id > a));
-        rows.sort_by_key(|r| r.id);
-        rows.truncate(limit);
-        Ok(rows)
+        let rows = self.history(agent_session, since).await?;
+        let start = match after {
+            Some(id) => rows.iter().position(|r| r.id == id).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        Ok(rows.into_iter().skip(start).take(limit).collect())
     }
     /// Deletes transcript rows older than `before`; returns how many.
     async fn purge_transcripts(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
