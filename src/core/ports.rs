@@ -290,6 +290,24 @@ pub trait Store: Send + Sync + 'static {
         agent_session: &str,
         since: Option<OffsetDateTime>,
     ) -> Result<Vec<TranscriptEntry>, StoreError>;
+    /// One page of an agent session's transcript: rows at or after `since`, oldest
+    /// first (`history`'s order), following the row with id `after`, at most `limit`
+    /// (an index range on the session). The default reads the whole history; stores
+    /// override it.
+    async fn history_page(
+        &self,
+        agent_session: &str,
+        since: Option<OffsetDateTime>,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<TranscriptEntry>, StoreError> {
+        let rows = self.history(agent_session, since).await?;
+        let start = match after {
+            Some(id) => rows.iter().position(|r| r.id == id).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        Ok(rows.into_iter().skip(start).take(limit).collect())
+    }
     /// Deletes transcript rows older than `before`; returns how many.
     async fn purge_transcripts(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
@@ -368,6 +386,9 @@ pub struct WebhookEndpoint {
     /// `previous_secret_expires_at`.
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<OffsetDateTime>,
+    /// Secrets replaced before `previous_secret`, each with the time it stops signing
+    /// (several rotations within 24 hours keep all of them valid).
+    pub older_secrets: Vec<(String, OffsetDateTime)>,
     pub enabled: bool,
     /// Why the endpoint was disabled (a 410 from the receiver).
     pub disabled_reason: Option<String>,
@@ -394,6 +415,7 @@ impl std::fmt::Debug for WebhookEndpoint {
                 "previous_secret_expires_at",
                 &self.previous_secret_expires_at,
             )
+            .field("older_secrets", &self.older_secrets.len())
             .field("enabled", &self.enabled)
             .field("disabled_reason", &self.disabled_reason)
             .field("created_at", &self.created_at)

@@ -103,7 +103,8 @@ impl Handler {
             return;
         }
         let bot_id = bot.get();
-        let addressed = text::mentions(&msg.content, bot_id) || replies_to(&msg, bot);
+        let content = relayed_content(&msg);
+        let addressed = text::mentions(&content, bot_id) || replies_to(&msg, bot);
         let place = match msg.guild_id {
             None => Place::Dm,
             Some(_) => match self.channels.kind(http, msg.channel_id).await {
@@ -123,7 +124,7 @@ impl Handler {
             return;
         }
 
-        let text = text::strip_mention(&msg.content, bot_id);
+        let text = text::strip_mention(&content, bot_id);
         let (channel, thread, target) = match (place, self.reply_mode) {
             (Place::Dm, _) | (Place::Channel, DiscordReplyMode::Reply) => {
                 (msg.channel_id, None, self.reply_to(&msg))
@@ -302,6 +303,30 @@ fn written_by_a_person(msg: &Message, bot: UserId) -> bool {
         && msg.author.id != bot
         && msg.webhook_id.is_none()
         && matches!(msg.kind, MessageType::Regular | MessageType::InlineReply)
+}
+
+/// What a message says: its own content, followed by the text of the messages it
+/// forwards (`message_reference.type` 1 with `message_snapshots`), whose own content
+/// is empty.
+fn relayed_content(msg: &Message) -> String {
+    let forwarded = msg
+        .message_reference
+        .as_ref()
+        .is_some_and(|r| r.kind == serenity::model::channel::MessageReferenceKind::Forward);
+    if !forwarded || msg.message_snapshots.is_empty() {
+        return msg.content.clone();
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    if !msg.content.trim().is_empty() {
+        parts.push(&msg.content);
+    }
+    parts.extend(
+        msg.message_snapshots
+            .iter()
+            .map(|s| s.content.as_str())
+            .filter(|c| !c.trim().is_empty()),
+    );
+    parts.join("\n\n")
 }
 
 /// A reply to one of the bot's own messages addresses the bot like a mention does.

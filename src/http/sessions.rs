@@ -48,7 +48,13 @@ pub async fn list(
 #[derive(Deserialize)]
 pub struct HistoryParams {
     since: Option<String>,
+    limit: Option<u32>,
+    after: Option<i64>,
 }
+
+/// `limit` of a history page: 100 by default, at most 1000.
+const HISTORY_DEFAULT_LIMIT: u32 = 100;
+const HISTORY_MAX_LIMIT: u32 = 1000;
 
 pub async fn history(
     State(state): State<AppState>,
@@ -63,16 +69,39 @@ pub async fn history(
             ))
         })?),
     };
+    let limit = params.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
+    if !(1..=HISTORY_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is not between 1 and {HISTORY_MAX_LIMIT}"
+        )));
+    }
     let store = state.relay.store();
-    let rows = store.history(&id, since).await?;
+    let rows = store
+        .history_page(&id, since, params.after, limit as usize)
+        .await?;
     // An empty page is normal for a poller; an id nobody has ever used is a mistake
-    // worth a 404.
+    // worth a 404. One row of the session (an index lookup) tells them apart; only a
+    // session without any transcript left falls back to its conversations.
     if rows.is_empty()
-        && store.history(&id, None).await?.is_empty()
+        && store.history_page(&id, None, None, 1).await?.is_empty()
         && store.conversations_by_session(&id).await?.is_empty()
     {
         return Err(ApiError::not_found(format!("no session {id}")));
     }
+    // A full page may have a following one; its path continues after the last id.
+    let next = match rows.last() {
+        Some(last) if rows.len() == limit as usize => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(since) = params.since.as_deref().filter(|s| !s.is_empty()) {
+                query.append_pair("since", since);
+            }
+            query.append_pair("limit", &limit.to_string());
+            query.append_pair("after", &last.id.to_string());
+            let path_id: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+            serde_json::Value::from(format!("/sessions/{path_id}/history?{}", query.finish()))
+        }
+        _ => serde_json::Value::Null,
+    };
     let messages: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -89,7 +118,9 @@ pub async fn history(
             })
         })
         .collect();
-    Ok(Json(json!({ "session_id": id, "messages": messages })))
+    Ok(Json(
+        json!({ "session_id": id, "messages": messages, "next": next }),
+    ))
 }
 
 pub async fn reset(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {

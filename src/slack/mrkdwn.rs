@@ -8,7 +8,8 @@
 //! | `[text](https://…)`, `![alt](https://…)`, `<https://…>` | `<https://…\|text>` |
 //! | `# Heading` (any level) | `*Heading*` |
 //! | `- item`, `* item`, `+ item` | `• item` |
-//! | `1. item`, `> quote` | kept |
+//! | `[text][ref]`, `[text][]`, `![alt][ref]` with a `[ref]: url` line | `<url\|text>`, the definition line removed |
+//! | `1. item`, `> quote` | kept (a lazy continuation line of a quote keeps the quote) |
 //! | `` `code` ``, fenced blocks | kept (fence info strings dropped: Slack shows them as code) |
 //!
 //! **Safety invariant:** `&`, `<` and `>` in the agent's text always come out as
@@ -20,17 +21,40 @@
 //! escaped `<`.)
 //!
 //! Pure and total: any input converts, nothing panics (property-tested). Inline
-//! constructs never span lines, which also bounds the work per construct.
+//! constructs never span lines, which also bounds the work per construct. Line
+//! endings are `\n`, `\r\n` or a lone `\r`.
 
 /// Converts agent Markdown to Slack mrkdwn (see the module docs for the mapping).
 pub fn to_mrkdwn(markdown: &str) -> String {
+    let markdown = resolve_references(&normalize_line_endings(markdown));
     let mut out = String::with_capacity(markdown.len() + markdown.len() / 8);
     let mut fence: Option<Fence> = None;
+    // Inside a block quote: a following non-blank line that starts no other block is
+    // a lazy continuation and stays in the quote.
+    let mut in_quote = false;
     for (n, line) in markdown.split('\n').enumerate() {
         if n > 0 {
             out.push('\n');
         }
-        let line = line.strip_suffix('\r').unwrap_or(line);
+        let lazy;
+        let line = if fence.is_none() {
+            let quoted = strip_indent(line).is_some_and(|l| l.starts_with('>'));
+            if quoted {
+                in_quote = true;
+                line
+            } else if line.trim().is_empty() {
+                in_quote = false;
+                line
+            } else if in_quote && !starts_a_block(line) {
+                lazy = format!("> {}", line.trim_start());
+                &lazy
+            } else {
+                in_quote = false;
+                line
+            }
+        } else {
+            line
+        };
         match &fence {
             Some(open) => {
                 if open.is_closed_by(line) {
@@ -112,6 +136,140 @@ impl Fence {
         };
         let len = rest.chars().take_while(|c| *c == self.marker).count();
         len >= self.len && rest[len..].trim().is_empty()
+    }
+}
+
+/// `\r\n` and a lone `\r` become `\n`.
+fn normalize_line_endings(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// Whether `line` opens a block of its own (so it cannot continue a quote lazily).
+fn starts_a_block(line: &str) -> bool {
+    let Some(rest) = strip_indent(line) else {
+        return false;
+    };
+    Fence::opened_by(line).is_some()
+        || heading(line).is_some()
+        || is_rule(rest)
+        || bullet(rest).is_some()
+        || numbered(rest).is_some()
+}
+
+/// Reference-style links and images: `[ref]: url` definition lines (outside code
+/// blocks) are removed, and `[text][ref]`, `[text][]` and `![alt][ref]` become inline
+/// links `[text](url)`, which the line converter then renders (or, for an unsafe URL,
+/// reduces to its text). Labels match case-insensitively; code spans are left alone.
+fn resolve_references(text: &str) -> String {
+    let mut definitions: std::collections::HashMap<String, String> =
+        std::collections::HashMap::new();
+    let mut kept: Vec<&str> = Vec::new();
+    let mut fence: Option<Fence> = None;
+    for line in text.split('\n') {
+        match &fence {
+            Some(open) => {
+                if open.is_closed_by(line) {
+                    fence = None;
+                }
+                kept.push(line);
+            }
+            None => {
+                if let Some(open) = Fence::opened_by(line) {
+                    fence = Some(open);
+                    kept.push(line);
+                } else if let Some((label, url)) = definition(line) {
+                    definitions.entry(label).or_insert(url);
+                } else {
+                    kept.push(line);
+                }
+            }
+        }
+    }
+    if definitions.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut fence: Option<Fence> = None;
+    for (n, line) in kept.iter().enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        match &fence {
+            Some(open) => {
+                if open.is_closed_by(line) {
+                    fence = None;
+                }
+                out.push_str(line);
+            }
+            None => {
+                if let Some(open) = Fence::opened_by(line) {
+                    fence = Some(open);
+                    out.push_str(line);
+                } else {
+                    replace_references(line, &definitions, &mut out);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `[label]: url` (optionally `<url>`, optionally followed by a title) → (label, url).
+fn definition(line: &str) -> Option<(String, String)> {
+    let rest = strip_indent(line)?.strip_prefix('[')?;
+    let (label, rest) = rest.split_once("]:")?;
+    if label.trim().is_empty() || label.contains(['[', ']']) {
+        return None;
+    }
+    let url = rest.split_whitespace().next()?;
+    let url = url
+        .strip_prefix('<')
+        .and_then(|u| u.strip_suffix('>'))
+        .unwrap_or(url);
+    Some((label.trim().to_lowercase(), url.to_owned()))
+}
+
+/// Rewrites the reference links of one line into inline links.
+fn replace_references(
+    line: &str,
+    definitions: &std::collections::HashMap<String, String>,
+    out: &mut String,
+) {
+    let chars: Vec<char> = line.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '`' {
+            let end = skip_code_span(&chars, i);
+            out.extend(&chars[i..end.max(i + 1)]);
+            i = end.max(i + 1);
+            continue;
+        }
+        if chars[i] == '[' {
+            if let Some(text_end) = matching(&chars, i + 1, '[', ']') {
+                if chars.get(text_end + 1) == Some(&'[') {
+                    if let Some(label_end) = matching(&chars, text_end + 2, '[', ']') {
+                        let text: String = chars[i + 1..text_end].iter().collect();
+                        let label: String = chars[text_end + 2..label_end].iter().collect();
+                        let label = if label.trim().is_empty() {
+                            text.trim().to_lowercase()
+                        } else {
+                            label.trim().to_lowercase()
+                        };
+                        if let Some(url) = definitions.get(&label) {
+                            out.push('[');
+                            out.push_str(&text);
+                            out.push_str("](");
+                            out.push_str(url);
+                            out.push(')');
+                            i = label_end + 1;
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
     }
 }
 
@@ -708,6 +866,42 @@ mod tests {
         check("- **bold** item", "• *bold* item");
         check("- [ ] todo\n- [x] done", "• ☐ todo\n• ☑ done");
         check("-not a list", "-not a list");
+    }
+
+    #[test]
+    fn reference_links_lazy_quotes_and_line_endings() {
+        for (markdown, expected) in [
+            (
+                "See [the docs][docs].\n\n[docs]: https://example.com/docs",
+                "See <https://example.com/docs|the docs>.\n",
+            ),
+            (
+                "[Docs][] and [more][M]\n[docs]: https://a.example\n[m]: <https://b.example> \"T\"",
+                "<https://a.example|Docs> and <https://b.example|more>",
+            ),
+            (
+                "![a cat][cat]\n[cat]: https://img.example/cat.png",
+                "<https://img.example/cat.png|a cat>",
+            ),
+            ("[unknown][nope] stays", "[unknown][nope] stays"),
+            (
+                "`[x][r]` in code\n[r]: https://r.example",
+                "`[x][r]` in code",
+            ),
+            (
+                "```\n[r]: https://kept.example\n```",
+                "```\n[r]: https://kept.example\n```",
+            ),
+            (
+                "> quoted\nlazy line\n\nafter",
+                "> quoted\n> lazy line\n\nafter",
+            ),
+            ("> quoted\n- a list", "> quoted\n• a list"),
+            ("one\rtwo **b**\r\nthree", "one\ntwo *b*\nthree"),
+            ("# Title\r- item", "*Title*\n• item"),
+        ] {
+            check(markdown, expected);
+        }
     }
 
     #[test]

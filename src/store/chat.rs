@@ -58,6 +58,18 @@ const SELECT_HISTORY: &str = "\
            message_id \
     FROM transcripts WHERE session_id = $1 AND created_at >= $2 ORDER BY created_at, id";
 
+/// A page for a poller: the `(session_id, …)` index bounds the range, so an empty
+/// poll is an index lookup.
+const SELECT_HISTORY_PAGE: &str = "\
+    SELECT id, session_id, role, content, created_at, platform, channel, thread, user_id, \
+           message_id \
+    FROM transcripts WHERE session_id = $1 AND created_at >= $2 \
+      AND (created_at > $3 OR (created_at = $3 AND id > $4)) \
+    ORDER BY created_at, id LIMIT $5";
+
+/// Where the row a page continues after sits in the `(created_at, id)` order.
+const SELECT_CURSOR: &str = "SELECT created_at FROM transcripts WHERE id = $1";
+
 const PURGE_TRANSCRIPTS: &str = "DELETE FROM transcripts WHERE created_at < $1";
 
 /// The event row, only when an enabled endpoint subscribes to its type or to `*`
@@ -331,6 +343,43 @@ impl Store for SqlStore {
                 .bind(since)
                 .fetch_all(p)
                 .await
+        })
+        .map_err(db_err)?;
+        convert_all(rows)
+    }
+
+    async fn history_page(
+        &self,
+        agent_session: &str,
+        since: Option<OffsetDateTime>,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<TranscriptEntry>, StoreError> {
+        let since = since.map_or(i64::MIN, to_ms);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = on_pool!(self, |p| {
+            async {
+                // Rows are in `(created_at, id)` order (ids are not: a turn's rows
+                // are written together); a cursor row that was purged meanwhile
+                // continues from its id alone.
+                let cursor_at = match after {
+                    Some(id) => sqlx::query_scalar::<_, i64>(SELECT_CURSOR)
+                        .bind(id)
+                        .fetch_optional(p)
+                        .await?
+                        .unwrap_or(i64::MIN),
+                    None => i64::MIN,
+                };
+                sqlx::query_as::<_, TranscriptRow>(SELECT_HISTORY_PAGE)
+                    .bind(agent_session)
+                    .bind(since)
+                    .bind(cursor_at)
+                    .bind(after.unwrap_or(i64::MIN))
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await
+            }
+            .await
         })
         .map_err(db_err)?;
         convert_all(rows)

@@ -106,6 +106,22 @@ const ROTATE_SECRET: &str = "\
     SET previous_secret = secret, previous_secret_expires_at = $3, secret = $2 \
     WHERE id = $1";
 
+/// The previous secret, still signing, joins the older ones before it is replaced;
+/// expired older secrets go.
+const KEEP_PREVIOUS_SECRET: &str = "\
+    INSERT INTO webhook_older_secrets (endpoint_id, secret, expires_at) \
+    SELECT id, previous_secret, previous_secret_expires_at FROM webhook_endpoints \
+    WHERE id = $1 AND previous_secret IS NOT NULL AND previous_secret_expires_at > $2";
+const DROP_EXPIRED_SECRETS: &str =
+    "DELETE FROM webhook_older_secrets WHERE endpoint_id = $1 AND expires_at <= $2";
+const SELECT_OLDER_SECRETS: &str = "\
+    SELECT secret, expires_at FROM webhook_older_secrets \
+    WHERE endpoint_id = $1 AND expires_at > $2 ORDER BY expires_at DESC";
+const SELECT_ALL_OLDER_SECRETS: &str = "\
+    SELECT endpoint_id, secret, expires_at FROM webhook_older_secrets \
+    WHERE expires_at > $1 ORDER BY expires_at DESC";
+const DELETE_OLDER_SECRETS: &str = "DELETE FROM webhook_older_secrets WHERE endpoint_id = $1";
+
 const SET_ENABLED: &str =
     "UPDATE webhook_endpoints SET enabled = $2, disabled_reason = $3 WHERE id = $1";
 
@@ -243,7 +259,15 @@ struct EndpointRow {
 }
 
 impl EndpointRow {
-    fn into_endpoint(self, events: Vec<String>) -> Result<WebhookEndpoint, StoreError> {
+    fn into_endpoint(
+        self,
+        events: Vec<String>,
+        older: Vec<(String, i64)>,
+    ) -> Result<WebhookEndpoint, StoreError> {
+        let older_secrets = older
+            .into_iter()
+            .map(|(secret, until)| from_ms(until).map(|until| (secret, until)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(WebhookEndpoint {
             id: self.id,
             url: self.url,
@@ -253,6 +277,7 @@ impl EndpointRow {
             secret: self.secret,
             previous_secret: self.previous_secret,
             previous_secret_expires_at: self.previous_secret_expires_at.map(from_ms).transpose()?,
+            older_secrets,
             enabled: self.enabled != 0,
             disabled_reason: self.disabled_reason,
             created_at: from_ms(self.created_at)?,
@@ -383,13 +408,23 @@ impl WebhookStore for SqlStore {
             None => Ok(None),
             Some(row) => {
                 let events = self.subscriptions(id).await?;
-                row.into_endpoint(events).map(Some)
+                let now = to_ms(OffsetDateTime::now_utc());
+                let older = on_pool!(self, |p| {
+                    sqlx::query_as::<_, (String, i64)>(SELECT_OLDER_SECRETS)
+                        .bind(id)
+                        .bind(now)
+                        .fetch_all(p)
+                        .await
+                })
+                .map_err(db_err)?;
+                row.into_endpoint(events, older).map(Some)
             }
         }
     }
 
     async fn endpoints(&self) -> Result<Vec<WebhookEndpoint>, StoreError> {
-        let (rows, subs) = on_pool!(self, |p| {
+        let now = to_ms(OffsetDateTime::now_utc());
+        let (rows, subs, older) = on_pool!(self, |p| {
             async {
                 let rows = sqlx::query_as::<_, EndpointRow>(SELECT_ENDPOINTS)
                     .fetch_all(p)
@@ -397,11 +432,23 @@ impl WebhookStore for SqlStore {
                 let subs = sqlx::query_as::<_, (String, String)>(SELECT_ALL_SUBSCRIPTIONS)
                     .fetch_all(p)
                     .await?;
-                Ok::<_, sqlx::Error>((rows, subs))
+                let older = sqlx::query_as::<_, (String, String, i64)>(SELECT_ALL_OLDER_SECRETS)
+                    .bind(now)
+                    .fetch_all(p)
+                    .await?;
+                Ok::<_, sqlx::Error>((rows, subs, older))
             }
             .await
         })
         .map_err(db_err)?;
+        let mut older_by_endpoint: std::collections::HashMap<String, Vec<(String, i64)>> =
+            Default::default();
+        for (endpoint, secret, until) in older {
+            older_by_endpoint
+                .entry(endpoint)
+                .or_default()
+                .push((secret, until));
+        }
         let mut by_endpoint: std::collections::HashMap<String, Vec<String>> = Default::default();
         for (endpoint, event) in subs {
             by_endpoint.entry(endpoint).or_default().push(event);
@@ -409,18 +456,28 @@ impl WebhookStore for SqlStore {
         rows.into_iter()
             .map(|row| {
                 let events = by_endpoint.remove(&row.id).unwrap_or_default();
-                row.into_endpoint(events)
+                let older = older_by_endpoint.remove(&row.id).unwrap_or_default();
+                row.into_endpoint(events, older)
             })
             .collect()
     }
 
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
         let n = on_pool!(self, |p| {
-            sqlx::query(DELETE_ENDPOINT)
-                .bind(id)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+            async {
+                // Not left to `ON DELETE CASCADE`: SQLite enforces it only with
+                // `foreign_keys` on.
+                sqlx::query(DELETE_OLDER_SECRETS)
+                    .bind(id)
+                    .execute(p)
+                    .await?;
+                sqlx::query(DELETE_ENDPOINT)
+                    .bind(id)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            .await
         })
         .map_err(db_err)?;
         Ok(n > 0)
@@ -466,14 +523,31 @@ impl WebhookStore for SqlStore {
         secret: &str,
         previous_expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        let now = to_ms(OffsetDateTime::now_utc());
         let n = on_pool!(self, |p| {
-            sqlx::query(ROTATE_SECRET)
-                .bind(id)
-                .bind(secret)
-                .bind(to_ms(previous_expires_at))
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+            async {
+                let mut tx = p.begin().await?;
+                // A write first (see `set_subscriptions`).
+                sqlx::query(DROP_EXPIRED_SECRETS)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(KEEP_PREVIOUS_SECRET)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let n = sqlx::query(ROTATE_SECRET)
+                    .bind(id)
+                    .bind(secret)
+                    .bind(to_ms(previous_expires_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await.map(|()| n)
+            }
+            .await
         })
         .map_err(db_err)?;
         Ok(n > 0)
@@ -761,6 +835,7 @@ mod tests {
             secret: "whsec_AAAA".into(),
             previous_secret: None,
             previous_secret_expires_at: None,
+            older_secrets: Vec::new(),
             enabled: true,
             disabled_reason: None,
             created_at: T0,

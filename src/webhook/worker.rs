@@ -712,6 +712,13 @@ impl Target {
                 secrets.push(previous);
             }
         }
+        secrets.extend(
+            endpoint
+                .older_secrets
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .map(|(secret, _)| secret.as_str()),
+        );
         for secret in secrets {
             match SigningKey::parse(secret) {
                 Ok(key) => keys.push(key),

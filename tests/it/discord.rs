@@ -158,6 +158,43 @@ async fn a_dm_is_answered_without_a_mention() {
 }
 
 #[tokio::test]
+async fn a_forwarded_message_relays_the_forwarded_text() {
+    let (fake, app) = start(&[]).await;
+
+    fake.message(
+        "2101",
+        None,
+        crate::support::discord::user_json(USER, false),
+        "",
+        |m| {
+            m["message_reference"] = json!({
+                "type": 1,
+                "message_id": "999",
+                "channel_id": "3000",
+            });
+            m["message_snapshots"] = json!([{
+                "message": {
+                    "content": "the forwarded question",
+                    "timestamp": "2024-01-01T00:00:00.000000+00:00",
+                    "edited_timestamp": null,
+                    "mentions": [],
+                    "mention_roles": [],
+                    "attachments": [],
+                    "embeds": [],
+                    "type": 0,
+                    "flags": 0,
+                }
+            }]);
+        },
+    )
+    .await;
+
+    let posts = fake.wait_messages(1, WAIT).await;
+    assert_eq!(posts[0].content(), "answer to: the forwarded question");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn bots_webhooks_system_messages_and_unmentioned_messages_get_no_answer() {
     let (fake, app) = start(&[]).await;
     let mention = fake.mention();

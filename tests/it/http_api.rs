@@ -141,6 +141,91 @@ async fn a_query_string_the_bridge_rejects_gets_a_json_400() {
 }
 
 #[tokio::test]
+async fn history_pages_follow_next_until_it_is_null() {
+    let app = TestApp::spawn().await;
+    let sink = RecordingSink::new();
+    for text in ["one", "two", "three"] {
+        app.turn("C-pages", text, &sink).await;
+    }
+    let sessions = json_of(app.admin(Method::GET, "/sessions").send().await.unwrap()).await;
+    let id = sessions["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut path = format!("/sessions/{id}/history?limit=4");
+    let mut contents = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = json_of(app.admin(Method::GET, &path).send().await.unwrap()).await;
+        pages += 1;
+        assert_eq!(page["session_id"], id.as_str());
+        let messages = page["messages"].as_array().unwrap();
+        assert!(messages.len() <= 4, "{page}");
+        contents.extend(
+            messages
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => {
+                assert!(next.contains("after="), "{next}");
+                path = next.to_owned();
+            }
+            None => {
+                assert!(page["next"].is_null(), "{page}");
+                break;
+            }
+        }
+        assert!(pages < 5, "paging does not end");
+    }
+    assert_eq!(pages, 2);
+    assert_eq!(
+        contents,
+        [
+            "one",
+            "answer to: one",
+            "two",
+            "answer to: two",
+            "three",
+            "answer to: three"
+        ]
+    );
+
+    // An empty poll after the last id is a 200 with no messages, not a 404.
+    let last = json_of(
+        app.admin(Method::GET, &format!("/sessions/{id}/history"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(last["next"].is_null());
+    let last_id = last["messages"][5]["id"].as_i64().unwrap();
+    let resp = app
+        .admin(
+            Method::GET,
+            &format!("/sessions/{id}/history?after={last_id}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json_of(resp).await["messages"], json!([]));
+
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=y"] {
+        let resp = app
+            .admin(Method::GET, &format!("/sessions/{id}/history?{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        assert!(json_of(resp).await["error"].is_string(), "{bad}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn sessions_history_and_reset_over_http() {
     let app = TestApp::spawn().await;
     let sink = RecordingSink::new();

@@ -488,6 +488,30 @@ async fn history_is_oldest_first_and_honours_since(s: &SqlStore) {
     let contents: Vec<_> = since.iter().map(|e| e.content.as_str()).collect();
     assert_eq!(contents, ["second", "third", "fourth"]);
     assert_eq!(s.history("no-such-session", None).await.unwrap(), vec![]);
+
+    // Pages: `after` an id, at most `limit`, `since` still applies.
+    let page = s.history_page("hist", None, None, 2).await.unwrap();
+    assert_eq!(page, all[..2].to_vec());
+    let page = s
+        .history_page("hist", None, Some(all[1].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(page, all[2..].to_vec());
+    let page = s
+        .history_page("hist", Some(t0 + Duration::seconds(1)), None, 1)
+        .await
+        .unwrap();
+    assert_eq!(page[0].content, "second");
+    assert!(s
+        .history_page("hist", None, Some(all[3].id), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .history_page("no-such-session", None, None, 1)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn purge_transcripts_deletes_only_older_rows(s: &SqlStore) {

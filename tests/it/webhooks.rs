@@ -442,6 +442,54 @@ async fn a_429_with_retry_after_is_not_retried_sooner() {
 }
 
 #[tokio::test]
+async fn two_rotations_in_a_day_sign_with_all_three_secrets() {
+    three_secrets_after_two_rotations(app_with(&[]).await).await;
+}
+
+#[tokio::test]
+async fn postgres_two_rotations_in_a_day_sign_with_all_three_secrets() {
+    let Some(pg) = db::PgSchema::create().await else {
+        return;
+    };
+    let app = TestApp::builder()
+        .no_subscriber()
+        .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+        .database(&pg.url)
+        .start()
+        .await;
+    three_secrets_after_two_rotations(app).await;
+    pg.remove().await;
+}
+
+async fn three_secrets_after_two_rotations(app: TestApp) {
+    let rx = Receiver::start().await;
+    let created = register(&app, json!({"url": rx.url(), "events": ["*"]})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut secrets = vec![created["secret"].as_str().unwrap().to_owned()];
+    for _ in 0..2 {
+        let resp = app
+            .admin(Method::POST, &format!("/webhooks/{id}/secret/rotate"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let rotated: Value = resp.json().await.unwrap();
+        secrets.push(rotated["secret"].as_str().unwrap().to_owned());
+    }
+
+    app.turn("C-rotate-twice", "three keys", &RecordingSink::new())
+        .await;
+    let got = rx.wait_for(1, WAIT).await;
+    let req = &got[0];
+    let sigs = req.signatures();
+    assert_eq!(sigs.len(), 3, "{sigs:?}");
+    for secret in &secrets {
+        assert!(req.verify(secret), "{secret} does not sign");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn after_a_secret_rotation_a_delivery_carries_two_signatures_each_valid_for_its_key() {
     let app = app_with(&[]).await;
     let rx = Receiver::start().await;
@@ -1039,6 +1087,7 @@ fn endpoint_at(id: &str, url: &str, ordered: bool) -> WebhookEndpoint {
         secret: agent_bridge::webhook::sign::generate_secret(),
         previous_secret: None,
         previous_secret_expires_at: None,
+        older_secrets: Vec::new(),
         enabled: true,
         disabled_reason: None,
         created_at: OffsetDateTime::now_utc(),
