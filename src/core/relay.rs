@@ -598,32 +598,17 @@ impl Inner {
 
     /// The reset itself: the conversation as stored now loses its agent session,
     /// with a `session.reset` event (`reason: "api"`).
-    async fn reset_by_api(&self, key: &ConversationKey) -> Result<(), StoreError> {
-        let Some(mut conv) = self.store.conversation(key).await? else {
+    async fn reset_by_api(&self, key: &ConversationKey) -> Result<(), String> {
+        let stored = self
+            .store
+            .conversation(key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(conv) = stored else {
             return Ok(());
         };
-        let now = OffsetDateTime::now_utc();
-        let previous = conv.agent_session.take();
-        conv.last_activity = now;
-        let event = OutboxEvent::new(
-            EventKind::SessionReset,
-            Some(key.to_string()),
-            &SessionReset {
-                at: conv_ref(&conv),
-                previous_session_id: previous,
-                reason: "api",
-            },
-            now,
-        );
-        self.store
-            .commit(Commit {
-                conversations: vec![conv.clone()],
-                transcript: vec![],
-                events: vec![event],
-            })
-            .await?;
-        self.sessions.put(conv);
-        Ok(())
+        let (conv, event) = session_reset(conv, "api");
+        self.save(conv, event).await
     }
 
     /// Counts a busy turn and posts [`BUSY_REPLY`] in the background, if `tell`
@@ -1066,20 +1051,8 @@ impl Inner {
     }
 
     async fn reset(&self, key: &ConversationKey, msg: &Inbound) -> Result<String, String> {
-        let mut conv = self.load(key, msg).await?;
-        let now = OffsetDateTime::now_utc();
-        let previous = conv.agent_session.take();
-        conv.last_activity = now;
-        let event = OutboxEvent::new(
-            EventKind::SessionReset,
-            Some(key.to_string()),
-            &SessionReset {
-                at: conv_ref(&conv),
-                previous_session_id: previous,
-                reason: "command",
-            },
-            now,
-        );
+        let conv = self.load(key, msg).await?;
+        let (conv, event) = session_reset(conv, "command");
         self.save(conv, event).await?;
         Ok("Done. Your next message starts a new conversation.".into())
     }
@@ -1263,6 +1236,24 @@ async fn with_progress<T>(
         }
         () = &mut progress => work.await,
     }
+}
+
+/// `conv` without its agent session, and the `session.reset` event saying why.
+fn session_reset(mut conv: Conversation, reason: &'static str) -> (Conversation, OutboxEvent) {
+    let now = OffsetDateTime::now_utc();
+    let previous = conv.agent_session.take();
+    conv.last_activity = now;
+    let event = OutboxEvent::new(
+        EventKind::SessionReset,
+        Some(conv.key.to_string()),
+        &SessionReset {
+            at: conv_ref(&conv),
+            previous_session_id: previous,
+            reason,
+        },
+        now,
+    );
+    (conv, event)
 }
 
 fn conv_ref(conv: &Conversation) -> ConversationRef {
