@@ -17,7 +17,8 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use crate::core::ports::{
-    Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerStream, Personality,
+    whole_answer, Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerStream,
+    Personality,
 };
 
 /// [`Agent`] that echoes; see the module documentation.
@@ -48,6 +49,11 @@ impl EchoAgent {
     /// the whole answer.
     fn words(&self, answer: AgentAnswer) -> AnswerStream {
         let delay = self.delay;
+        // Without a pause the words arrive together: one piece, as a platform would
+        // show them (one post, no edit).
+        if delay.is_zero() {
+            return whole_answer(answer);
+        }
         let mut pieces: Vec<String> = Vec::new();
         let mut current = String::new();
         for ch in answer.response.chars() {
@@ -269,5 +275,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(last.response, "echo (turn 51): q");
+    }
+
+    #[tokio::test]
+    async fn with_a_delay_the_answer_streams_word_by_word_and_without_one_whole() {
+        use futures_util::StreamExt;
+        let pieces = |agent: EchoAgent| async move {
+            let mut stream = agent
+                .converse_stream(&req("one two three", None, None))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut deltas = Vec::new();
+            let mut done = None;
+            while let Some(event) = stream.next().await {
+                match event.unwrap_or_else(|e| panic!("{e}")) {
+                    AnswerEvent::Delta(d) => deltas.push(d),
+                    AnswerEvent::Done(a) => done = Some(a.response),
+                }
+            }
+            (deltas, done)
+        };
+        let (deltas, done) = pieces(EchoAgent::with_delay(Duration::from_millis(1))).await;
+        assert!(deltas.len() > 3, "{deltas:?}");
+        assert_eq!(Some(deltas.concat()), done);
+        let (deltas, done) = pieces(EchoAgent::new()).await;
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(Some(deltas.concat()), done);
     }
 }
