@@ -14,4 +14,5 @@ mod relay;
 mod replicas;
 mod slack;
 mod store;
+mod ui;
 mod webhooks;
