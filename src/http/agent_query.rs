@@ -262,3 +262,36 @@ fn events_for(
     }
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn sse_answer_frames_each_piece_then_done_or_error() {
+        let (tx, rx) = mpsc::channel(4);
+        let sending = async move {
+            for piece in ["Hel", "", "lo"] {
+                tx.send(piece.to_string()).await.ok();
+            }
+        };
+        sending.await;
+        let done = async { Ok(json!({"response": "Hello"})) };
+        let resp = sse_answer(receiver_stream(rx), done).into_response();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        let text = String::from_utf8(body.unwrap_or_default().to_vec()).unwrap_or_default();
+        assert_eq!(
+            text,
+            "event: delta\ndata: {\"text\":\"Hel\"}\n\n\
+             event: delta\ndata: {\"text\":\"lo\"}\n\n\
+             event: done\ndata: {\"response\":\"Hello\"}\n\n"
+        );
+
+        let failed = async { Err("agent down".to_string()) };
+        let resp = sse_answer(stream::empty(), failed).into_response();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        let text = String::from_utf8(body.unwrap_or_default().to_vec()).unwrap_or_default();
+        assert_eq!(text, "event: error\ndata: {\"error\":\"agent down\"}\n\n");
+    }
+}
