@@ -55,6 +55,24 @@ async fn console_is_served_from_the_binary_with_a_strict_csp() {
     app.shutdown().await;
 }
 
+#[tokio::test]
+async fn without_a_token_the_console_is_for_loopback_clients_like_the_admin_api() {
+    let app = TestApp::builder().var("BRIDGE_API_TOKEN", "").start().await;
+    let resp = app.client.get(app.url("/ui")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "127.0.0.1 is loopback");
+    // Through a proxy the page answers exactly as the admin API does (same auth layer).
+    let get = |path: &str| {
+        app.client
+            .get(app.url(path))
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+    };
+    let page = get("/ui/app.js").await.unwrap().status();
+    let api = get("/sessions").await.unwrap().status();
+    assert_eq!(page, api);
+    app.shutdown().await;
+}
+
 /// A chromedriver of our own and a headless Chromium session on it.
 struct Browser {
     client: Client,
