@@ -165,6 +165,9 @@ pub struct QueryAnswered {
     pub response: Option<String>,
     pub session_id: Option<String>,
     pub error: Option<String>,
+    /// The caller's `metadata` object, carried as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// `reply.failed` for an async `/agent-query` whose agent call failed.

@@ -1,24 +1,36 @@
 //! `POST /agent-query`: the agent through the bridge's auth and concurrency bound.
 //! Synchronous by default; with `"async": true` it answers 202 at once and the answer
-//! arrives as a `query` webhook event. Every answer is also a `query` event.
+//! arrives as a `query` webhook event; with `"stream": true` (or `Accept:
+//! text/event-stream`) it answers server-sent events framed by [`sse_answer`]. Every
+//! answer is also a `query` event.
+
+use std::convert::Infallible;
+use std::future::Future;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
 
 use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::core::events::{EventKind, OutboxEvent, QueryAnswered, QueryFailed};
-use crate::core::ports::{AgentAnswer, AgentError, AgentRequest};
+use crate::core::ports::{AgentAnswer, AgentError, AgentRequest, AnswerEvent};
 use crate::core::Relay;
 
+/// `metadata` above this, serialized, is refused with 422.
+pub const METADATA_LIMIT: usize = 4 * 1024;
+
+/// The body. Unknown fields are ignored: clients of the proxy pattern send `user`,
+/// `channel`, `context`, ….
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AgentQuery {
     query: String,
     session_id: Option<String>,
@@ -26,10 +38,14 @@ pub struct AgentQuery {
     max_results: Option<u32>,
     #[serde(default, rename = "async")]
     asynchronous: bool,
+    #[serde(default)]
+    stream: bool,
+    metadata: Option<Value>,
 }
 
 pub async fn agent_query(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<AgentQuery>,
 ) -> ApiResult<Response> {
     if !state.relay.is_accepting() {
@@ -41,6 +57,20 @@ pub async fn agent_query(
     if body.query.trim().is_empty() {
         return Err(ApiError::unprocessable("query must not be empty"));
     }
+    let metadata = match body.metadata {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => {
+            let size = serde_json::to_vec(&map)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > METADATA_LIMIT {
+                return Err(ApiError::unprocessable("metadata is over 4 KiB"));
+            }
+            Some(Value::Object(map))
+        }
+        Some(_) => return Err(ApiError::unprocessable("metadata must be a JSON object")),
+    };
+    let wants_stream = body.stream || accepts_event_stream(&headers);
     let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
     let request = AgentRequest {
         query: body.query,
@@ -59,23 +89,23 @@ pub async fn agent_query(
             if let Err(e) = &result {
                 tracing::warn!(error = %e, request_id = %id, "async agent query failed");
             }
-            if let Err(e) = relay.record(events_for(&id, &request, &result)).await {
+            if let Err(e) = relay
+                .record(events_for(&id, &request, metadata, &result))
+                .await
+            {
                 tracing::error!(error = %e, request_id = %id, "could not record the query event");
             }
         });
         let body = json!({ "status": "processing", "request_id": request_id });
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
+    if wants_stream {
+        return Ok(stream_answer(relay, request_id, request, metadata).into_response());
+    }
     let result = relay.ask(&request).await;
-    record(&relay, &request_id, &request, &result).await?;
+    record(&relay, &request_id, &request, metadata, &result).await?;
     match result {
-        Ok(answer) => Ok(Json(json!({
-            "request_id": request_id,
-            "response": answer.response,
-            "session_id": answer.session_id,
-            "sources": answer.sources,
-        }))
-        .into_response()),
+        Ok(answer) => Ok(Json(answer_body(&request_id, &answer)).into_response()),
         Err(e) => {
             tracing::warn!(error = %e, request_id = %request_id, "agent query failed");
             Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
@@ -83,17 +113,125 @@ pub async fn agent_query(
     }
 }
 
+/// The JSON a plain call returns; also the `done` event of a streamed one.
+fn answer_body(request_id: &str, answer: &AgentAnswer) -> Value {
+    json!({
+        "request_id": request_id,
+        "response": answer.response,
+        "session_id": answer.session_id,
+        "sources": answer.sources,
+    })
+}
+
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// A streamed answer. The agent call runs on a task of the relay's (so the `query`
+/// event is recorded even when the client goes away); its text arrives through
+/// `pieces` and its outcome through `outcome`. Today `Relay::ask` gives a whole answer,
+/// sent as one piece; a streaming agent port sends each piece into `tx` instead.
+fn stream_answer(
+    relay: Relay,
+    request_id: String,
+    request: AgentRequest,
+    metadata: Option<Value>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (tx, pieces) = mpsc::channel::<String>(64);
+    let (outcome_tx, outcome) = oneshot::channel::<Result<Value, String>>();
+    let task_relay = relay.clone();
+    relay.spawn(async move {
+        let relay = task_relay;
+        let result = ask_streaming(&relay, &request, &tx).await;
+        drop(tx);
+        let recorded = record(&relay, &request_id, &request, metadata, &result).await;
+        let end = match (result, recorded) {
+            (Ok(answer), Ok(())) => Ok(answer_body(&request_id, &answer)),
+            (Err(e), _) => {
+                tracing::warn!(error = %e, request_id = %request_id, "agent query failed");
+                Err(e.to_string())
+            }
+            (Ok(_), Err(e)) => Err(e.message),
+        };
+        let _ = outcome_tx.send(end);
+    });
+    let outcome = async move {
+        outcome
+            .await
+            .unwrap_or_else(|_| Err("the answer was lost".to_string()))
+    };
+    sse_answer(receiver_stream(pieces), outcome)
+}
+
+/// Asks the agent through the relay and sends each piece of the answer to `tx` as it
+/// is written; returns the whole answer. A client that went away is no reason to stop
+/// reading: the `query` event still gets the whole answer.
+async fn ask_streaming(
+    relay: &Relay,
+    request: &AgentRequest,
+    tx: &mpsc::Sender<String>,
+) -> Result<AgentAnswer, AgentError> {
+    let mut answer = relay.ask_stream(request).await?;
+    while let Some(event) = answer.next().await {
+        match event? {
+            AnswerEvent::Delta(piece) => {
+                let _ = tx.send(piece).await;
+            }
+            AnswerEvent::Done(whole) => return Ok(whole),
+        }
+    }
+    Err(AgentError::Malformed(
+        "the answer ended before it was complete".into(),
+    ))
+}
+
+/// The text pieces a channel receives, as a stream that ends when every sender is gone.
+pub fn receiver_stream(rx: mpsc::Receiver<String>) -> impl Stream<Item = String> {
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) })
+}
+
+/// The SSE framing of an answer: `event: delta` with `{"text": piece}` for each piece
+/// as it arrives, then, once `pieces` ends, `event: done` with the JSON `outcome`
+/// resolves to, or `event: error` with `{"error": ...}`.
+pub fn sse_answer<P, O>(pieces: P, outcome: O) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    P: Stream<Item = String> + Send + 'static,
+    O: Future<Output = Result<Value, String>> + Send + 'static,
+{
+    let deltas = pieces
+        .filter(|p| std::future::ready(!p.is_empty()))
+        .map(|text| {
+            Event::default()
+                .event("delta")
+                .data(json!({ "text": text }).to_string())
+        });
+    let end = stream::once(async move {
+        match outcome.await {
+            Ok(done) => Event::default().event("done").data(done.to_string()),
+            Err(error) => Event::default()
+                .event("error")
+                .data(json!({ "error": error }).to_string()),
+        }
+    });
+    Sse::new(deltas.chain(end).map(Ok)).keep_alive(KeepAlive::default())
+}
+
 async fn record(
     relay: &Relay,
     request_id: &str,
     request: &AgentRequest,
+    metadata: Option<Value>,
     result: &Result<AgentAnswer, AgentError>,
 ) -> ApiResult<()> {
     if !relay.wants_events() {
         return Ok(());
     }
     relay
-        .record(events_for(request_id, request, result))
+        .record(events_for(request_id, request, metadata, result))
         .await
         .map_err(ApiError::from)
 }
@@ -102,6 +240,7 @@ async fn record(
 fn events_for(
     request_id: &str,
     request: &AgentRequest,
+    metadata: Option<Value>,
     result: &Result<AgentAnswer, AgentError>,
 ) -> Vec<OutboxEvent> {
     let now = OffsetDateTime::now_utc();
@@ -123,6 +262,7 @@ fn events_for(
             response,
             session_id: session_id.clone(),
             error: error.clone(),
+            metadata,
         },
         now,
     )];
@@ -140,4 +280,37 @@ fn events_for(
         ));
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn sse_answer_frames_each_piece_then_done_or_error() {
+        let (tx, rx) = mpsc::channel(4);
+        let sending = async move {
+            for piece in ["Hel", "", "lo"] {
+                tx.send(piece.to_string()).await.ok();
+            }
+        };
+        sending.await;
+        let done = async { Ok(json!({"response": "Hello"})) };
+        let resp = sse_answer(receiver_stream(rx), done).into_response();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        let text = String::from_utf8(body.unwrap_or_default().to_vec()).unwrap_or_default();
+        assert_eq!(
+            text,
+            "event: delta\ndata: {\"text\":\"Hel\"}\n\n\
+             event: delta\ndata: {\"text\":\"lo\"}\n\n\
+             event: done\ndata: {\"response\":\"Hello\"}\n\n"
+        );
+
+        let failed = async { Err("agent down".to_string()) };
+        let resp = sse_answer(stream::empty(), failed).into_response();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        let text = String::from_utf8(body.unwrap_or_default().to_vec()).unwrap_or_default();
+        assert_eq!(text, "event: error\ndata: {\"error\":\"agent down\"}\n\n");
+    }
 }

@@ -28,6 +28,11 @@ impl AdminAuth {
         }
     }
 
+    /// Whether `BRIDGE_API_TOKEN` is configured (else only loopback is admitted).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     fn check(
         &self,
         authorization: Option<&str>,

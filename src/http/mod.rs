@@ -19,6 +19,7 @@ pub mod health;
 pub mod metrics;
 pub mod serve;
 pub mod sessions;
+pub mod ui;
 pub mod webhooks;
 
 pub use auth::AdminAuth;
@@ -48,6 +49,16 @@ pub struct Mounts {
 }
 
 pub fn router(state: AppState, auth: AdminAuth, mounts: Mounts) -> Router {
+    // The console's static files: harmless when a token is configured (every API call
+    // needs it anyway); without one, for loopback clients only, like the admin API.
+    let console = if auth.has_token() {
+        ui::routes()
+    } else {
+        ui::routes().route_layer(middleware::from_fn_with_state(
+            auth.clone(),
+            auth::require_admin,
+        ))
+    };
     let admin = Router::new()
         .route("/agent-query", post(agent_query::agent_query))
         .route("/sessions", get(sessions::list))
@@ -65,6 +76,7 @@ pub fn router(state: AppState, auth: AdminAuth, mounts: Mounts) -> Router {
         .with_state(state)
         .merge(mounts.public)
         .merge(admin)
+        .merge(console)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -487,3 +487,107 @@ async fn readiness_stays_200_while_only_the_agent_is_unreachable_and_reports_it(
     assert_eq!(resp.status(), 200);
     app.shutdown().await;
 }
+
+/// Reads an SSE answer the way a client does: `(event, data)` pairs until the stream ends.
+pub(crate) async fn sse_events(resp: reqwest::Response) -> Vec<(String, Value)> {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let mut stream = resp.bytes_stream().eventsource();
+    let mut out = vec![];
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event within 10 s")
+    {
+        let ev = ev.expect("well-formed SSE");
+        out.push((ev.event, serde_json::from_str(&ev.data).expect("JSON data")));
+    }
+    out
+}
+
+#[tokio::test]
+async fn agent_query_streams_deltas_then_done_as_server_sent_events() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .admin(Method::POST, "/agent-query")
+        .json(&json!({"query": "what?", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_events(resp).await;
+    let (last, done) = events.last().expect("some events");
+    assert_eq!(last, "done", "{events:?}");
+    assert_eq!(done["response"], "answer to: what?");
+    assert!(done["request_id"].as_str().unwrap().starts_with("req_"));
+    let text: String = events
+        .iter()
+        .filter(|(e, _)| e == "delta")
+        .map(|(_, d)| d["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "answer to: what?");
+    assert_eq!(stored_events(&app.db_url, "query").await.len(), 1);
+
+    // `Accept: text/event-stream` asks for the same; a failing agent ends with `error`.
+    app.agent
+        .push_response(500, r#"{"detail":"Personality not found: x"}"#);
+    let resp = app
+        .admin(Method::POST, "/agent-query")
+        .header("accept", "text/event-stream")
+        .json(&json!({"query": "q"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = sse_events(resp).await;
+    let (last, error) = events.last().expect("some events");
+    assert_eq!(last, "error", "{events:?}");
+    assert!(error["error"]
+        .as_str()
+        .unwrap()
+        .contains("Personality not found: x"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn agent_query_ignores_unknown_fields_and_carries_metadata_into_the_query_event() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .admin(Method::POST, "/agent-query")
+        .json(&json!({
+            "query": "q", "user": "u1", "channel": "c1", "context": {"a": 1},
+            "metadata": {"ticket": 42, "source": "crm"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = stored_events(&app.db_url, "query").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["data"]["metadata"],
+        json!({"ticket": 42, "source": "crm"})
+    );
+
+    for bad in [
+        json!({"query": "q", "metadata": "not an object"}),
+        json!({"query": "q", "metadata": {"big": "x".repeat(5000)}}),
+    ] {
+        let resp = app
+            .admin(Method::POST, "/agent-query")
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(json_of(resp).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("metadata"));
+    }
+    assert_eq!(stored_events(&app.db_url, "query").await.len(), 1);
+    app.shutdown().await;
+}

@@ -16,4 +16,5 @@ mod replicas;
 mod slack;
 mod store;
 mod streaming;
+mod ui;
 mod webhooks;

@@ -558,3 +558,33 @@ async fn a_server_that_ignores_stream_is_read_as_plain_json() {
     assert_eq!(sink.texts(), ["plain answer"]);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn agent_query_streams_the_models_pieces_as_they_are_written() {
+    let openai = FakeOpenAi::start().await;
+    let pieces = words(8);
+    openai.script(Script {
+        pieces: pieces.clone(),
+        pause: Duration::from_millis(30),
+        ..Script::default()
+    });
+    let app = app_with(&openai_vars(&openai)).await;
+    let resp = app
+        .admin(reqwest::Method::POST, "/agent-query")
+        .json(&serde_json::json!({"query": "stream it", "stream": true, "user": "U1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = crate::http_api::sse_events(resp).await;
+    let deltas: Vec<String> = events
+        .iter()
+        .filter(|(e, _)| e == "delta")
+        .map(|(_, d)| d["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas, pieces, "one delta per piece, in order");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done");
+    assert_eq!(done["response"], pieces.concat().as_str());
+    app.shutdown().await;
+}
