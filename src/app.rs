@@ -14,9 +14,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentKind, Config};
 use crate::core::access::AccessSettings;
-use crate::core::ports::WebhookStore;
-use crate::core::{janitor, Agent, Relay, RelaySettings, Store};
+use crate::core::ports::{RelayStore, Sightings, Transcripts};
+use crate::core::{janitor, Agent, Relay, RelaySettings};
 use crate::http::{self, AdminAuth, AppState, Readiness, RouteMounts};
+use crate::store::SqlStore;
+use crate::webhook::WebhookStore;
 use crate::{agent, discord, slack, store, webhook};
 
 /// How long shutdown waits for turns in flight before giving up on them.
@@ -24,9 +26,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// The store, the agent and the relay: what every command (run, console) needs.
 pub struct Core {
-    pub store: Arc<dyn Store>,
-    /// The same store, seen through its webhook side (endpoints, delivery claims).
-    pub webhooks: Arc<dyn WebhookStore>,
+    /// The one store; each consumer is handed only the role it uses (`core::ports`,
+    /// `webhook::WebhookStore`).
+    pub store: Arc<SqlStore>,
     pub relay: Relay,
 }
 
@@ -39,8 +41,7 @@ impl Core {
             .await
             .context("open the store at DATABASE_URL")?;
         sql.migrate().await.context("apply store migrations")?;
-        let store: Arc<dyn Store> = Arc::new(sql.clone());
-        let webhooks: Arc<dyn WebhookStore> = Arc::new(sql);
+        let store = Arc::new(sql);
         let mut agent_cfg = cfg.agent.clone();
         if let Some(kind) = agent_kind {
             agent_cfg.kind = kind;
@@ -65,14 +66,15 @@ impl Core {
                 user_rate_limit: cfg.conversation.user_rate_limit.map(|r| (r.turns, r.per)),
             },
         };
-        let relay = Relay::new(agent, store.clone(), settings);
+        let ports = RelayStore {
+            conversations: store.clone(),
+            transcripts: store.clone(),
+            turns: store.clone(),
+        };
+        let relay = Relay::new(agent, ports, settings);
         let preloading = relay.clone();
         tokio::spawn(async move { preloading.preload().await });
-        Ok(Core {
-            store,
-            webhooks,
-            relay,
-        })
+        Ok(Core { store, relay })
     }
 }
 
@@ -97,7 +99,7 @@ impl App {
             .with_context(|| format!("bind HTTP_BIND {}", cfg.http.bind))?;
         let addr = listener.local_addr().context("read the bound address")?;
         let webhook_worker = webhook::Worker::new(
-            core.webhooks.clone(),
+            core.store.clone(),
             webhook::WorkerSettings::from_config(&cfg.webhooks),
             core.relay.metrics().clone(),
         )
@@ -161,7 +163,7 @@ impl App {
         let webhook_wake = webhook_worker.waker();
         let flush_wake = webhook_worker.waker();
         tasks.spawn(webhook_worker.run(background.clone()));
-        let backlog_store = core.webhooks.clone();
+        let backlog_store: Arc<dyn WebhookStore> = core.store.clone();
         readiness.register_gauge(
             "bridge_webhook_outbox_backlog",
             "Webhook deliveries waiting to be delivered (pending).",
@@ -171,13 +173,15 @@ impl App {
             }),
         );
 
+        let outbox = webhook::OutboxSweep {
+            store: core.store.clone(),
+            retention: cfg.webhooks.retention,
+        };
         tasks.spawn(janitor::run(
-            core.store.clone(),
-            core.webhooks.clone(),
-            janitor::Retention {
-                transcripts: cfg.conversation.transcript_retention,
-                webhooks: cfg.webhooks.retention,
-            },
+            core.store.clone() as Arc<dyn Transcripts>,
+            core.store.clone() as Arc<dyn Sightings>,
+            cfg.conversation.transcript_retention,
+            vec![Arc::new(outbox)],
             background.clone(),
         ));
 
@@ -200,7 +204,7 @@ impl App {
         mounts.admin = mounts
             .admin
             .merge(http::webhooks::routes(webhook::WebhookService::new(
-                core.webhooks.clone(),
+                core.store.clone(),
                 cfg.webhooks.allow_private_targets,
                 Some(webhook_wake),
             )));
@@ -230,6 +234,8 @@ impl App {
 
         let state = AppState {
             relay: relay.clone(),
+            conversations: core.store.clone(),
+            transcripts: core.store.clone(),
             readiness: readiness.clone(),
             default_personality: cfg.agent.personality.clone(),
             default_max_results: cfg.agent.max_results,
@@ -274,7 +280,7 @@ impl App {
                 "shutdown grace elapsed with turns still running"
             );
         }
-        flush_outbox(&*core.webhooks, &flush_wake).await;
+        flush_outbox(&*core.store, &flush_wake).await;
         background.cancel();
         stop_serving.cancel();
         if tokio::time::timeout(Duration::from_secs(5), &mut server)
@@ -298,7 +304,7 @@ const FLUSH_BOUND: Duration = Duration::from_secs(3);
 const FLUSH_STALL: Duration = Duration::from_millis(250);
 
 /// Gives the webhook worker a bounded moment to deliver what the last turns emitted.
-async fn flush_outbox(store: &dyn crate::core::ports::WebhookStore, wake: &tokio::sync::Notify) {
+async fn flush_outbox(store: &dyn WebhookStore, wake: &tokio::sync::Notify) {
     let started = tokio::time::Instant::now();
     let mut last = u64::MAX;
     let mut progress = started;

@@ -148,7 +148,7 @@ pub async fn liveness(cfg: &Config) -> Result<(), String> {
 }
 
 async fn check_store(cfg: &Config) -> Result<String, String> {
-    use crate::core::Store;
+    use crate::core::ports::Conversations;
     let sql = store::connect(cfg.store.url.expose_secret())
         .await
         .map_err(|e| e.to_string())?;

@@ -19,5 +19,5 @@ pub mod render;
 pub mod sessions;
 
 pub use message::{ConversationKey, Inbound, Platform, SessionScope};
-pub use ports::{Agent, ChatSink, Store};
+pub use ports::{Agent, ChatSink};
 pub use relay::{Rejected, Relay, RelaySettings, TurnHandle, TurnOutcome};

@@ -1,10 +1,14 @@
-//! The traits through which the core does all of its I/O: [`Agent`], [`Store`] and
-//! [`ChatSink`], with the plain records they exchange.
+//! The traits through which the core does all of its I/O: [`Agent`], [`ChatSink`]
+//! and the store, seen by role ([`Conversations`], [`Transcripts`], [`Sightings`],
+//! [`TurnQueue`]), with the plain records they exchange. Each consumer gets only the
+//! roles it uses (`app.rs` hands them out); the webhook side's port lives with it
+//! (`webhook::store`).
 //!
 //! Implementations live outside `core` (`agent/`, `store/`, `discord/`, `slack/`,
 //! `console.rs`); `app.rs` picks them. Dynamic dispatch is deliberate: one vtable call
 //! costs nothing next to the network or disk round-trip behind every method.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -264,8 +268,9 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Conversation rows: the session map's misses and preload, resets, the admin list.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Conversations: Send + Sync + 'static {
     /// Cheap round-trip for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -280,9 +285,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         agent_session: &str,
     ) -> Result<Vec<Conversation>, StoreError>;
+}
 
+/// The record of what happened: a change's [`Commit`] (conversations, transcript
+/// rows, outbox events in one transaction), and the transcript read back.
+#[async_trait]
+pub trait Transcripts: Send + Sync + 'static {
     /// Applies a [`Commit`] atomically.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// `false` while the store knows that no enabled webhook endpoint would take an
+    /// event, so a caller may skip building events a commit would drop anyway. A hint
+    /// for the hot path, never a promise: a commit still decides by itself.
+    fn wants_events(&self) -> bool {
+        true
+    }
 
     /// Transcript rows of an agent session at or after `since`, oldest first.
     async fn history(
@@ -292,25 +309,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<TranscriptEntry>, StoreError>;
     /// One page of an agent session's transcript: rows at or after `since`, oldest
     /// first (`history`'s order), following the row with id `after`, at most `limit`
-    /// (an index range on the session). The default reads the whole history; stores
-    /// override it.
+    /// (an index range on the session).
     async fn history_page(
         &self,
         agent_session: &str,
         since: Option<OffsetDateTime>,
         after: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<TranscriptEntry>, StoreError> {
-        let rows = self.history(agent_session, since).await?;
-        let start = match after {
-            Some(id) => rows.iter().position(|r| r.id == id).map_or(0, |i| i + 1),
-            None => 0,
-        };
-        Ok(rows.into_iter().skip(start).take(limit).collect())
-    }
+    ) -> Result<Vec<TranscriptEntry>, StoreError>;
     /// Deletes transcript rows older than `before`; returns how many.
     async fn purge_transcripts(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+}
 
+/// Platform event ids already handled (Slack retries, followed threads).
+#[async_trait]
+pub trait Sightings: Send + Sync + 'static {
     /// Records a platform event id (e.g. `slack:Ev123`); `true` the first time it is
     /// seen, `false` for every later sighting until it expires — across restarts and
     /// replicas, because the store's unique key decides.
@@ -319,25 +332,24 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError>;
-    /// Records `key` like [`Store::first_sighting`] without waiting for the answer:
-    /// the write happens in the background, no later than any commit made after this
-    /// call returns. For marks nobody waits on (a thread the bot answered in).
+    /// Records `key` like [`Sightings::first_sighting`] without waiting for the
+    /// answer: the write happens in the background, no later than any commit made
+    /// after this call returns. For marks nobody waits on (a thread the bot answered
+    /// in).
     fn note_sighting(&self, key: String, expires_at: OffsetDateTime);
-    /// Forgets sightings that expired before `now`; returns how many.
-    async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
     /// Whether `key` has a sighting that has not expired (read only).
     async fn seen(&self, key: &str) -> Result<bool, StoreError>;
+    /// Forgets sightings that expired before `now`, and expired turn tickets (a dead
+    /// replica's, see [`TurnQueue`]); returns how many.
+    async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
+}
 
-    /// `false` while the store knows that no enabled webhook endpoint would take an
-    /// event, so a caller may skip building events a commit would drop anyway. A hint
-    /// for the hot path, never a promise: a commit still decides by itself.
-    fn wants_events(&self) -> bool {
-        true
-    }
-
+/// The cross-replica order of a conversation's turns (a shared PostgreSQL).
+#[async_trait]
+pub trait TurnQueue: Send + Sync + 'static {
     /// `true` when other processes may run turns on the same data (a shared
-    /// PostgreSQL): then the relay orders turns through the `turn_*` tickets below
-    /// and reloads a conversation from the store before each turn.
+    /// PostgreSQL): then the relay orders turns through the tickets below and reloads
+    /// a conversation from the store before each turn.
     fn is_shared(&self) -> bool {
         false
     }
@@ -363,232 +375,10 @@ pub trait Store: Send + Sync + 'static {
     async fn turn_leave(&self, ticket: i64) -> Result<(), StoreError>;
 }
 
-// ---------------------------------------------------------------------------------
-// Webhook store
-// ---------------------------------------------------------------------------------
-
-/// A registered webhook endpoint, as stored (secrets included: this record never
-/// leaves the process; the HTTP layer renders its own view without them). Its
-/// `Debug` shows `[REDACTED]` for the token and the secrets.
-#[derive(Clone, PartialEq)]
-pub struct WebhookEndpoint {
-    /// `ep_` followed by 32 hex digits.
-    pub id: String,
-    pub url: String,
-    pub description: Option<String>,
-    /// Sent as `x-webhook-token` on every delivery when set.
-    pub token: Option<String>,
-    /// Deliver one ordering key's events one at a time, in order.
-    pub ordered: bool,
-    /// The current `whsec_` signing secret.
-    pub secret: String,
-    /// The secret before the last rotation; it keeps signing until
-    /// `previous_secret_expires_at`.
-    pub previous_secret: Option<String>,
-    pub previous_secret_expires_at: Option<OffsetDateTime>,
-    /// Secrets replaced before `previous_secret`, each with the time it stops signing
-    /// (several rotations within 24 hours keep all of them valid).
-    pub older_secrets: Vec<(String, OffsetDateTime)>,
-    pub enabled: bool,
-    /// Why the endpoint was disabled (a 410 from the receiver).
-    pub disabled_reason: Option<String>,
-    pub created_at: OffsetDateTime,
-    /// Subscribed event types (`*` for all), sorted.
-    pub events: Vec<String>,
-}
-
-impl std::fmt::Debug for WebhookEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const REDACTED: &str = "[REDACTED]";
-        f.debug_struct("WebhookEndpoint")
-            .field("id", &self.id)
-            .field("url", &self.url)
-            .field("description", &self.description)
-            .field("token", &self.token.as_ref().map(|_| REDACTED))
-            .field("ordered", &self.ordered)
-            .field("secret", &REDACTED)
-            .field(
-                "previous_secret",
-                &self.previous_secret.as_ref().map(|_| REDACTED),
-            )
-            .field(
-                "previous_secret_expires_at",
-                &self.previous_secret_expires_at,
-            )
-            .field("older_secrets", &self.older_secrets.len())
-            .field("enabled", &self.enabled)
-            .field("disabled_reason", &self.disabled_reason)
-            .field("created_at", &self.created_at)
-            .field("events", &self.events)
-            .finish()
-    }
-}
-
-/// Where a delivery row stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryStatus {
-    /// Waiting for its next attempt (or in flight under a lease).
-    Pending,
-    Delivered,
-    /// Gave up: attempts exhausted, or the endpoint answered 410. Retryable by hand.
-    Failed,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(DeliveryStatus::Pending),
-            "delivered" => Some(DeliveryStatus::Delivered),
-            "failed" => Some(DeliveryStatus::Failed),
-            _ => None,
-        }
-    }
-}
-
-/// What a worker asks for when it claims due deliveries.
-#[derive(Debug, Clone)]
-pub struct ClaimRequest {
-    /// Rows due at or before this instant are eligible.
-    pub now: OffsetDateTime,
-    /// The lease written on every claimed row: until then no other worker takes it.
-    pub lease_until: OffsetDateTime,
-    /// At most this many rows.
-    pub limit: u32,
-    /// Endpoints this worker cannot take more work for right now (saturated).
-    pub skip_endpoints: Vec<String>,
-}
-
-/// A delivery row taken under a lease, with the stored event body to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClaimedDelivery {
-    pub id: i64,
-    pub event_id: String,
-    pub endpoint_id: String,
-    /// Attempts made before this one.
-    pub attempts: u32,
-    /// The exact bytes every attempt sends (and signs).
-    pub body: String,
-    /// The lease this claim wrote, in unix ms; results and renewals must present it,
-    /// so a worker whose lease expired (and whose row was re-claimed) changes nothing.
-    pub lease: i64,
-}
-
-/// One HTTP attempt, as recorded in `webhook_attempts`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AttemptRecord {
-    pub attempted_at: OffsetDateTime,
-    /// `None` when no response arrived (timeout, refused, private address).
-    pub status_code: Option<u16>,
-    /// The first 2 KB of the response body.
-    pub response_body: Option<String>,
-    pub duration_ms: u64,
-    pub error: Option<String>,
-}
-
-/// A finished attempt and what it means for its delivery row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeliveryResult {
-    pub delivery_id: i64,
-    pub endpoint_id: String,
-    /// The lease from [`ClaimedDelivery::lease`].
-    pub lease: i64,
-    pub status: DeliveryStatus,
-    /// When a `Pending` row is due again (ignored for the other states).
-    pub next_attempt_at: OffsetDateTime,
-    pub attempt: AttemptRecord,
-    /// `Some(reason)` disables the endpoint (the receiver answered 410).
-    pub disable_endpoint: Option<String>,
-}
-
-/// A delivery row with its latest attempt, for `GET /webhooks/{id}/deliveries`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeliveryRecord {
-    pub id: i64,
-    pub event_id: String,
-    pub event_type: String,
-    pub status: DeliveryStatus,
-    pub attempts: u32,
-    pub next_attempt_at: OffsetDateTime,
-    pub last_status_code: Option<u16>,
-    pub last_error: Option<String>,
-    /// Duration of the latest attempt.
-    pub last_duration_ms: Option<u64>,
-    pub created_at: OffsetDateTime,
-    pub updated_at: OffsetDateTime,
-    /// Every recorded attempt, oldest first.
-    pub attempt_log: Vec<AttemptRecord>,
-}
-
-/// Webhook endpoints and the delivery side of the outbox. The fan-out into the outbox
-/// is [`Store::commit`]'s job; this trait is what the admin API and the delivery
-/// worker need. Implemented by the same store as [`Store`].
-#[async_trait]
-pub trait WebhookStore: Send + Sync + 'static {
-    /// Inserts the endpoint and its subscriptions in one transaction.
-    async fn create_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError>;
-    async fn endpoint(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError>;
-    /// Every endpoint, oldest first.
-    async fn endpoints(&self) -> Result<Vec<WebhookEndpoint>, StoreError>;
-    /// Deletes the endpoint with its subscriptions and deliveries; `false` if unknown.
-    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
-    /// Replaces the subscribed event types; `false` if the endpoint is unknown.
-    async fn set_subscriptions(&self, id: &str, events: &[String]) -> Result<bool, StoreError>;
-    /// Makes `secret` current and keeps the old one valid until `previous_expires_at`.
-    async fn rotate_secret(
-        &self,
-        id: &str,
-        secret: &str,
-        previous_expires_at: OffsetDateTime,
-    ) -> Result<bool, StoreError>;
-    /// Enables (clearing the reason) or disables an endpoint; `false` if unknown.
-    async fn set_endpoint_enabled(
-        &self,
-        id: &str,
-        enabled: bool,
-        reason: Option<&str>,
-    ) -> Result<bool, StoreError>;
-
-    /// Takes due pending rows of enabled endpoints under a lease, atomically with
-    /// respect to every other worker (several replicas included). For `ordered`
-    /// endpoints a row is due only when no earlier row of its ordering key is pending.
-    async fn claim_deliveries(
-        &self,
-        claim: &ClaimRequest,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
-    /// Moves a held lease forward (a row waited locally behind a slow endpoint);
-    /// `false` when the lease was lost.
-    async fn renew_lease(&self, id: i64, lease: i64, until: i64) -> Result<bool, StoreError>;
-    /// Gives claimed rows back without an attempt (shutdown), each `(id, lease)`.
-    async fn release_deliveries(&self, held: &[(i64, i64)]) -> Result<(), StoreError>;
-    /// Records attempts and their outcomes in one transaction.
-    async fn record_results(&self, results: &[DeliveryResult]) -> Result<(), StoreError>;
-
-    /// The endpoint's most recent deliveries, newest first, each with its attempts.
-    async fn deliveries(
-        &self,
-        endpoint_id: &str,
-        limit: u32,
-    ) -> Result<Vec<DeliveryRecord>, StoreError>;
-    /// Makes a delivery due now (whatever its state): one more attempt, or, for a
-    /// pending row, an earlier one. `false` if the pair is unknown.
-    async fn retry_delivery(
-        &self,
-        endpoint_id: &str,
-        delivery_id: i64,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError>;
-    /// Deliveries still pending, for the backlog gauge.
-    async fn outbox_backlog(&self) -> Result<u64, StoreError>;
-    /// Deletes deliveries that ended (`delivered` or `failed`) before `before`, with
-    /// their attempts, and events older than `before` left without a delivery
-    /// (`WEBHOOK_RETENTION_DAYS`). Returns the deliveries deleted.
-    async fn purge_outbox(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+/// The store roles a relay works with, handed over together by `app`.
+#[derive(Clone)]
+pub struct RelayStore {
+    pub conversations: Arc<dyn Conversations>,
+    pub transcripts: Arc<dyn Transcripts>,
+    pub turns: Arc<dyn TurnQueue>,
 }

@@ -34,7 +34,7 @@ use super::message::{ConversationKey, Inbound, SessionScope};
 use super::metrics::Metrics;
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerFeed, AnswerStream, ChatSink,
-    Commit, Conversation, HistoryTurn, Role, Store, StoreError, TranscriptEntry,
+    Commit, Conversation, HistoryTurn, RelayStore, Role, StoreError, TranscriptEntry,
 };
 use super::sessions::SessionMap;
 
@@ -196,7 +196,7 @@ impl ChatSink for Silent {
 
 struct Inner {
     agent: Arc<dyn Agent>,
-    store: Arc<dyn Store>,
+    store: RelayStore,
     sessions: SessionMap,
     lanes: Lanes<Turn>,
     /// One permit per agent call in flight, across all conversations
@@ -218,13 +218,13 @@ struct Inner {
 }
 
 impl Relay {
-    pub fn new(agent: Arc<dyn Agent>, store: Arc<dyn Store>, mut settings: RelaySettings) -> Self {
+    pub fn new(agent: Arc<dyn Agent>, store: RelayStore, mut settings: RelaySettings) -> Self {
         let max_concurrency = settings.max_concurrency.max(1);
         let capacity = max_concurrency.saturating_add(settings.queue_capacity);
         Relay {
             inner: Arc::new(Inner {
                 agent,
-                sessions: SessionMap::new(store.clone(), store.is_shared()),
+                sessions: SessionMap::new(store.conversations.clone(), store.turns.is_shared()),
                 store,
                 lanes: Lanes::new(capacity),
                 permits: Arc::new(Semaphore::new(max_concurrency)),
@@ -306,7 +306,11 @@ impl Relay {
     /// the turns already accepted there, so a turn in flight cannot undo it.
     pub async fn reset_session(&self, agent_session: &str) -> Result<usize, StoreError> {
         let inner = &self.inner;
-        let conversations = inner.store.conversations_by_session(agent_session).await?;
+        let conversations = inner
+            .store
+            .conversations
+            .conversations_by_session(agent_session)
+            .await?;
         let mut waits = Vec::with_capacity(conversations.len());
         for conv in conversations {
             waits.push(inner.enqueue_reset(conv));
@@ -362,6 +366,7 @@ impl Relay {
     pub async fn record(&self, events: Vec<OutboxEvent>) -> Result<(), StoreError> {
         self.inner
             .store
+            .transcripts
             .commit(Commit {
                 events,
                 ..Commit::default()
@@ -377,10 +382,10 @@ impl Relay {
         self.inner.tracker.spawn(work);
     }
 
-    /// `false` while no webhook endpoint would take an event ([`Store::wants_events`]):
+    /// `false` while no webhook endpoint would take an event ([`Transcripts::wants_events`](super::ports::Transcripts::wants_events)):
     /// then events need not be built.
     pub fn wants_events(&self) -> bool {
-        self.inner.store.wants_events()
+        self.inner.store.transcripts.wants_events()
     }
 
     /// `false` once shutdown has begun.
@@ -441,10 +446,6 @@ impl Relay {
 
     pub fn agent(&self) -> &Arc<dyn Agent> {
         &self.inner.agent
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
     }
 }
 
@@ -601,6 +602,7 @@ impl Inner {
     async fn reset_by_api(&self, key: &ConversationKey) -> Result<(), String> {
         let stored = self
             .store
+            .conversations
             .conversation(key)
             .await
             .map_err(|e| e.to_string())?;
@@ -632,7 +634,7 @@ impl Inner {
     async fn run_lane(self: Arc<Self>, key: ConversationKey, mut turn: Turn) {
         // With a shared store, other replicas may hold turns of this conversation too:
         // each turn then also takes a ticket in the store's queue and waits for it.
-        let shared = self.store.is_shared();
+        let shared = self.store.turns.is_shared();
         let mut ticket = match shared {
             true => self.enter_queue(&key, &turn).await,
             false => None,
@@ -662,7 +664,7 @@ impl Inner {
                 _ => None,
             };
             if let Some(ticket) = ticket {
-                if let Err(e) = self.store.turn_leave(ticket).await {
+                if let Err(e) = self.store.turns.turn_leave(ticket).await {
                     warn!(error = %e, "could not leave the turn queue; the ticket will expire");
                 }
             }
@@ -681,7 +683,12 @@ impl Inner {
     /// beats not answering.
     async fn enter_queue(&self, key: &ConversationKey, turn: &Turn) -> Option<i64> {
         let expires = OffsetDateTime::now_utc() + self.settings.turn_hold;
-        match self.store.turn_enter(key, turn.received, expires).await {
+        match self
+            .store
+            .turns
+            .turn_enter(key, turn.received, expires)
+            .await
+        {
             Ok(ticket) => Some(ticket),
             Err(e) => {
                 warn!(error = %e, conversation = %key, "could not queue the turn across replicas");
@@ -698,6 +705,7 @@ impl Inner {
             let expires = OffsetDateTime::now_utc() + self.settings.turn_hold;
             match self
                 .store
+                .turns
                 .turn_is_next(key, ticket, received, expires)
                 .await
             {
@@ -759,7 +767,7 @@ impl Inner {
         let Some(session) = conv.agent_session.as_deref() else {
             return Vec::new();
         };
-        let rows = match self.store.history(session, None).await {
+        let rows = match self.store.transcripts.history(session, None).await {
             Ok(rows) => rows,
             Err(e) => {
                 warn!(error = %e, "could not read the conversation's history; sending none");
@@ -876,7 +884,7 @@ impl Inner {
         let at = conv_ref(&updated);
         let turn_id = Uuid::new_v4().to_string();
         let mut events = Vec::new();
-        if self.store.wants_events() {
+        if self.store.transcripts.wants_events() {
             events.push(OutboxEvent::new(
                 EventKind::Conversation,
                 Some(key.to_string()),
@@ -1140,7 +1148,11 @@ impl Inner {
             transcript: vec![],
             events: vec![event],
         };
-        self.store.commit(commit).await.map_err(|e| e.to_string())?;
+        self.store
+            .transcripts
+            .commit(commit)
+            .await
+            .map_err(|e| e.to_string())?;
         self.sessions.put(conv);
         Ok(())
     }
@@ -1201,7 +1213,7 @@ impl Inner {
     /// A turn has already been answered when it commits; a store failure here loses
     /// the record, not the reply, so it is logged loudly and the turn goes on.
     async fn commit(&self, commit: Commit) {
-        if let Err(e) = self.store.commit(commit).await {
+        if let Err(e) = self.store.transcripts.commit(commit).await {
             tracing::error!(error = %e, "could not record the turn");
         }
     }

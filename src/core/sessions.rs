@@ -21,7 +21,7 @@ use dashmap::{DashMap, DashSet};
 use time::OffsetDateTime;
 
 use super::message::{ConversationKey, Inbound, SessionScope};
-use super::ports::{Conversation, Store, StoreError};
+use super::ports::{Conversation, Conversations, StoreError};
 
 /// Keys read per store round-trip by [`SessionMap::preload`].
 const PRELOAD_PAGE: u32 = 10_000;
@@ -34,7 +34,7 @@ const CACHE_MAX: usize = 10_000;
 
 pub struct SessionMap {
     cache: DashMap<ConversationKey, Conversation>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Conversations>,
     /// Other replicas write the same conversations: read the store on every turn
     /// (the turn queue makes that read current) instead of trusting the cache.
     shared: bool,
@@ -48,7 +48,7 @@ pub struct SessionMap {
 }
 
 impl SessionMap {
-    pub fn new(store: Arc<dyn Store>, shared: bool) -> Self {
+    pub fn new(store: Arc<dyn Conversations>, shared: bool) -> Self {
         SessionMap {
             cache: DashMap::new(),
             store,

@@ -95,7 +95,7 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut parts = Map::new();
     let mut ready = true;
-    match state.relay.store().ping().await {
+    match state.conversations.ping().await {
         Ok(()) => {
             parts.insert("store".into(), json!("up"));
         }

@@ -8,6 +8,9 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
+use std::sync::Arc;
+
+use crate::core::ports::{Conversations, Transcripts};
 use crate::core::Relay;
 
 pub mod agent_query;
@@ -33,6 +36,10 @@ pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub relay: Relay,
+    /// The admin list and the readiness ping.
+    pub conversations: Arc<dyn Conversations>,
+    /// Session history pages.
+    pub transcripts: Arc<dyn Transcripts>,
     pub readiness: Readiness,
     /// `AGENT_PERSONALITY` and `AGENT_MAX_RESULTS`, the proxy's defaults.
     pub default_personality: Option<String>,

@@ -25,7 +25,7 @@ pub async fn list(
     Query(params): Query<ListParams>,
 ) -> ApiResult<impl IntoResponse> {
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
-    let conversations = state.relay.store().conversations(limit).await?;
+    let conversations = state.conversations.conversations(limit).await?;
     let sessions: Vec<_> = conversations
         .iter()
         .map(|c| {
@@ -75,16 +75,24 @@ pub async fn history(
             "limit: {limit} is not between 1 and {HISTORY_MAX_LIMIT}"
         )));
     }
-    let store = state.relay.store();
-    let rows = store
+    let rows = state
+        .transcripts
         .history_page(&id, since, params.after, limit as usize)
         .await?;
     // An empty page is normal for a poller; an id nobody has ever used is a mistake
     // worth a 404. One row of the session (an index lookup) tells them apart; only a
     // session without any transcript left falls back to its conversations.
     if rows.is_empty()
-        && store.history_page(&id, None, None, 1).await?.is_empty()
-        && store.conversations_by_session(&id).await?.is_empty()
+        && state
+            .transcripts
+            .history_page(&id, None, None, 1)
+            .await?
+            .is_empty()
+        && state
+            .conversations
+            .conversations_by_session(&id)
+            .await?
+            .is_empty()
     {
         return Err(ApiError::not_found(format!("no session {id}")));
     }

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
-use crate::core::ports::{AttemptRecord, DeliveryRecord, DeliveryStatus, WebhookEndpoint};
+use crate::webhook::store::{AttemptRecord, DeliveryRecord, DeliveryStatus, WebhookEndpoint};
 use crate::webhook::{NewEndpoint, ServiceError, WebhookService};
 
 /// The routes, with their state applied, for `RouteMounts::admin`.

@@ -1,5 +1,5 @@
 //! Once-only handling of Slack deliveries, and the memory of threads the bot answered
-//! in — both kept in the store (`Store::first_sighting`), so they hold across restarts
+//! in — both kept in the store (`Sightings::first_sighting`), so they hold across restarts
 //! and, with PostgreSQL, across replicas: the store's unique key decides who goes first.
 //!
 //! One key per answered message, `slack:msg:{channel}:{ts}`: Slack's retries
@@ -9,7 +9,7 @@
 //! `event_id` key would, and the pair as well.
 //!
 //! Threads the bot answered in are remembered as `slack:thread:{channel}:{thread_ts}`
-//! sightings, with an in-memory map in front; a miss asks the store (`Store::seen`).
+//! sightings, with an in-memory map in front; a miss asks the store (`Sightings::seen`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use dashmap::DashMap;
 use time::OffsetDateTime;
 use tracing::{debug, warn};
 
-use crate::core::ports::{Store, StoreError};
+use crate::core::ports::{Sightings, StoreError};
 
 /// How long an event id and a message key are remembered. Slack retries within about
 /// five minutes and SPEC asks for at least an hour; two leave a margin for clock skew
@@ -36,11 +36,11 @@ const THREAD_CACHE_MAX: usize = 10_000;
 /// Decides whether a delivery is the first one for its event and its message.
 #[derive(Clone)]
 pub struct Dedupe {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Sightings>,
 }
 
 impl Dedupe {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Sightings>) -> Self {
         Dedupe { store }
     }
 
@@ -106,7 +106,7 @@ fn legacy_thread_key(channel: &str, thread_ts: &str) -> String {
 
 /// Threads `(channel, thread_ts)` the bot has answered in (`SLACK_FOLLOW_THREADS`).
 pub struct AnsweredThreads {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Sightings>,
     /// Threads known to be answered, so the common case costs no store round-trip.
     /// Only positive answers are cached: another replica may answer in a thread at any
     /// time.
@@ -114,7 +114,7 @@ pub struct AnsweredThreads {
 }
 
 impl AnsweredThreads {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Sightings>) -> Self {
         AnsweredThreads {
             store,
             known: DashMap::new(),

@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 use crate::config::{SlackConfig, SlackProgress, SlackRespondTo, SlackStreaming};
-use crate::core::{Relay, Store};
+use crate::core::ports::Sightings;
+use crate::core::Relay;
 
 use self::dedupe::{AnsweredThreads, Dedupe};
 use self::web_api::{Identity, WebApi};
@@ -121,7 +122,7 @@ impl Shared {
 pub async fn start(
     cfg: SlackConfig,
     relay: Relay,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Sightings>,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> SlackApp {

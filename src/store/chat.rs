@@ -1,4 +1,5 @@
-//! `impl Store for SqlStore`: conversations, transcripts, Slack event sightings, and
+//! The core's store roles for `SqlStore` (`Conversations`, `Transcripts`, `Sightings`,
+//! `TurnQueue`): conversations, transcripts, Slack event sightings, and
 //! the outbox fan-out of `commit` (one delivery row per subscribed, enabled endpoint).
 //!
 //! Every statement is a constant string shared by both backends, so each connection
@@ -10,7 +11,10 @@ use time::OffsetDateTime;
 
 use super::{db_err, from_ms, on_pool, to_ms, SqlStore};
 use crate::core::message::{ConversationKey, Platform};
-use crate::core::ports::{Commit, Conversation, Role, Store, StoreError, TranscriptEntry};
+use crate::core::ports::{
+    Commit, Conversation, Conversations, Role, Sightings, StoreError, TranscriptEntry, Transcripts,
+    TurnQueue,
+};
 
 const SELECT_CONVERSATION: &str = "\
     SELECT key, platform, workspace, channel, thread, user_id, agent_session, personality, \
@@ -205,7 +209,7 @@ where
 }
 
 #[async_trait]
-impl Store for SqlStore {
+impl Conversations for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         on_pool!(self, |p| sqlx::query("SELECT 1").execute(p).await.map(drop)).map_err(db_err)
     }
@@ -224,17 +228,6 @@ impl Store for SqlStore {
         row.map(Conversation::try_from).transpose()
     }
 
-    async fn conversation_keys(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
-        on_pool!(self, |p| {
-            sqlx::query_scalar(SELECT_CONVERSATION_KEYS)
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(p)
-                .await
-        })
-        .map_err(db_err)
-    }
-
     async fn conversations(&self, limit: u32) -> Result<Vec<Conversation>, StoreError> {
         let rows = on_pool!(self, |p| {
             sqlx::query_as::<_, ConversationRow>(SELECT_CONVERSATIONS)
@@ -244,6 +237,17 @@ impl Store for SqlStore {
         })
         .map_err(db_err)?;
         convert_all(rows)
+    }
+
+    async fn conversation_keys(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        on_pool!(self, |p| {
+            sqlx::query_scalar(SELECT_CONVERSATION_KEYS)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await
+        })
+        .map_err(db_err)
     }
 
     async fn conversations_by_session(
@@ -259,7 +263,10 @@ impl Store for SqlStore {
         .map_err(db_err)?;
         convert_all(rows)
     }
+}
 
+#[async_trait]
+impl Transcripts for SqlStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         if commit.is_empty() {
             return Ok(());
@@ -331,6 +338,10 @@ impl Store for SqlStore {
         .map_err(db_err)
     }
 
+    fn wants_events(&self) -> bool {
+        self.batcher.as_ref().is_none_or(|b| b.wants_events())
+    }
+
     async fn history(
         &self,
         agent_session: &str,
@@ -395,7 +406,10 @@ impl Store for SqlStore {
         })
         .map_err(db_err)
     }
+}
 
+#[async_trait]
+impl Sightings for SqlStore {
     async fn first_sighting(
         &self,
         key: &str,
@@ -448,12 +462,27 @@ impl Store for SqlStore {
         Ok(n > 0)
     }
 
+    async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        // Expired turn tickets are sightings of a kind too: a dead replica's.
+        on_pool!(self, |p| {
+            async {
+                let turns = sqlx::query(PURGE_TURNS).bind(to_ms(now)).execute(p).await?;
+                let seen = sqlx::query(PURGE_SIGHTINGS)
+                    .bind(to_ms(now))
+                    .execute(p)
+                    .await?;
+                Ok(turns.rows_affected() + seen.rows_affected())
+            }
+            .await
+        })
+        .map_err(db_err)
+    }
+}
+
+#[async_trait]
+impl TurnQueue for SqlStore {
     fn is_shared(&self) -> bool {
         self.backend() == "postgres"
-    }
-
-    fn wants_events(&self) -> bool {
-        self.batcher.as_ref().is_none_or(|b| b.wants_events())
     }
 
     async fn turn_enter(
@@ -508,22 +537,6 @@ impl Store for SqlStore {
             .execute(p)
             .await
             .map(drop))
-        .map_err(db_err)
-    }
-
-    async fn purge_sightings(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        // Expired turn tickets are sightings of a kind too: a dead replica's.
-        on_pool!(self, |p| {
-            async {
-                let turns = sqlx::query(PURGE_TURNS).bind(to_ms(now)).execute(p).await?;
-                let seen = sqlx::query(PURGE_SIGHTINGS)
-                    .bind(to_ms(now))
-                    .execute(p)
-                    .await?;
-                Ok(turns.rows_affected() + seen.rows_affected())
-            }
-            .await
-        })
         .map_err(db_err)
     }
 }

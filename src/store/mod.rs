@@ -1,4 +1,5 @@
-//! The [`Store`](crate::core::ports::Store) implementation: one [`SqlStore`] over
+//! The store: the core's roles (`core::ports::{Conversations, Transcripts, Sightings,
+//! TurnQueue}`) and the webhook side's (`webhook::store::WebhookStore`) in one [`SqlStore`] over
 //! SQLite (the embedded default) or PostgreSQL (shared by replicas), picked by
 //! `DATABASE_URL` in [`connect`].
 //!
@@ -9,7 +10,7 @@
 //! - `batch.rs`: group commit for SQLite (`commit` and `first_sighting` batched into
 //!   one transaction by a single writer task, through rusqlite on a connection of its
 //!   own), and the background WAL checkpoints.
-//! - `chat.rs`: `impl Store for SqlStore` — conversations, transcripts, Slack event
+//! - `chat.rs`: the core's roles — conversations, transcripts, Slack event
 //!   sightings, and the outbox fan-out of `commit`.
 //! - `webhooks.rs`: endpoints, subscriptions and the delivery side of the outbox.
 //!

@@ -2,7 +2,7 @@
 //! delivery side of the outbox — claiming due rows under a lease, recording attempts,
 //! listing and retrying deliveries.
 //!
-//! Filling the outbox is not here: `Store::commit` (`chat.rs`) writes the event and its
+//! Filling the outbox is not here: `Transcripts::commit` (`chat.rs`) writes the event and its
 //! delivery rows in the transaction of the change that caused them. Deciding *what* an
 //! attempt's outcome means (retry schedule, 410, `Retry-After`) is not here either: that
 //! is `webhook::worker`; this module only writes what it is told.
@@ -37,9 +37,10 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{db_err, from_ms, on_pool, to_ms, Pool, SqlStore};
-use crate::core::ports::{
+use crate::core::ports::StoreError;
+use crate::webhook::store::{
     AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryRecord, DeliveryResult, DeliveryStatus,
-    StoreError, WebhookEndpoint, WebhookStore,
+    WebhookEndpoint, WebhookStore,
 };
 
 macro_rules! endpoint_columns {
@@ -815,7 +816,7 @@ mod tests {
 
     use super::*;
     use crate::core::events::{EventKind, OutboxEvent};
-    use crate::core::ports::{Commit, Store};
+    use crate::core::ports::{Commit, Transcripts};
 
     const T0: OffsetDateTime = datetime!(2026-06-01 10:00:00 UTC);
 

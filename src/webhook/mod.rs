@@ -11,16 +11,21 @@
 //! - [`sign`]: Standard Webhooks `v1,` signatures and their verifier (pure).
 //! - [`target`]: which URLs may be called — `http(s)` only, no private addresses
 //!   unless allowed, checked at registration and again at connection time.
+//! - [`store`]: the port this side needs of the store, [`WebhookStore`], with its
+//!   records; and [`OutboxSweep`], the janitor's hourly purge of old deliveries.
 //!
-//! What this module deliberately does not do: write the outbox (`Store::commit` does,
-//! in the transaction of the change that caused the event — a turn never delivers a
-//! webhook itself), or speak SQL (it goes through `core::ports::WebhookStore`).
+//! What this module deliberately does not do: write the outbox (a turn's commit does,
+//! `core::ports::Transcripts::commit`, in the transaction of the change that caused
+//! the event — a turn never delivers a webhook itself), or speak SQL (it goes through
+//! [`WebhookStore`]).
 
 pub mod schedule;
 pub mod service;
 pub mod sign;
+pub mod store;
 pub mod target;
 pub mod worker;
 
 pub use service::{NewEndpoint, ServiceError, WebhookService};
+pub use store::{OutboxSweep, WebhookStore};
 pub use worker::{Worker, WorkerSettings};

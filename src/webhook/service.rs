@@ -14,9 +14,10 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use super::sign::generate_secret;
+use super::store::{DeliveryRecord, WebhookEndpoint, WebhookStore};
 use super::target::{check_registration, parse_url};
 use crate::core::events::EventKind;
-use crate::core::ports::{DeliveryRecord, StoreError, WebhookEndpoint, WebhookStore};
+use crate::core::ports::StoreError;
 
 /// After a rotation, the previous secret keeps signing this long (SPEC §7).
 pub const PREVIOUS_SECRET_VALIDITY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -266,7 +267,7 @@ mod tests {
 
     #[test]
     fn an_endpoints_debug_output_hides_its_token_and_secrets() {
-        let ep = crate::core::ports::WebhookEndpoint {
+        let ep = crate::webhook::store::WebhookEndpoint {
             id: "ep_1".into(),
             url: "https://receiver.example/hook".into(),
             description: None,

@@ -50,13 +50,14 @@ use url::Url;
 
 use super::schedule::{parse_retry_after, random_jitter, RetrySchedule};
 use super::sign::{signature_header, SigningKey};
+use super::store::{
+    AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryResult, DeliveryStatus, WebhookEndpoint,
+    WebhookStore,
+};
 use super::target::{check_literal, PublicOnlyResolver};
 use crate::config::WebhookConfig;
 use crate::core::metrics::Metrics;
-use crate::core::ports::{
-    AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryResult, DeliveryStatus, StoreError,
-    WebhookEndpoint, WebhookStore,
-};
+use crate::core::ports::StoreError;
 
 /// Sent as `user-agent` on every delivery.
 pub const USER_AGENT: &str = concat!("agent-bridge/", env!("CARGO_PKG_VERSION"));

@@ -411,7 +411,7 @@ async fn a_followed_thread_survives_a_restart() {
 
 #[tokio::test]
 async fn a_thread_marked_under_the_old_key_layout_is_still_followed() {
-    use agent_bridge::core::ports::Store;
+    use agent_bridge::core::ports::Sightings;
     let s = Setup::start().await;
     // Before keys started with the ts, a followed thread was `slack:thread:{channel}:{ts}`.
     let store = agent_bridge::store::connect(&s.app.db_url).await.unwrap();

@@ -6,9 +6,11 @@
 use agent_bridge::core::events::{EventId, EventKind, OutboxEvent};
 use agent_bridge::core::message::{ConversationKey, Platform};
 use agent_bridge::core::ports::{
-    Commit, Conversation, Role, Store, StoreError, TranscriptEntry, WebhookStore,
+    Commit, Conversation, Conversations, Role, Sightings, StoreError, TranscriptEntry, Transcripts,
+    TurnQueue,
 };
 use agent_bridge::store::{self, Pool, SqlStore};
+use agent_bridge::webhook::WebhookStore;
 use serde_json::json;
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};

@@ -1067,8 +1067,9 @@ async fn postgres_two_workers_on_one_schema_deliver_each_of_200_events_exactly_o
 use std::sync::Arc;
 
 use agent_bridge::core::metrics::Metrics;
-use agent_bridge::core::ports::{ClaimRequest, Commit, Store, WebhookEndpoint, WebhookStore};
+use agent_bridge::core::ports::{Commit, Transcripts};
 use agent_bridge::store::SqlStore;
+use agent_bridge::webhook::store::{ClaimRequest, WebhookEndpoint, WebhookStore};
 use agent_bridge::webhook::{Worker, WorkerSettings};
 
 async fn open_store(url: &str) -> SqlStore {
@@ -1264,13 +1265,13 @@ async fn claim_contract(s: &SqlStore) {
     // Delivering k1's first event releases its second.
     let first = rows.iter().find(|r| r.event_id == ids[0]).unwrap();
     let now = OffsetDateTime::now_utc();
-    s.record_results(&[agent_bridge::core::ports::DeliveryResult {
+    s.record_results(&[agent_bridge::webhook::store::DeliveryResult {
         delivery_id: first.id,
         endpoint_id: first.endpoint_id.clone(),
         lease: first.lease,
-        status: agent_bridge::core::ports::DeliveryStatus::Delivered,
+        status: agent_bridge::webhook::store::DeliveryStatus::Delivered,
         next_attempt_at: now,
-        attempt: agent_bridge::core::ports::AttemptRecord {
+        attempt: agent_bridge::webhook::store::AttemptRecord {
             attempted_at: now,
             status_code: Some(200),
             response_body: Some("ok".into()),
