@@ -6,7 +6,8 @@
 //! - [`core`]: conversations, ordering, commands and the relay; I/O only through the
 //!   traits in `core::ports`.
 //! - [`agent`]: `Agent` implementations (the AI Agent API client, the echo agent).
-//! - [`store`]: the `Store` implementation over SQLite or PostgreSQL (sqlx).
+//! - [`store`]: the store roles of `core::ports` and `webhook::WebhookStore` over
+//!   SQLite or PostgreSQL: one catalogue of statements, one writer for SQLite.
 //! - [`http`]: the axum server: health, admin API, and later the Slack events route.
 //! - [`discord`], [`slack`]: the chat platforms, each a thin adapter onto the relay.
 //! - [`console`]: the terminal chat, a `ChatSink` like any platform.

@@ -1,120 +1,93 @@
 //! The store: the core's roles (`core::ports::{Conversations, Transcripts, Sightings,
-//! TurnQueue}`) and the webhook side's (`webhook::store::WebhookStore`) in one [`SqlStore`] over
-//! SQLite (the embedded default) or PostgreSQL (shared by replicas), picked by
+//! TurnQueue}`) and the webhook side's (`webhook::WebhookStore`) in one [`SqlStore`]
+//! over SQLite (the embedded default) or PostgreSQL (shared by replicas), picked by
 //! `DATABASE_URL` in [`connect`].
 //!
 //! # Layout
 //!
-//! - `mod.rs` (this file): connecting, migrations, the backend handle, and the helpers
-//!   every query shares (error mapping, millisecond timestamps, the `on_pool!` macro).
-//! - `batch.rs`: group commit for SQLite (`commit` and `first_sighting` batched into
-//!   one transaction by a single writer task, through rusqlite on a connection of its
-//!   own), and the background WAL checkpoints.
-//! - `chat.rs`: the core's roles — conversations, transcripts, Slack event
-//!   sightings, and the outbox fan-out of `commit`.
-//! - `webhooks.rs`: endpoints, subscriptions and the delivery side of the outbox.
+//! - `sql.rs`: the catalogue — every statement, written once for both back-ends.
+//! - `ops.rs`: what the store does, written once: every write as an `Op`, every read
+//!   as a function, rows decoded into the ports' records.
+//! - `exec.rs`: the `Exec` seam those run on (a sqlx connection of either back-end,
+//!   or the SQLite writer's rusqlite connection).
+//! - `writer.rs`: SQLite's one writer thread (group commit) and its checkpointer.
+//! - `chat.rs`, `webhooks.rs`: the port impls, thin: a read on a pooled connection
+//!   or a write through [`SqlStore::write`].
+//! - `mod.rs` (this file): connecting, migrations, the dispatch between back-ends.
 //!
-//! Both backends run the **same SQL text**: sqlx's SQLite driver binds `$N` by number
-//! just as PostgreSQL does, and the schema (`migrations/{sqlite,postgres}`) keeps the
-//! same tables, columns and types (`BIGINT` unix milliseconds for every timestamp,
-//! `INTEGER` 0/1 for booleans). Method bodies are written once and expanded per
-//! backend by `on_pool!`, so each expansion is an ordinary monomorphic sqlx call that
-//! hits the per-connection prepared-statement cache.
+//! # The shape per back-end
 //!
-//! # Why SQLite gets a pool of one connection
-//!
-//! SQLite admits one writer at a time, so several connections only add `SQLITE_BUSY`
-//! waits between our own writers. One connection that never closes also makes
-//! `sqlite::memory:` (a database that lives exactly as long as its connection) work.
-//! Beside it, a file database has two more: the group-commit writer's own (turns and
-//! sightings, `batch.rs`) and the checkpointer's. A transaction on the pool's
-//! connection that writes must write first: one that reads first cannot wait for the
-//! writer's connection (`SQLITE_BUSY_SNAPSHOT`).
-//! sqlx's before-use ping is off for SQLite: each ping is a round-trip to the
-//! connection's worker thread and measured as a large part of a Slack event's CPU
-//! cost, and a local connection cannot be dropped by a server. Reads queue behind
-//! writes, which at a chat bridge's rate costs nothing measurable. The one rule this
-//! imposes: code holding the connection (an open transaction, a `PoolConnection`) must
-//! not call another store method, which would wait for that same connection until
-//! the acquire timeout.
-//!
-//! PostgreSQL keeps a real pool (several replicas, real concurrency) including sqlx's
-//! before-use ping, which recovers from connections the server dropped (restart,
-//! fail-over) instead of failing the next turn.
+//! - SQLite: one writer thread owns the write connection and makes every write, in
+//!   group-committed batches (`writer.rs`); reads go through a pool of `query_only`
+//!   connections that, in WAL mode, never wait for it. So nothing else ever holds the
+//!   write lock (bar another process), and no caller ever blocks a runtime thread on
+//!   SQLite. `sqlite::memory:` is a temporary file that lives as long as the store.
+//!   sqlx's before-use ping is off: each ping is a round-trip to a connection's
+//!   worker thread, and a local file cannot be dropped by a server.
+//! - PostgreSQL: a pool (several replicas, real concurrency) with sqlx's before-use
+//!   ping, which recovers from connections the server dropped (restart, fail-over);
+//!   each write runs in a transaction of its own when it has several statements.
 //!
 //! What this module deliberately does not do: compile-time checked queries (there is
 //! no database at build time), schema work per call, or any webhook delivery logic
-//! (that belongs to `webhook::*`; `commit` only fills the outbox).
+//! (that belongs to `webhook::*`; a commit only fills the outbox).
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{ConnectOptions, Connection, Postgres, Sqlite};
 use time::OffsetDateTime;
 
 use crate::core::ports::StoreError;
+use exec::{db_err, Arg, Cols, Exec, Sqlx};
+use ops::{Op, Out};
 
-mod batch;
 mod chat;
+mod exec;
+mod ops;
+mod sql;
 mod webhooks;
+mod writer;
 
 /// How long a SQLite statement waits for another process's lock (a second
 /// `agent-bridge migrate`, an operator's `sqlite3` shell) before giving up.
 pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `wal_autocheckpoint` of the connections that write, in pages (4 KiB): a fallback
-/// only (the checkpointer in `batch.rs` runs every 200 ms).
+/// `wal_autocheckpoint` of the write connection, in pages (4 KiB): a fallback only
+/// (the checkpointer runs every 200 ms).
 pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
-/// How long a caller waits for the pooled connection before the store reports itself
+
+/// How long a caller waits for a pooled connection before the store reports itself
 /// unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Expands `$body` once per backend with `$pool` bound to the concrete pool, so each
-/// method is written once and still compiles to plain, monomorphic sqlx calls.
-/// `$body` must evaluate to the same type in both arms.
-macro_rules! on_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match &$store.pool {
-            $crate::store::Pool::Sqlite($pool) => $body,
-            $crate::store::Pool::Postgres($pool) => $body,
-        }
-    };
-}
-pub(crate) use on_pool;
+/// SQLite's read connections: reads of different callers run side by side.
+const SQLITE_READERS: u32 = 4;
 
-/// The connection pool of one backend. Public so tests and tooling can run
-/// backend-specific SQL; the application only needs [`SqlStore`]'s methods.
+/// The reading pool of one backend. Public so tests and tooling can run
+/// backend-specific SQL (on SQLite, reads only); the application only needs
+/// [`SqlStore`]'s methods.
 #[derive(Clone)]
 pub enum Pool {
-    /// Exactly one connection (see the module docs).
+    /// `query_only` connections beside the writer (see the module docs).
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
 
-/// The store: a cheap-to-clone handle over a connection pool (clones share the pool).
+/// The store: a cheap-to-clone handle (clones share the pool and the writer).
 #[derive(Clone)]
 pub struct SqlStore {
     pool: Pool,
-    /// SQLite only: the group-commit writer that `commit` and `first_sighting` go
-    /// through (see `batch`). `None` for PostgreSQL, whose pool already writes in
-    /// parallel, and for the writer's own fallback handle.
-    batcher: Option<std::sync::Arc<batch::Batcher>>,
-}
-
-impl SqlStore {
-    /// Tells the SQLite writer to stop trusting "no endpoint is enabled" (see
-    /// `batch::NoEndpoints`); a no-op on PostgreSQL, which always asks.
-    fn endpoints_changed(&self) {
-        if let Some(batcher) = &self.batcher {
-            batcher.endpoints_changed();
-        }
-    }
+    /// SQLite only: the writer every write goes through.
+    writer: Option<Arc<writer::Writer>>,
+    /// SQLite only: how to open a read-write connection (migrations).
+    sqlite_options: Option<SqliteConnectOptions>,
 }
 
 impl fmt::Debug for SqlStore {
@@ -129,79 +102,71 @@ impl fmt::Debug for SqlStore {
 /// Opens the database named by `DATABASE_URL`:
 ///
 /// - `sqlite://PATH` or `sqlite:PATH`: the file is created if missing; WAL journal,
-///   `synchronous=NORMAL`, WAL checkpoints on a second connection beside the writer,
-///   statement journals in memory, a 5 s busy timeout and foreign keys on.
-/// - `sqlite::memory:`: a private in-memory database that lives as long as the store.
+///   `synchronous=NORMAL`, the writer thread and WAL checkpoints beside it, statement
+///   journals in memory, a 5 s busy timeout and foreign keys on.
+/// - `sqlite::memory:`: a private database that lives as long as the store (a
+///   temporary file, so that the writer and the readers share it).
 /// - `postgres://…` or `postgresql://…`: a pool; one connection is opened here so that
 ///   a wrong host, password or database name fails now, with the server's reason.
 ///
 /// Errors never contain the URL, so they are safe to log even when it holds a password.
 /// Migrations are not run here; call [`SqlStore::migrate`].
 pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
-    let mut checkpoints = None;
-    let pool = if url.starts_with("sqlite:") {
-        let (pool, options) = connect_sqlite(url).await?;
-        checkpoints = options;
-        Pool::Sqlite(pool)
+    if url.starts_with("sqlite:") {
+        connect_sqlite(url).await
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Pool::Postgres(connect_postgres(url).await?)
+        Ok(SqlStore {
+            pool: Pool::Postgres(connect_postgres(url).await?),
+            writer: None,
+            sqlite_options: None,
+        })
     } else {
-        return Err(StoreError::Unavailable(format!(
+        Err(StoreError::Unavailable(format!(
             "DATABASE_URL must start with sqlite:, postgres:// or postgresql:// \
              (e.g. sqlite://agent-bridge.db), not {}",
             describe_scheme(url)
-        )));
-    };
-    let batcher = match &pool {
-        Pool::Sqlite(sqlite) => {
-            if checkpoints.is_some() {
-                // A file database: the writer gets a connection of its own beside it.
-                batch::shorten_busy_waits(sqlite).await?;
-            }
-            Some(std::sync::Arc::new(batch::Batcher::start(
-                sqlite.clone(),
-                checkpoints,
-            )))
-        }
-        Pool::Postgres(_) => None,
-    };
-    Ok(SqlStore { pool, batcher })
+        )))
+    }
 }
 
-/// The pool, and for a file database the options of the checkpointing connection.
-async fn connect_sqlite(
-    url: &str,
-) -> Result<(SqlitePool, Option<SqliteConnectOptions>), StoreError> {
+async fn connect_sqlite(url: &str) -> Result<SqlStore, StoreError> {
     let mut options = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Unavailable(format!("DATABASE_URL is not a SQLite URL: {e}")))?
         .foreign_keys(true)
-        .busy_timeout(SQLITE_BUSY_TIMEOUT);
-    let mut checkpoints = None;
-    if !is_sqlite_memory(url) {
-        options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal);
-        checkpoints = Some(options.clone());
-        // Checkpoints run beside the writer, on their own connection (see
-        // `batch::checkpointer`); the writer only checkpoints itself past ~64 MiB
-        // of WAL, should that connection ever fall behind or fail.
-        options = options.pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
-    }
-    // Statement journals (multi-row inserts keep one for a partial rollback) stay in
-    // memory instead of going through a temporary file.
-    options = options.pragma("temp_store", "memory");
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        // Statement journals stay in memory instead of going through a temporary file.
+        .pragma("temp_store", "memory");
+    let (temp, synchronous) = match is_sqlite_memory(url) {
+        true => {
+            let path = std::env::temp_dir()
+                .join(format!("agent-bridge-{}.db", uuid::Uuid::new_v4().simple()));
+            options = options.filename(&path).in_memory(false).shared_cache(false);
+            // Nothing to keep across a crash: no syncs at all.
+            (Some(writer::TempDb(path)), "OFF")
+        }
+        false => (None, "NORMAL"),
+    };
+    // The writer creates the file and puts it in WAL mode before anyone reads it.
+    let writer = writer::Writer::start(&options, synchronous, temp)?;
+    let readers = options
+        .clone()
+        .create_if_missing(false)
+        .pragma("query_only", "ON");
     let pool = SqlitePoolOptions::new()
-        .max_connections(1)
+        .max_connections(SQLITE_READERS)
         .min_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
         .test_before_acquire(false)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
+        .connect_with(readers)
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))?;
-    Ok((pool, checkpoints))
+    Ok(SqlStore {
+        pool: Pool::Sqlite(pool),
+        writer: Some(Arc::new(writer)),
+        sqlite_options: Some(options),
+    })
 }
 
 fn is_sqlite_memory(url: &str) -> bool {
@@ -255,14 +220,91 @@ fn migrator(pool: &Pool) -> Migrator {
     m
 }
 
+/// A pooled read connection of either back-end.
+enum Reader {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+#[async_trait::async_trait]
+impl Exec for Reader {
+    fn is_sqlite(&self) -> bool {
+        matches!(self, Reader::Sqlite(_))
+    }
+
+    async fn execute(&mut self, sql: &sql::Sql, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        match self {
+            Reader::Sqlite(c) => Sqlx(&mut **c).execute(sql, args).await,
+            Reader::Postgres(c) => Sqlx(&mut **c).execute(sql, args).await,
+        }
+    }
+
+    async fn fetch(&mut self, sql: &sql::Sql, args: &[Arg<'_>]) -> Result<Vec<Cols>, StoreError> {
+        match self {
+            Reader::Sqlite(c) => Sqlx(&mut **c).fetch(sql, args).await,
+            Reader::Postgres(c) => Sqlx(&mut **c).fetch(sql, args).await,
+        }
+    }
+
+    async fn raw(&mut self, text: &str) -> Result<u64, StoreError> {
+        match self {
+            Reader::Sqlite(c) => Sqlx(&mut **c).raw(text).await,
+            Reader::Postgres(c) => Sqlx(&mut **c).raw(text).await,
+        }
+    }
+}
+
 impl SqlStore {
+    /// A connection to read on (never the SQLite writer's).
+    async fn reader(&self) -> Result<Reader, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(p) => p.acquire().await.map(Reader::Sqlite),
+            Pool::Postgres(p) => p.acquire().await.map(Reader::Postgres),
+        }
+        .map_err(db_err)
+    }
+
+    /// Makes one write: on SQLite through the writer (with the next batch), on
+    /// PostgreSQL on a pooled connection, in a transaction when it has several
+    /// statements.
+    async fn write(&self, op: Op) -> Result<Out, StoreError> {
+        match (&self.writer, &self.pool) {
+            (Some(writer), _) => writer.write(op).await,
+            (None, Pool::Postgres(pool)) if op.atomic() => {
+                let mut tx = pool.begin().await.map_err(db_err)?;
+                let out = ops::apply(&mut Sqlx(&mut *tx), &op, true).await?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(out)
+            }
+            (None, Pool::Postgres(pool)) => {
+                let mut conn = pool.acquire().await.map_err(db_err)?;
+                ops::apply(&mut Sqlx(&mut *conn), &op, true).await
+            }
+            (None, Pool::Sqlite(_)) => Err(StoreError::Unavailable(
+                "internal: a SQLite store without its writer".into(),
+            )),
+        }
+    }
+
     /// Applies pending migrations. Safe to call on every start and from several
     /// processes at once: on PostgreSQL sqlx serialises runners with an advisory lock,
-    /// on SQLite the database's write lock does.
+    /// on SQLite the database's write lock does (on a connection of its own, beside
+    /// the writer, for as long as it takes).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let m = migrator(&self.pool);
-        on_pool!(self, |p| m.run(p).await)
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+        let ran = match (&self.pool, &self.sqlite_options) {
+            (Pool::Sqlite(_), Some(options)) => {
+                let mut conn = sqlx::SqliteConnection::connect_with(options)
+                    .await
+                    .map_err(db_err)?;
+                let ran = m.run(&mut conn).await;
+                let _ = conn.close().await;
+                ran
+            }
+            (Pool::Postgres(p), _) => m.run(p).await,
+            (Pool::Sqlite(p), None) => m.run(p).await,
+        };
+        ran.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -273,36 +315,26 @@ impl SqlStore {
         }
     }
 
-    /// The underlying pool, for backend-specific SQL (tests, tooling).
+    /// The reading pool, for backend-specific SQL (tests, tooling).
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    /// Runs `sql` (one or more statements, no parameters) and returns the rows it
-    /// changed. Meant for tests and maintenance, never for request paths.
+    /// Runs `sql` (one or more statements, no parameters) as a write and returns the
+    /// rows it changed. Meant for tests and maintenance, never for request paths.
     pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
-        let changed = on_pool!(self, |p| sqlx::raw_sql(sql)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-        .map_err(db_err)?;
-        // It may have added endpoints.
-        self.endpoints_changed();
-        Ok(changed)
+        self.write(Op::Raw(sql.to_owned())).await?.count()
     }
 
-    /// Closes every pooled connection, waiting for checked-out ones to come back
-    /// (closing SQLite's checkpoints its WAL). Later calls fail with
-    /// [`StoreError::Unavailable`].
+    /// Closes every pooled connection, waiting for checked-out ones to come back.
+    /// Later reads fail with [`StoreError::Unavailable`]; the SQLite writer ends with
+    /// the last handle.
     pub async fn close(&self) {
-        on_pool!(self, |p| p.close().await)
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
     }
-}
-
-/// Maps a driver error to [`StoreError::Unavailable`]. sqlx's messages name the failing
-/// operation and the database's own message, never the connection URL.
-pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
 }
 
 /// Unix milliseconds, the one timestamp representation in both schemas.

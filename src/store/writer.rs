@@ -1,0 +1,382 @@
+//! SQLite's one writer: a thread that owns the write connection and performs every
+//! write the store makes ([`Op`]) — turn commits, sightings, endpoint changes,
+//! claims, delivery results — in group-committed batches. Reads never come here: they
+//! go through the read-only pool beside it, and in WAL mode never wait for it.
+//!
+//! The writer takes whatever has queued up (up to [`MAX_BATCH`]), applies it in **one
+//! transaction** and only then answers each caller: "done means durable". Nothing
+//! waits on a timer: an idle store writes a batch of one at once, a busy one writes
+//! bigger batches. A write that fails (a constraint, say) fails only its own caller:
+//! the batch is rolled back and written again with each write in a savepoint
+//! (savepoints cost a statement journal, so the failure-free batch goes without).
+//!
+//! The operations are `ops::apply`, the same code PostgreSQL runs, on a rusqlite
+//! connection (`exec::Lite`) whose calls never wait: the writer drives each one to
+//! completion with a single poll, on its own thread, so no runtime thread ever blocks
+//! on SQLite and another process holding the lock (a `migrate`, an operator's shell)
+//! is waited for by SQLite's own busy timeout, here.
+//!
+//! It also knows, as plain state, whether any webhook endpoint is enabled: every
+//! endpoint change passes through it. While none is, commits skip their events (and
+//! callers may skip building them: [`Writer::wants_events`]). The knowledge is trusted
+//! for [`NO_ENDPOINTS_FOR`] only, for the sake of another process writing the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::exec::{lite_err, Lite};
+use super::ops::{self, Op, Out};
+use super::sql;
+use super::{SQLITE_BUSY_TIMEOUT, WAL_AUTOCHECKPOINT_PAGES};
+use crate::core::ports::StoreError;
+
+/// The most operations one transaction takes.
+const MAX_BATCH: usize = 256;
+
+/// How long "no endpoint is enabled" is trusted after it was read.
+const NO_ENDPOINTS_FOR: Duration = Duration::from_secs(1);
+
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+type Reply = oneshot::Sender<Result<Out, StoreError>>;
+
+struct Job {
+    op: Op,
+    /// `None`: nobody waits for the answer (`note_sighting`).
+    reply: Option<Reply>,
+}
+
+/// Handle to the writer thread; the thread ends when the last handle is dropped.
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+    endpoints: Arc<NoEndpoints>,
+    /// Stops the checkpointer when the last handle goes.
+    _checkpoints: DropGuard,
+}
+
+/// "No webhook endpoint is enabled", as the writer last read it: written by the writer
+/// only, read by anyone for the hot-path hint.
+struct NoEndpoints {
+    epoch: Instant,
+    /// Milliseconds since `epoch` until which "none" holds; 0: unknown.
+    until: AtomicU64,
+}
+
+impl NoEndpoints {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn known(&self) -> bool {
+        self.now_ms() < self.until.load(Ordering::Acquire)
+    }
+
+    fn saw(&self, any: bool) {
+        let until = match any {
+            true => 0,
+            false => self.now_ms() + NO_ENDPOINTS_FOR.as_millis() as u64,
+        };
+        self.until.store(until, Ordering::Release);
+    }
+}
+
+/// A database that lives as long as the store (`sqlite::memory:`): a file in the
+/// temporary directory, removed with its WAL when the writer ends.
+pub(crate) struct TempDb(pub(crate) PathBuf);
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Writer {
+    /// Opens the write connection (creating the file, in WAL mode) and starts the
+    /// writer thread and the checkpointer beside it. `options` open the same file.
+    pub(crate) fn start(
+        options: &SqliteConnectOptions,
+        synchronous: &str,
+        temp: Option<TempDb>,
+    ) -> Result<Writer, StoreError> {
+        let db = open(options.get_filename(), synchronous)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))?;
+        let (jobs, rx) = mpsc::channel();
+        let endpoints = Arc::new(NoEndpoints {
+            epoch: Instant::now(),
+            until: AtomicU64::new(0),
+        });
+        let state = endpoints.clone();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                run(db, rx, &state);
+                drop(temp);
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
+        let stop = CancellationToken::new();
+        tokio::spawn(checkpointer(options.clone(), stop.clone()));
+        Ok(Writer {
+            jobs,
+            endpoints,
+            _checkpoints: stop.drop_guard(),
+        })
+    }
+
+    /// `false` while "no endpoint is enabled" is known.
+    pub(crate) fn wants_events(&self) -> bool {
+        !self.endpoints.known()
+    }
+
+    /// Applies `op` with the next batch and waits until it is committed.
+    pub(crate) async fn write(&self, op: Op) -> Result<Out, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                op,
+                reply: Some(reply),
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Queues `op` without waiting; it is written with the next batch.
+    pub(crate) fn queue(&self, op: Op) {
+        if self.jobs.send(Job { op, reply: None }).is_err() {
+            tracing::warn!("the SQLite writer has stopped; a write was not made");
+        }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the store's writer has stopped".into())
+}
+
+/// The write connection. SQLite's busy timeout waits here, on the writer's thread,
+/// for a lock another process holds.
+fn open(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    db.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+    // Every catalogue statement the writer runs stays prepared.
+    db.set_prepared_statement_cache_capacity(64);
+    db.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    // The checkpointer copies the WAL back every 200 ms; the writer only checkpoints
+    // itself past ~64 MiB of WAL, should that connection ever fall behind or fail.
+    db.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous}; \
+         PRAGMA temp_store = memory; PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
+    ))?;
+    Ok(db)
+}
+
+fn run(mut db: rusqlite::Connection, jobs: mpsc::Receiver<Job>, endpoints: &NoEndpoints) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(job) = jobs.recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = match write(&mut db, &batch, endpoints) {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(error = %e, size = batch.len(), "a store batch failed; its callers get the error");
+                batch.iter().map(|_| Err(e.clone())).collect()
+            }
+        };
+        for (job, result) in batch.drain(..).zip(results) {
+            match job.reply {
+                Some(reply) => {
+                    let _ = reply.send(result);
+                }
+                None => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "a background store write failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The batch in one transaction: one result per job. Rolls back whatever it began if
+/// it fails as a whole.
+fn write(
+    db: &mut rusqlite::Connection,
+    batch: &[Job],
+    endpoints: &NoEndpoints,
+) -> Result<Vec<Result<Out, StoreError>>, StoreError> {
+    let none_known = endpoints.known();
+    let written = (|| {
+        step(db, "BEGIN IMMEDIATE")?;
+        let results = match pass(db, batch, none_known, false)? {
+            Some(results) => results,
+            None => {
+                step(db, "ROLLBACK")?;
+                step(db, "BEGIN IMMEDIATE")?;
+                pass(db, batch, none_known, true)?
+                    .ok_or_else(|| StoreError::Unavailable("a batch failed twice".into()))?
+            }
+        };
+        // Every endpoint change comes through here: after one (or when events were
+        // offered) the writer reads the answer again, inside the same transaction.
+        let ask = batch
+            .iter()
+            .any(|j| j.op.changes_endpoints() || j.op.offers_events());
+        let any = match ask {
+            true => Some(poll(ops::scalar(&mut Lite(db), &sql::ANY_ENABLED_ENDPOINT, &[]))? > 0),
+            false => None,
+        };
+        step(db, "COMMIT")?;
+        if let Some(any) = any {
+            endpoints.saw(any);
+        }
+        Ok(results)
+    })();
+    if written.is_err() && !db.is_autocommit() {
+        if let Err(e) = db.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "rollback after a failed batch");
+        }
+    }
+    written
+}
+
+/// One pass over the batch inside the open transaction. With `isolate`, each job runs
+/// in a savepoint, so a failing one fails alone; without, a failure returns `None`
+/// (its partial writes cannot be undone alone) and the caller redoes the batch.
+fn pass(
+    db: &mut rusqlite::Connection,
+    batch: &[Job],
+    none_known: bool,
+    isolate: bool,
+) -> Result<Option<Vec<Result<Out, StoreError>>>, StoreError> {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut events = !none_known;
+    for job in batch {
+        let result = match isolate {
+            true => savepoint(db, |db| poll(ops::apply(&mut Lite(db), &job.op, events))),
+            false => poll(ops::apply(&mut Lite(db), &job.op, events)),
+        };
+        if result.is_err() {
+            if db.is_autocommit() {
+                // Some errors (I/O, disk full) end the transaction themselves: what
+                // follows would be written outside it, so the whole batch fails.
+                return Err(StoreError::Unavailable(format!(
+                    "the batch was aborted: {}",
+                    result.err().map(|e| e.to_string()).unwrap_or_default()
+                )));
+            }
+            if !isolate {
+                return Ok(None);
+            }
+        }
+        // An endpoint added earlier in this batch takes the events after it.
+        events |= job.op.changes_endpoints();
+        results.push(result);
+    }
+    Ok(Some(results))
+}
+
+/// Runs `body` inside a savepoint: released on success, rolled back on failure.
+fn savepoint<T>(
+    db: &mut rusqlite::Connection,
+    body: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    step(db, "SAVEPOINT op")?;
+    match body(db) {
+        Ok(out) => {
+            step(db, "RELEASE op")?;
+            Ok(out)
+        }
+        Err(e) => {
+            step(db, "ROLLBACK TO op")?;
+            step(db, "RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+/// One transaction-control statement, kept prepared.
+fn step(db: &rusqlite::Connection, statement: &str) -> Result<(), StoreError> {
+    db.prepare_cached(statement)
+        .and_then(|mut st| st.execute([]))
+        .map(drop)
+        .map_err(lite_err)
+}
+
+/// Drives an operation on [`Lite`] to its end: nothing in it awaits, so one poll does.
+fn poll<T>(
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    operation.now_or_never().unwrap_or_else(|| {
+        Err(StoreError::Unavailable(
+            "internal: a SQLite write did not complete at once".into(),
+        ))
+    })
+}
+
+/// Runs `PRAGMA wal_checkpoint(PASSIVE)` every [`CHECKPOINT_EVERY`] on a connection of
+/// its own. A passive checkpoint never blocks the writer, so its transactions (and the
+/// turns waiting on them) do not stall while megabytes of WAL are copied, and the WAL
+/// stays a fraction of what `wal_autocheckpoint` would let it reach.
+async fn checkpointer(options: SqliteConnectOptions, stop: CancellationToken) {
+    let mut conn = match SqliteConnection::connect_with(&options).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the checkpointing connection; the writer will checkpoint");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
+        }
+    }
+    let _ = conn.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_endpoints_is_known_for_a_while_and_forgotten_when_one_appears() {
+        let none = NoEndpoints {
+            epoch: Instant::now(),
+            until: AtomicU64::new(0),
+        };
+        assert!(!none.known());
+        none.saw(false);
+        assert!(none.known());
+        none.saw(true);
+        assert!(!none.known());
+    }
+}
