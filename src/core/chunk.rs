@@ -7,9 +7,11 @@
 //! after reopens it with the same info string, so both render as code.
 //!
 //! This module is pure and std-only: it knows nothing about Markdown beyond fence lines
-//! (```` ``` ```` at the start of a line, optionally indented), nothing about a platform's
+//! (```` ``` ```` or `~~~`, in `core::fence`'s one grammar), nothing about a platform's
 //! escaping (Slack's mrkdwn conversion happens before), and it never rewrites the text
 //! between cuts.
+
+use super::fence;
 
 /// Splits `text` into parts of at most `limit` characters (`char`s, not bytes).
 ///
@@ -20,8 +22,8 @@
 /// - Whitespace is removed only at the cuts: the end of the part before, and blank lines
 ///   and spaces at the start of the part after. A line's indentation is kept, so code
 ///   continues correctly in the next part.
-/// - A cut inside a ```` ``` ```` block appends `"\n```"` to the part before and puts
-///   `"```info\n"` at the start of the part after; these count towards `limit`. When the
+/// - A cut inside a fenced block appends its fence (`"\n```"`) to the part before and
+///   puts `"```info\n"` at the start of the part after; these count towards `limit`. When the
 ///   fence lines would take more than half of `limit` (a tiny limit or a very long info
 ///   string) the info string is dropped, and if even that does not fit, the block is cut
 ///   without repair.
@@ -337,57 +339,50 @@ impl<'t> Splitter<'t> {
     }
 }
 
-/// Finds the fenced code blocks: a line whose first non-blank characters are three or
-/// more backticks opens one (the rest of the line is its info string, which may not
-/// contain a backtick, so ```` ```inline``` ```` is not a fence); a line of at least as
-/// many backticks and nothing else closes it.
+/// Finds the fenced code blocks (`core::fence`'s grammar), by byte offsets.
 fn find_fences(text: &str, limit: usize) -> Vec<Fence> {
     let mut fences = Vec::new();
-    // (opening line start, body start, backtick count, info string)
-    let mut open: Option<(usize, usize, usize, &str)> = None;
+    // (opening line start, body start, the fence, its info string)
+    let mut open: Option<(usize, usize, fence::Fence, &str)> = None;
     let mut line_start = 0;
     for line in text.split_inclusive('\n') {
         let line_end = line_start + line.len();
-        let body = line.trim();
-        let after_ticks = body.trim_start_matches('`');
-        // Backticks are one byte each, so the byte difference is the count.
-        let ticks = body.len() - after_ticks.len();
-        match open {
-            None if ticks >= 3 && !after_ticks.contains('`') => {
-                open = Some((line_start, line_end, ticks, after_ticks.trim()));
+        match &open {
+            None => {
+                if let Some((f, info)) = fence::Fence::opened_by(line) {
+                    open = Some((line_start, line_end, f, info));
+                }
             }
-            Some((open_start, content_start, n, info))
-                if ticks >= n && after_ticks.trim().is_empty() =>
-            {
+            Some((open_start, content_start, f, info)) if f.is_closed_by(line) => {
                 fences.push(Fence {
-                    open_start,
-                    content_start,
+                    open_start: *open_start,
+                    content_start: *content_start,
                     close_start: Some(line_start),
                     close_end: line_start + line.trim_end().len(),
-                    repair: repair(n, info, limit),
+                    repair: repair(f, info, limit),
                 });
                 open = None;
             }
-            _ => {}
+            Some(_) => {}
         }
         line_start = line_end;
     }
-    if let Some((open_start, content_start, n, info)) = open {
+    if let Some((open_start, content_start, f, info)) = open {
         fences.push(Fence {
             open_start,
             content_start,
             close_start: None,
             close_end: text.len(),
-            repair: repair(n, info, limit),
+            repair: repair(&f, info, limit),
         });
     }
     fences
 }
 
-/// The fence lines for a cut inside a block of `ticks` backticks, if they take at most
+/// The fence lines for a cut inside a block opened by `fence`, if they take at most
 /// half the limit; the rest of the limit is left for the block's text.
-fn repair(ticks: usize, info: &str, limit: usize) -> Option<Repair> {
-    let marker = "`".repeat(ticks);
+fn repair(fence: &fence::Fence, info: &str, limit: usize) -> Option<Repair> {
+    let marker = fence.text();
     let close = format!("\n{marker}");
     [format!("{marker}{info}\n"), format!("{marker}\n")]
         .into_iter()

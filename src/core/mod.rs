@@ -9,6 +9,7 @@ pub mod access;
 pub mod chunk;
 pub mod commands;
 pub mod events;
+pub mod fence;
 pub mod janitor;
 pub mod lanes;
 pub mod message;

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::chunk::split_text;
+use super::fence::Fence;
 use super::ports::{AnswerFeed, SinkError};
 
 /// How the last message of a capped answer ends.
@@ -78,29 +79,23 @@ pub fn cap(mut parts: Vec<String>, limit: usize, max: usize) -> Vec<String> {
 /// code fence (```` ``` ```` or `~~~`), else an unclosed code span, `**`, `__` or
 /// `~~` in its last paragraph.
 pub fn close_for_display(partial: &str) -> String {
-    let mut open_fence: Option<String> = None;
+    let mut open_fence: Option<Fence> = None;
     let mut prose_start = 0;
     let mut offset = 0;
     for line in partial.split_inclusive('\n') {
-        let trimmed = line.trim_start_matches(' ');
-        let indent = line.len() - trimmed.len();
-        let marker: String = trimmed
-            .chars()
-            .take_while(|c| *c == '`' || *c == '~')
-            .collect();
-        let is_fence =
-            indent <= 3 && marker.len() >= 3 && marker.chars().all(|c| marker.starts_with(c));
-        if is_fence {
-            match &open_fence {
-                Some(open) if marker.starts_with(open.as_str()) && trimmed.trim_end() == marker => {
-                    open_fence = None;
+        match &open_fence {
+            Some(open) if open.is_closed_by(line) => {
+                open_fence = None;
+                prose_start = offset + line.len();
+            }
+            Some(_) => {}
+            None => {
+                if let Some((open, _)) = Fence::opened_by(line) {
+                    open_fence = Some(open);
+                } else if line.trim().is_empty() {
                     prose_start = offset + line.len();
                 }
-                Some(_) => {}
-                None => open_fence = Some(marker),
             }
-        } else if open_fence.is_none() && line.trim().is_empty() {
-            prose_start = offset + line.len();
         }
         offset += line.len();
     }
@@ -109,7 +104,7 @@ pub fn close_for_display(partial: &str) -> String {
         if !out.ends_with('\n') {
             out.push('\n');
         }
-        out.push_str(&fence);
+        out.push_str(&fence.text());
         return out;
     }
     let paragraph = &partial[prose_start.min(partial.len())..];

@@ -22,7 +22,10 @@
 //!
 //! Pure and total: any input converts, nothing panics (property-tested). Inline
 //! constructs never span lines, which also bounds the work per construct. Line
-//! endings are `\n`, `\r\n` or a lone `\r`.
+//! endings are `\n`, `\r\n` or a lone `\r`. Fence lines follow the one grammar in
+//! `core::fence`, which splitting and streaming use too.
+
+use crate::core::fence::{strip_indent, Fence};
 
 /// Converts agent Markdown to Slack mrkdwn (see the module docs for the mapping).
 pub fn to_mrkdwn(markdown: &str) -> String {
@@ -65,7 +68,7 @@ pub fn to_mrkdwn(markdown: &str) -> String {
                 }
             }
             None => match Fence::opened_by(line) {
-                Some(open) => {
+                Some((open, _)) => {
                     out.push_str("```");
                     fence = Some(open);
                 }
@@ -110,35 +113,6 @@ fn escape_char(c: char, out: &mut String) {
     }
 }
 
-/// An open fenced code block: its marker character and length (CommonMark: a closing
-/// fence uses the same character, at least as many times).
-struct Fence {
-    marker: char,
-    len: usize,
-}
-
-impl Fence {
-    fn opened_by(line: &str) -> Option<Fence> {
-        let rest = strip_indent(line)?;
-        let marker = rest.chars().next().filter(|c| *c == '`' || *c == '~')?;
-        let len = rest.chars().take_while(|c| *c == marker).count();
-        let info = &rest[len..];
-        // A backtick fence's info string may not contain backticks (that is inline code).
-        if len < 3 || (marker == '`' && info.contains('`')) {
-            return None;
-        }
-        Some(Fence { marker, len })
-    }
-
-    fn is_closed_by(&self, line: &str) -> bool {
-        let Some(rest) = strip_indent(line) else {
-            return false;
-        };
-        let len = rest.chars().take_while(|c| *c == self.marker).count();
-        len >= self.len && rest[len..].trim().is_empty()
-    }
-}
-
 /// `\r\n` and a lone `\r` become `\n`.
 fn normalize_line_endings(text: &str) -> String {
     text.replace("\r\n", "\n").replace('\r', "\n")
@@ -174,7 +148,7 @@ fn resolve_references(text: &str) -> String {
                 kept.push(line);
             }
             None => {
-                if let Some(open) = Fence::opened_by(line) {
+                if let Some((open, _)) = Fence::opened_by(line) {
                     fence = Some(open);
                     kept.push(line);
                 } else if let Some((label, url)) = definition(line) {
@@ -202,7 +176,7 @@ fn resolve_references(text: &str) -> String {
                 out.push_str(line);
             }
             None => {
-                if let Some(open) = Fence::opened_by(line) {
+                if let Some((open, _)) = Fence::opened_by(line) {
                     fence = Some(open);
                     out.push_str(line);
                 } else {
@@ -271,13 +245,6 @@ fn replace_references(
         out.push(chars[i]);
         i += 1;
     }
-}
-
-/// The line without up to three leading spaces; `None` when it is indented further
-/// (Markdown's indented code, or a continuation).
-fn strip_indent(line: &str) -> Option<&str> {
-    let spaces = line.len() - line.trim_start_matches(' ').len();
-    (spaces <= 3).then(|| &line[spaces..])
 }
 
 /// One line outside a code block: block-level syntax first, then inline.
