@@ -12,11 +12,13 @@ pub mod events;
 pub mod fence;
 pub mod janitor;
 pub mod lanes;
+pub mod lock;
 pub mod message;
 pub mod metrics;
 pub mod ports;
 pub mod relay;
 pub mod render;
+pub mod retry;
 pub mod sessions;
 
 pub use message::{ConversationKey, Inbound, Platform, SessionScope};

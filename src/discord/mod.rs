@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 use crate::config::DiscordConfig;
+use crate::core::retry::Backoff;
 use crate::core::Relay;
 
 use self::handler::Handler;
@@ -148,24 +149,17 @@ fn build_http(cfg: &DiscordConfig) -> Http {
 /// Waits until `GET /gateway` answers with the gateway URL; `None` if shutdown came
 /// first.
 async fn wait_for_gateway_url(http: &Http, shutdown: &CancellationToken) -> Option<String> {
-    let mut delay = GATEWAY_RETRY_FIRST;
-    loop {
-        let result = tokio::select! {
-            result = http.get_gateway() => result,
-            _ = shutdown.cancelled() => return None,
-        };
-        match result {
-            Ok(gateway) => return Some(gateway.url),
-            Err(e) => {
-                warn!(error = %describe(&e), retry_in = ?delay, "Discord's REST API did not give the gateway URL; retrying");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return None,
-        }
-        delay = (delay * 2).min(GATEWAY_RETRY_MAX);
-    }
+    let backoff = Backoff {
+        first: GATEWAY_RETRY_FIRST,
+        max: GATEWAY_RETRY_MAX,
+    };
+    let report = |e: &serenity::Error, delay: Duration| {
+        warn!(error = %describe(e), retry_in = ?delay, "Discord's REST API did not give the gateway URL; retrying");
+    };
+    let gateway = backoff
+        .retry(shutdown, || http.get_gateway(), report)
+        .await?;
+    Some(gateway.url)
 }
 
 /// The one line logged when the client gives up: what happened and what the operator

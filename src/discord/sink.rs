@@ -23,6 +23,7 @@ use tracing::{debug, warn, Instrument};
 use super::channels::ChannelDirectory;
 use super::{describe, discord_error_code, MESSAGE_LIMIT};
 use crate::core::chunk::split_text;
+use crate::core::lock::lock;
 use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
 use crate::core::render::{self, render, Shape};
 
@@ -217,12 +218,7 @@ impl MessageSink {
     }
 
     fn stop_typing(&self) {
-        let token = match self.typing.lock() {
-            Ok(mut slot) => slot.take(),
-            // A poisoned lock only means another thread panicked mid-swap; the token
-            // inside is still valid.
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        let token = lock(&self.typing).take();
         if let Some(token) = token {
             token.cancel();
         }
@@ -248,10 +244,7 @@ impl ChatSink for MessageSink {
             Err(_) => debug!("typing indicator timed out"),
         }
         let token = CancellationToken::new();
-        let previous = match self.typing.lock() {
-            Ok(mut slot) => slot.replace(token.clone()),
-            Err(poisoned) => poisoned.into_inner().replace(token.clone()),
-        };
+        let previous = lock(&self.typing).replace(token.clone());
         if let Some(previous) = previous {
             previous.cancel();
         }

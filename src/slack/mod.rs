@@ -35,6 +35,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::config::{SlackConfig, SlackProgress, SlackRespondTo, SlackStreaming};
 use crate::core::ports::Sightings;
+use crate::core::retry::Backoff;
 use crate::core::Relay;
 
 use self::dedupe::{AnsweredThreads, Dedupe};
@@ -96,9 +97,7 @@ impl Shared {
     /// at most once a minute (a flood of forged requests must not flood the log).
     pub(crate) fn signature_refused(&self, reason: &str) {
         self.relay.metrics().slack_signature_refused();
-        let Ok(mut refusals) = self.refusals.lock() else {
-            return;
-        };
+        let mut refusals = crate::core::lock::lock(&self.refusals);
         refusals.unlogged += 1;
         let now = std::time::Instant::now();
         if refusals
@@ -174,37 +173,34 @@ pub async fn start(
     SlackApp { shared }
 }
 
-/// Retries `auth.test` with a doubling backoff until it succeeds or shutdown.
+/// Retries `auth.test` (after the inline attempt failed) with a doubling backoff
+/// until it succeeds or shutdown.
 async fn authenticate_until_done(
     shared: Arc<Shared>,
     api: Arc<WebApi>,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut delay = AUTH_RETRY_FIRST;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                info!("shutdown before Slack auth.test succeeded");
-                return;
-            }
-            _ = tokio::time::sleep(delay) => {}
-        }
-        match api.auth_test().await {
-            Ok(identity) => {
-                authenticated(&shared, identity, &ready);
-                return;
-            }
-            Err(e) => {
-                delay = (delay * 2).min(AUTH_RETRY_MAX);
-                warn!(
-                    slack_error = e.code(),
-                    error = %e,
-                    retry_in_secs = delay.as_secs(),
-                    "Slack auth.test failed"
-                );
-            }
-        }
+    let report = |e: &web_api::SlackApiError, delay: Duration| {
+        warn!(
+            slack_error = e.code(),
+            error = %e,
+            retry_in_secs = delay.as_secs(),
+            "Slack auth.test failed"
+        );
+    };
+    // The inline attempt was the first: wait, then go on at twice the wait.
+    tokio::select! {
+        _ = tokio::time::sleep(AUTH_RETRY_FIRST) => {}
+        _ = shutdown.cancelled() => {}
+    }
+    let backoff = Backoff {
+        first: AUTH_RETRY_FIRST * 2,
+        max: AUTH_RETRY_MAX,
+    };
+    match backoff.retry(&shutdown, || api.auth_test(), report).await {
+        Some(identity) => authenticated(&shared, identity, &ready),
+        None => info!("shutdown before Slack auth.test succeeded"),
     }
 }
 

@@ -37,7 +37,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -56,6 +56,7 @@ use super::store::{
 };
 use super::target::{check_literal, PublicOnlyResolver};
 use crate::config::WebhookConfig;
+use crate::core::lock::lock;
 use crate::core::metrics::Metrics;
 use crate::core::ports::StoreError;
 
@@ -383,12 +384,6 @@ impl Worker {
         }
         debug!("webhook worker stopped");
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking holder poisoned it: the maps
-/// hold plain counters and ids that are consistent after every statement.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The worker's hold on one claimed row: counts it against its endpoint's window and
