@@ -13,6 +13,7 @@
 //! - [`console`]: the terminal chat, a `ChatSink` like any platform.
 //! - [`config`]: every environment variable, parsed once into typed sub-configs.
 //! - [`app`]: the composition root, the only place that names concrete types.
+//! - [`cli`]: the commands behind the binary (`main.rs` only parses arguments).
 //! - [`check`]: `agent-bridge check`, one line per configured part.
 //! - [`webhook`]: endpoint management and the delivery worker (signed, retried POSTs
 //!   of the outbox rows the store holds).
@@ -21,6 +22,7 @@
 pub mod agent;
 pub mod app;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod core;

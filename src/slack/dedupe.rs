@@ -88,7 +88,7 @@ impl Dedupe {
 // Keys start with the message's `ts` (Slack's clock, ever increasing) rather than the
 // channel: new keys then land at the end of the store's index instead of at one spot
 // per channel, so a batch of turns dirties a page or two there instead of one page
-// per channel (measured: about a third of the SQLite writer's page writes).
+// per channel (the figure is in bench/README.md).
 
 pub fn message_key(channel: &str, ts: &str) -> String {
     format!("slack:msg:{ts}:{channel}")
