@@ -30,7 +30,7 @@ use super::events::{
     SessionReset,
 };
 use super::lanes::{Admission, Lanes};
-use super::message::{ConversationKey, Inbound, SessionScope};
+use super::message::{ConversationKey, Inbound, Platform, SessionScope};
 use super::metrics::Metrics;
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerFeed, AnswerStream, ChatSink,
@@ -1193,13 +1193,14 @@ impl Inner {
         query: &str,
         cause: &str,
     ) -> TurnOutcome {
-        let at = ConversationRef {
-            conversation: key.to_string(),
-            platform: msg.platform.as_str().to_string(),
-            workspace: msg.workspace.clone(),
-            channel: msg.channel.clone(),
-            thread: msg.thread.clone(),
-        };
+        // Where the message was (its thread too, whatever the session scope).
+        let at = conversation_ref(
+            key,
+            msg.platform,
+            &msg.workspace,
+            &msg.channel,
+            msg.thread.as_deref(),
+        );
         let now = OffsetDateTime::now_utc();
         let event = reply_failed(key, at, msg, query, cause, now);
         self.commit(Commit {
@@ -1269,12 +1270,29 @@ fn session_reset(mut conv: Conversation, reason: &'static str) -> (Conversation,
 }
 
 fn conv_ref(conv: &Conversation) -> ConversationRef {
+    conversation_ref(
+        &conv.key,
+        conv.platform,
+        &conv.workspace,
+        &conv.channel,
+        conv.thread.as_deref(),
+    )
+}
+
+/// The one construction of an event's [`ConversationRef`].
+fn conversation_ref(
+    key: &ConversationKey,
+    platform: Platform,
+    workspace: &str,
+    channel: &str,
+    thread: Option<&str>,
+) -> ConversationRef {
     ConversationRef {
-        conversation: conv.key.to_string(),
-        platform: conv.platform.as_str().to_string(),
-        workspace: conv.workspace.clone(),
-        channel: conv.channel.clone(),
-        thread: conv.thread.clone(),
+        conversation: key.to_string(),
+        platform: platform.as_str().to_string(),
+        workspace: workspace.to_owned(),
+        channel: channel.to_owned(),
+        thread: thread.map(str::to_owned),
     }
 }
 
