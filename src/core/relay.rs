@@ -838,7 +838,15 @@ impl Inner {
                     .trim_start()
                     .to_string(),
             };
-            text_tx.send_replace(final_text.clone());
+            // Only a changed text wakes the sink: an answer shown whole already ends
+            // with nothing more to do.
+            text_tx.send_if_modified(|shown| {
+                let changed = *shown != final_text;
+                if changed {
+                    shown.clone_from(&final_text);
+                }
+                changed
+            });
             drop(text_tx);
             (written, final_text)
         };
