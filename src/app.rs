@@ -27,6 +27,8 @@ pub struct Core {
     pub store: Arc<dyn Store>,
     /// The same store, seen through its webhook side (endpoints, delivery claims).
     pub webhooks: Arc<dyn WebhookStore>,
+    /// Seals webhook secrets at rest (`BRIDGE_SECRET_KEY`).
+    pub sealer: Arc<webhook::Sealer>,
     pub relay: Relay,
 }
 
@@ -41,6 +43,10 @@ impl Core {
         sql.migrate().await.context("apply store migrations")?;
         let store: Arc<dyn Store> = Arc::new(sql.clone());
         let webhooks: Arc<dyn WebhookStore> = Arc::new(sql);
+        let sealer = Arc::new(webhook::Sealer::from_key(cfg.webhooks.secret_key.as_ref()));
+        webhook::seal::prepare(&*webhooks, &sealer)
+            .await
+            .context("check the webhook secrets in the store against BRIDGE_SECRET_KEY")?;
         let mut agent_cfg = cfg.agent.clone();
         if let Some(kind) = agent_kind {
             agent_cfg.kind = kind;
@@ -71,6 +77,7 @@ impl Core {
         Ok(Core {
             store,
             webhooks,
+            sealer,
             relay,
         })
     }
@@ -201,6 +208,7 @@ impl App {
             .admin
             .merge(http::webhooks::routes(webhook::WebhookService::new(
                 core.webhooks.clone(),
+                core.sealer.clone(),
                 cfg.webhooks.allow_private_targets,
                 Some(webhook_wake),
             )));

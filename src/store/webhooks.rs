@@ -120,6 +120,14 @@ const SELECT_OLDER_SECRETS: &str = "\
 const SELECT_ALL_OLDER_SECRETS: &str = "\
     SELECT endpoint_id, secret, expires_at FROM webhook_older_secrets \
     WHERE expires_at > $1 ORDER BY expires_at DESC";
+/// Compare-and-set of one stored secret value, in each place it can be.
+const REPLACE_TOKEN: &str = "UPDATE webhook_endpoints SET token = $3 WHERE id = $1 AND token = $2";
+const REPLACE_SECRET: &str =
+    "UPDATE webhook_endpoints SET secret = $3 WHERE id = $1 AND secret = $2";
+const REPLACE_PREVIOUS_SECRET: &str = "\
+    UPDATE webhook_endpoints SET previous_secret = $3 WHERE id = $1 AND previous_secret = $2";
+const REPLACE_OLDER_SECRET: &str =
+    "UPDATE webhook_older_secrets SET secret = $3 WHERE endpoint_id = $1 AND secret = $2";
 const DELETE_OLDER_SECRETS: &str = "DELETE FROM webhook_older_secrets WHERE endpoint_id = $1";
 
 const SET_ENABLED: &str =
@@ -551,6 +559,44 @@ impl WebhookStore for SqlStore {
         })
         .map_err(db_err)?;
         Ok(n > 0)
+    }
+
+    async fn replace_stored_secret(
+        &self,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<u64, StoreError> {
+        let now = to_ms(OffsetDateTime::now_utc());
+        on_pool!(self, |p| {
+            async {
+                let mut tx = p.begin().await?;
+                // A write first (see `set_subscriptions`).
+                sqlx::query(DROP_EXPIRED_SECRETS)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let mut n = 0;
+                for statement in [
+                    REPLACE_TOKEN,
+                    REPLACE_SECRET,
+                    REPLACE_PREVIOUS_SECRET,
+                    REPLACE_OLDER_SECRET,
+                ] {
+                    n += sqlx::query(statement)
+                        .bind(id)
+                        .bind(old)
+                        .bind(new)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await.map(|()| n)
+            }
+            .await
+        })
+        .map_err(db_err)
     }
 
     async fn set_endpoint_enabled(
