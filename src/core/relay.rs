@@ -446,6 +446,12 @@ impl Relay {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
+
+    /// Why `msg` would be ignored (`BLOCKED_USERS`, `ALLOWED_CHANNELS`), for a
+    /// platform that must answer anyway (a slash command).
+    pub fn refusal(&self, msg: &Inbound) -> Option<super::access::Refusal> {
+        self.inner.access.refusal(msg)
+    }
 }
 
 impl Inner {
