@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::channels::{is_thread, ChannelDirectory, ChannelKind};
-use super::sink::{MessageSink, Target};
+use super::sink::{EditBuckets, MessageSink, Target};
 use super::slash::{self, InteractionSink};
 use super::{describe, text};
 use crate::config::DiscordReplyMode;
@@ -52,6 +52,8 @@ pub struct Handler {
     /// Threads, parents and owners; shared with every sink, which records the threads
     /// it opens.
     channels: Arc<ChannelDirectory>,
+    /// Discord's edit-route buckets, shared by every answer's sink.
+    edit_buckets: Arc<EditBuckets>,
     /// Set once the slash commands were registered, so a re-identify does not repeat it.
     commands_registered: AtomicBool,
 }
@@ -80,6 +82,7 @@ impl Handler {
             connected,
             bot: watch::Sender::new(None),
             channels: Arc::new(ChannelDirectory::default()),
+            edit_buckets: Arc::default(),
             commands_registered: AtomicBool::new(false),
         }
     }
@@ -163,7 +166,8 @@ impl Handler {
             text,
         };
         let sink = MessageSink::new(http.clone(), target, self.channels.clone(), bot)
-            .with_edit_interval(self.edit_interval);
+            .with_edit_interval(self.edit_interval)
+            .with_buckets(self.edit_buckets.clone());
         self.submit(inbound, Arc::new(sink));
     }
 
