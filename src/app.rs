@@ -29,6 +29,8 @@ pub struct Core {
     /// The one store; each consumer is handed only the role it uses (`core::ports`,
     /// `webhook::WebhookStore`).
     pub store: Arc<SqlStore>,
+    /// Seals webhook secrets at rest (`BRIDGE_SECRET_KEY`).
+    pub sealer: Arc<webhook::Sealer>,
     pub relay: Relay,
 }
 
@@ -42,6 +44,10 @@ impl Core {
             .context("open the store at DATABASE_URL")?;
         sql.migrate().await.context("apply store migrations")?;
         let store = Arc::new(sql);
+        let sealer = Arc::new(webhook::Sealer::from_key(cfg.webhooks.secret_key.as_ref()));
+        webhook::seal::prepare(&*store, &sealer)
+            .await
+            .context("check the webhook secrets in the store against BRIDGE_SECRET_KEY")?;
         let mut agent_cfg = cfg.agent.clone();
         if let Some(kind) = agent_kind {
             agent_cfg.kind = kind;
@@ -74,7 +80,11 @@ impl Core {
         let relay = Relay::new(agent, ports, settings);
         let preloading = relay.clone();
         tokio::spawn(async move { preloading.preload().await });
-        Ok(Core { store, relay })
+        Ok(Core {
+            store,
+            sealer,
+            relay,
+        })
     }
 }
 
@@ -205,6 +215,7 @@ impl App {
             .admin
             .merge(http::webhooks::routes(webhook::WebhookService::new(
                 core.store.clone(),
+                core.sealer.clone(),
                 cfg.webhooks.allow_private_targets,
                 Some(webhook_wake),
             )));

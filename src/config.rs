@@ -204,7 +204,16 @@ pub struct WebhookConfig {
     /// `WEBHOOK_RETENTION_DAYS`, default 30: delivered and failed events are purged
     /// after this.
     pub retention: Duration,
+    /// `BRIDGE_SECRET_KEY`: when set, webhook secrets and endpoint tokens are stored
+    /// encrypted with it (SPEC §8).
+    pub secret_key: Option<SecretKey>,
 }
+
+/// `BRIDGE_SECRET_KEY`, decoded: 32 bytes, zeroed on drop, `[REDACTED]` in `Debug`.
+pub type SecretKey = std::sync::Arc<secrecy::SecretBox<[u8; SECRET_KEY_LEN]>>;
+
+/// AES-256: a key of 32 bytes.
+pub const SECRET_KEY_LEN: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -482,6 +491,7 @@ impl Config {
             timeout: Duration::from_secs(number(&vars, &WEBHOOK_TIMEOUT_SECS)?),
             allow_private_targets: boolean(&vars, "WEBHOOK_ALLOW_PRIVATE_TARGETS", false)?,
             retention: Duration::from_secs(number(&vars, &WEBHOOK_RETENTION_DAYS)? * SECS_PER_DAY),
+            secret_key: secret_key(secret(&vars, "BRIDGE_SECRET_KEY")?)?,
         };
 
         let log = LogConfig {
@@ -931,6 +941,35 @@ fn secret(vars: &Vars<'_>, var: &str) -> Result<Option<SecretString>, ConfigErro
     Ok(Some(SecretString::from(value)))
 }
 
+/// `BRIDGE_SECRET_KEY`: 32 bytes in base64 (standard or URL-safe, padded or not). The
+/// value is never shown.
+fn secret_key(value: Option<SecretString>) -> Result<Option<SecretKey>, ConfigError> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = value.expose_secret();
+    let decoded = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok());
+    let problem = match decoded {
+        None => "is not base64".to_owned(),
+        Some(bytes) => match <[u8; SECRET_KEY_LEN]>::try_from(bytes) {
+            Ok(key) => {
+                return Ok(Some(std::sync::Arc::new(secrecy::SecretBox::new(
+                    Box::new(key),
+                ))))
+            }
+            Err(bytes) => format!("decodes to {} bytes, not {SECRET_KEY_LEN}", bytes.len()),
+        },
+    };
+    Err(ConfigError(format!(
+        "BRIDGE_SECRET_KEY: the value {problem} (e.g. the output of `openssl rand -base64 32`); \
+         the value is not shown because it is a secret"
+    )))
+}
+
 /// SPEC §6 "Admin access": a set `BRIDGE_API_TOKEN` must be at least this long.
 pub const MIN_API_TOKEN_LEN: usize = 24;
 
@@ -1170,11 +1209,16 @@ mod tests {
         }
     }
 
-    const SECRETS: [(&str, &str); 5] = [
+    const SECRETS: [(&str, &str); 6] = [
         ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5"),
         ("SLACK_BOT_TOKEN", "xoxb-SLACKBOT-9f8e7d6c"),
         ("SLACK_SIGNING_SECRET", "SIGNING-SECRET-a1b2c3d4"),
         ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d9c"),
+        // 32 bytes: "BRIDGE-SECRET-KEY-00112233445566".
+        (
+            "BRIDGE_SECRET_KEY",
+            "QlJJREdFLVNFQ1JFVC1LRVktMDAxMTIyMzM0NDU1NjY=",
+        ),
         (
             "DATABASE_URL",
             "postgres://bridge:DBPASSWORD-77aa66bb@db.internal/bridge",
@@ -1228,7 +1272,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 48] = [
+    const OPTIONAL_VARS: [&str; 49] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1260,6 +1304,7 @@ mod tests {
         "WEBHOOK_TIMEOUT_SECS",
         "WEBHOOK_ALLOW_PRIVATE_TARGETS",
         "WEBHOOK_RETENTION_DAYS",
+        "BRIDGE_SECRET_KEY",
         "RUST_LOG",
         "LOG_FORMAT",
         "TOKIO_WORKER_THREADS",
@@ -1789,6 +1834,35 @@ mod tests {
     }
 
     #[test]
+    fn bridge_secret_key_is_32_bytes_of_base64() {
+        let raw = [0x5au8; 32];
+        use base64::Engine;
+        for text in [
+            base64::engine::general_purpose::STANDARD.encode(raw),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+        ] {
+            let cfg = ok(&[("BRIDGE_SECRET_KEY", &text)]);
+            let key = cfg.webhooks.secret_key.clone().expect("key set");
+            assert_eq!(key.expose_secret(), &raw);
+            assert!(!format!("{cfg:?}").contains(&text));
+        }
+        assert!(ok(&[]).webhooks.secret_key.is_none());
+        let short = base64::engine::general_purpose::STANDARD.encode([1u8; 16]);
+        for (value, problem) in [
+            (short.as_str(), "decodes to 16 bytes, not 32"),
+            ("not base64 at all!", "is not base64"),
+        ] {
+            let msg = err(&[("BRIDGE_SECRET_KEY", value)]);
+            assert!(msg.starts_with("BRIDGE_SECRET_KEY: "), "{msg}");
+            assert!(
+                msg.contains(problem) && msg.contains("openssl rand -base64 32"),
+                "{msg}"
+            );
+            assert!(!msg.contains(value), "{msg}");
+        }
+    }
+
+    #[test]
     fn secrets_never_appear_in_error_messages() {
         // Each secret made bad in its own way, plus every other error with all secrets set.
         let own_errors: &[(&str, &str)] = &[
@@ -1797,6 +1871,11 @@ mod tests {
             ("SLACK_BOT_TOKEN", "xoxb-SLACKBOT-9f8e7d6c\n2"),
             ("SLACK_SIGNING_SECRET", "SIGNING-SECRET-a1b2c3d4\t\u{7f}"),
             ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d9c\u{1b}[0m"),
+            ("BRIDGE_SECRET_KEY", "QlJJREdFLVNFQ1JFVC1LRVktMDAxMTIy"),
+            (
+                "BRIDGE_SECRET_KEY",
+                "QlJJREdFLVNFQ1JFVC1LRVktMDAxMTIyMzM0NDU1NjY=!",
+            ),
         ];
         let mut messages: Vec<String> = own_errors.iter().map(|pair| err(&[*pair])).collect();
         for (var, value) in [

@@ -45,15 +45,49 @@ impl Access {
     }
 
     pub fn check(&self, msg: &Inbound) -> Verdict {
-        if self.blocked_users.contains(&msg.user) {
-            return Verdict::Ignored;
-        }
-        if !self.allowed_channels.is_empty() && !self.allowed_channels.contains(&msg.channel) {
+        if self.refusal(msg).is_some() {
             return Verdict::Ignored;
         }
         match &self.limiter {
             Some(limiter) if !limiter.allow(msg, Instant::now()) => Verdict::Limited,
             _ => Verdict::Allowed,
+        }
+    }
+}
+
+impl Access {
+    /// Why `msg` is never relayed (a blocked user, a channel outside
+    /// `ALLOWED_CHANNELS`), for a platform that must answer anyway — a slash command
+    /// waits for a response. Reads no rate-limit state.
+    pub fn refusal(&self, msg: &Inbound) -> Option<Refusal> {
+        if self.blocked_users.contains(&msg.user) {
+            Some(Refusal::BlockedUser)
+        } else if !self.allowed_channels.is_empty() && !self.allowed_channels.contains(&msg.channel)
+        {
+            Some(Refusal::ChannelNotAllowed)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a message is not relayed, said only where the platform needs an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `BLOCKED_USERS`.
+    BlockedUser,
+    /// Not in `ALLOWED_CHANNELS`.
+    ChannelNotAllowed,
+}
+
+impl Refusal {
+    /// What the user is told (privately).
+    pub fn reply(self) -> &'static str {
+        match self {
+            Refusal::BlockedUser => "You are not allowed to use this bot.",
+            Refusal::ChannelNotAllowed => {
+                "This bot does not answer in this channel. Ask in one of the channels it serves."
+            }
         }
     }
 }

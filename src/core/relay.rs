@@ -447,6 +447,12 @@ impl Relay {
     pub fn agent(&self) -> &Arc<dyn Agent> {
         &self.inner.agent
     }
+
+    /// Why `msg` would be ignored (`BLOCKED_USERS`, `ALLOWED_CHANNELS`), for a
+    /// platform that must answer anyway (a slash command).
+    pub fn refusal(&self, msg: &Inbound) -> Option<super::access::Refusal> {
+        self.inner.access.refusal(msg)
+    }
 }
 
 impl Inner {
@@ -846,7 +852,15 @@ impl Inner {
                     .trim_start()
                     .to_string(),
             };
-            text_tx.send_replace(final_text.clone());
+            // Only a changed text wakes the sink: an answer shown whole already ends
+            // with nothing more to do.
+            text_tx.send_if_modified(|shown| {
+                let changed = *shown != final_text;
+                if changed {
+                    shown.clone_from(&final_text);
+                }
+                changed
+            });
             drop(text_tx);
             (written, final_text)
         };

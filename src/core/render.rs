@@ -130,23 +130,33 @@ pub async fn render(
     let mut shown: Vec<(String, String)> = Vec::new();
     let interval = feed.interval.max(MIN_INTERVAL);
     let mut last_round: Option<Instant> = None;
+    // The messages `text` takes now: the final split, or a partial one with its open
+    // markup closed for display.
+    let parts_of = |text: &str, done: bool| {
+        if done {
+            final_parts(text, shape, feed.max_messages)
+        } else {
+            final_parts(&close_for_display(text), shape, feed.max_messages)
+        }
+    };
     loop {
         let mut done = feed.text.changed().await.is_err();
-        if let (false, Some(at)) = (done, last_round) {
-            // Wait out the interval; the text grows meanwhile.
+        if let Some(at) = last_round {
+            let pending = parts_of(&feed.text.borrow(), done);
+            if !changes(&shown, &pending) {
+                // Nothing new to show (the final text is what is shown already): no
+                // call, and no wait.
+                if done {
+                    return Ok(shown.into_iter().map(|(id, _)| id).collect());
+                }
+                continue;
+            }
+            // Keep the pace; the text grows meanwhile.
             tokio::time::sleep_until(at + interval).await;
-            done = feed.text.has_changed().is_err();
+            done = done || feed.text.has_changed().is_err();
         }
         let text = feed.text.borrow_and_update().clone();
-        let display = if done { text } else { close_for_display(&text) };
-        let parts = final_parts(&display, shape, feed.max_messages);
-        if let (true, Some(at)) = (done, last_round) {
-            // The final update keeps the pace too, but an answer already shown as
-            // it ends (one that came in one piece) is not touched again.
-            if changes(&shown, &parts) {
-                tokio::time::sleep_until(at + interval).await;
-            }
-        }
+        let parts = parts_of(&text, done);
         update(surface, &mut shown, &parts, done).await?;
         last_round = Some(Instant::now());
         if done {

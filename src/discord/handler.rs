@@ -16,15 +16,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serenity::all::{
-    CommandInteraction, ConnectionStage, Context, EventHandler, Guild, GuildChannel, Http,
-    Interaction, Message, MessageType, PartialGuildChannel, Ready, ResumedEvent,
+    CommandInteraction, ConnectionStage, Context, Event, EventHandler, Guild, GuildChannel, Http,
+    Interaction, Message, MessageType, PartialGuildChannel, RawEventHandler, Ready, ResumedEvent,
     ShardStageUpdateEvent, UserId,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::channels::{is_thread, ChannelDirectory, ChannelKind};
-use super::sink::{MessageSink, Target};
+use super::sink::{EditBuckets, MessageSink, Target};
 use super::slash::{self, InteractionSink};
 use super::{describe, text};
 use crate::config::DiscordReplyMode;
@@ -52,6 +52,8 @@ pub struct Handler {
     /// Threads, parents and owners; shared with every sink, which records the threads
     /// it opens.
     channels: Arc<ChannelDirectory>,
+    /// Discord's edit-route buckets, shared by every answer's sink.
+    edit_buckets: Arc<EditBuckets>,
     /// Set once the slash commands were registered, so a re-identify does not repeat it.
     commands_registered: AtomicBool,
 }
@@ -80,6 +82,7 @@ impl Handler {
             connected,
             bot: watch::Sender::new(None),
             channels: Arc::new(ChannelDirectory::default()),
+            edit_buckets: Arc::default(),
             commands_registered: AtomicBool::new(false),
         }
     }
@@ -163,7 +166,8 @@ impl Handler {
             text,
         };
         let sink = MessageSink::new(http.clone(), target, self.channels.clone(), bot)
-            .with_edit_interval(self.edit_interval);
+            .with_edit_interval(self.edit_interval)
+            .with_buckets(self.edit_buckets.clone());
         self.submit(inbound, Arc::new(sink));
     }
 
@@ -189,11 +193,6 @@ impl Handler {
             debug!(command = %command.data.name, "not one of our commands; ignored");
             return;
         };
-        // Acknowledge first: Discord drops an interaction not answered within 3 s.
-        if let Err(e) = command.defer(&**http).await {
-            warn!(command = %command.data.name, error = %describe(&e), "could not acknowledge a slash command");
-            return;
-        }
         let (channel, thread) = match &command.channel {
             Some(c) if is_thread(c.kind) => match c.parent_id {
                 Some(parent) => (parent, Some(command.channel_id.to_string())),
@@ -210,6 +209,18 @@ impl Handler {
             message_id: command.id.to_string(),
             text,
         };
+        if let Some(refusal) = self.relay.refusal(&inbound) {
+            debug!(command = %command.data.name, ?refusal, "slash command refused");
+            if let Err(e) = slash::refuse(http, &command, refusal.reply()).await {
+                warn!(command = %command.data.name, error = %describe(&e), "could not answer a refused slash command");
+            }
+            return;
+        }
+        // Acknowledge first: Discord drops an interaction not answered within 3 s.
+        if let Err(e) = command.defer(&**http).await {
+            warn!(command = %command.data.name, error = %describe(&e), "could not acknowledge a slash command");
+            return;
+        }
         let sink = Arc::new(InteractionSink::new(http.clone(), command.token.clone()));
         if let Err(Rejected::ShuttingDown) = self.relay.submit(inbound, sink.clone()) {
             if let Err(e) = sink.send(RESTARTING).await {
@@ -336,4 +347,45 @@ fn replies_to(msg: &Message, bot: UserId) -> bool {
             .referenced_message
             .as_ref()
             .is_some_and(|m| m.author.id == bot)
+}
+
+/// Serenity hands a dispatch it cannot decode (a field of an unexpected type, say) to
+/// raw handlers only, as `Event::Unknown` — its untagged fallback — and otherwise logs
+/// it at debug. A message addressed to the bot must not vanish without a word (SPEC
+/// §4): this says which one, at warn. Event types the bridge never handles stay at
+/// debug.
+pub struct Undecodable;
+
+#[async_trait]
+impl RawEventHandler for Undecodable {
+    async fn raw_event(&self, _ctx: Context, event: Event) {
+        if let Event::Unknown(unknown) = event {
+            log_undecodable(&unknown.kind, &unknown.value);
+        }
+    }
+}
+
+fn log_undecodable(kind: &str, value: &serde_json::Value) {
+    let reason = match kind {
+        "MESSAGE_CREATE" => serde_json::from_value::<Message>(value.clone()).err(),
+        "INTERACTION_CREATE" => serde_json::from_value::<Interaction>(value.clone()).err(),
+        _ => {
+            debug!(event = kind, "a Discord event the bridge does not handle");
+            return;
+        }
+    };
+    let id = |field: &str| {
+        value
+            .get(field)
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    warn!(
+        event = kind,
+        channel = %id("channel_id"),
+        message_id = %id("id"),
+        error = %reason.map_or_else(|| "unknown".to_owned(), |e| e.to_string()),
+        "a Discord event could not be decoded; it is not answered"
+    );
 }

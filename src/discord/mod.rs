@@ -87,6 +87,7 @@ async fn supervise(
     let handler = Handler::new(relay, cfg.reply_mode, cfg.edit_interval, connected.clone());
     let mut client = match ClientBuilder::new_with_http(http, intents)
         .event_handler(handler)
+        .raw_event_handler(handler::Undecodable)
         .await
     {
         Ok(client) => client,

@@ -12,11 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dashmap::DashMap;
 use serenity::all::{
     ChannelId, CreateAllowedMentions, CreateMessage, CreateThread, EditMessage, GuildId, Http,
-    MessageId, MessageReference, MessageReferenceKind, UserId,
+    HttpError, LightMethod, MessageId, MessageReference, MessageReferenceKind, Request, Route,
+    StatusCode, UserId,
 };
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
@@ -36,6 +39,52 @@ const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// "A thread has already been created for this message": answer in that thread.
 const THREAD_ALREADY_EXISTS: isize = 160_004;
+
+/// After a 429 on an edit (whose `retry_after` serenity does not pass on), the one
+/// retry waits this long.
+const EDIT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Discord's rate-limit state of the edit route, per channel (its major parameter):
+/// when a response said `X-RateLimit-Remaining: 0`, the instant the bucket refills
+/// (`X-RateLimit-Reset-After`). serenity's own limiter does this against discord.com,
+/// but with another base (`DISCORD_API_BASE`, a proxy) it is off and reads no
+/// headers, so the edits of a streamed answer keep the pace here too. Shared by every
+/// answer of the process, so two answers in one channel share the bucket as Discord
+/// counts it.
+#[derive(Default)]
+pub struct EditBuckets(DashMap<ChannelId, Instant>);
+
+impl EditBuckets {
+    /// Waits until an edit in `channel` is allowed.
+    async fn ready(&self, channel: ChannelId) {
+        let until = self.0.get(&channel).map(|e| *e);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+            self.0.remove_if(&channel, |_, u| *u <= Instant::now());
+        }
+    }
+
+    /// Reads the bucket's state from an edit's response headers.
+    fn observe(&self, channel: ChannelId, headers: &reqwest::header::HeaderMap) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let remaining = header("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok());
+        let reset_after = header("x-ratelimit-reset-after")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(60.0)));
+        if let (Some(0), Some(reset_after)) = (remaining, reset_after) {
+            self.0.insert(channel, Instant::now() + reset_after);
+        }
+    }
+
+    fn hold(&self, channel: ChannelId, wait: Duration) {
+        self.0.insert(channel, Instant::now() + wait);
+    }
+}
+
+fn is_rate_limited(e: &serenity::Error) -> bool {
+    matches!(e, serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) if r.status_code == StatusCode::TOO_MANY_REQUESTS)
+}
 
 /// Allowed mentions that allow nothing, not even the ping of a reply's author.
 pub fn no_pings() -> CreateAllowedMentions {
@@ -95,6 +144,8 @@ pub struct MessageSink {
     typing: Mutex<Option<CancellationToken>>,
     /// `DISCORD_EDIT_INTERVAL_MS`: overrides the relay's pace for streamed answers.
     edit_interval: Option<Duration>,
+    /// The edit route's rate-limit state, shared by the process's sinks.
+    buckets: Arc<EditBuckets>,
 }
 
 impl MessageSink {
@@ -112,7 +163,14 @@ impl MessageSink {
             destination: OnceCell::new(),
             typing: Mutex::new(None),
             edit_interval: None,
+            buckets: Arc::default(),
         }
+    }
+
+    /// Shares the edit route's rate-limit state with the other sinks of the process.
+    pub fn with_buckets(mut self, buckets: Arc<EditBuckets>) -> Self {
+        self.buckets = buckets;
+        self
     }
 
     /// Streamed answers are edited at most once per `interval` (when set).
@@ -322,12 +380,34 @@ impl render::Surface for Surface<'_> {
         let edit = EditMessage::new()
             .content(text)
             .allowed_mentions(no_pings());
-        self.destination
-            .channel()
-            .edit_message(&*self.sink.http, MessageId::new(id), edit)
-            .await
-            .map(drop)
-            .map_err(|e| SinkError(format!("edit: {}", describe(&e))))
+        let body = serde_json::to_vec(&edit).map_err(|e| SinkError(format!("edit: {e}")))?;
+        let channel = self.destination.channel();
+        let buckets = &self.sink.buckets;
+        // The low-level call, for the response's rate-limit headers.
+        let send = || {
+            let route = Route::ChannelMessage {
+                channel_id: channel,
+                message_id: MessageId::new(id),
+            };
+            self.sink
+                .http
+                .request(Request::new(route, LightMethod::Patch).body(Some(body.clone())))
+        };
+        buckets.ready(channel).await;
+        let mut result = send().await;
+        if matches!(&result, Err(e) if is_rate_limited(e)) {
+            debug!(channel = %channel, "an edit was rate limited; retrying once");
+            buckets.hold(channel, EDIT_RETRY_AFTER);
+            buckets.ready(channel).await;
+            result = send().await;
+        }
+        match result {
+            Ok(response) => {
+                buckets.observe(channel, response.headers());
+                Ok(())
+            }
+            Err(e) => Err(SinkError(format!("edit: {}", describe(&e)))),
+        }
     }
 }
 

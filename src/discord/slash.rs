@@ -12,7 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serenity::all::{
     Command, CommandDataOptionValue, CommandInteraction, CommandOptionType, CreateCommand,
-    CreateCommandOption, CreateInteractionResponseFollowup, EditInteractionResponse, Http,
+    CreateCommandOption, CreateInteractionResponse, CreateInteractionResponseFollowup,
+    CreateInteractionResponseMessage, EditInteractionResponse, Http,
 };
 
 use super::sink::{no_pings, part_failed};
@@ -52,6 +53,23 @@ pub async fn register(http: &Http) -> Result<usize, serenity::Error> {
     Command::set_global_commands(http, definitions())
         .await
         .map(|c| c.len())
+}
+
+/// Answers a command the bridge will not relay (a blocked user, a channel outside
+/// `ALLOWED_CHANNELS`) at once, visible only to its user (callback type 4, ephemeral):
+/// a deferred response would stay at "thinking…".
+pub async fn refuse(
+    http: &Http,
+    command: &CommandInteraction,
+    text: &str,
+) -> Result<(), serenity::Error> {
+    let message = CreateInteractionResponseMessage::new()
+        .content(text)
+        .ephemeral(true)
+        .allowed_mentions(no_pings());
+    command
+        .create_response(http, CreateInteractionResponse::Message(message))
+        .await
 }
 
 /// The chat text a command stands for, or `None` for a command that is not ours.

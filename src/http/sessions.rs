@@ -79,22 +79,20 @@ pub async fn history(
         .transcripts
         .history_page(&id, since, params.after, limit as usize)
         .await?;
-    // An empty page is normal for a poller; an id nobody has ever used is a mistake
-    // worth a 404. One row of the session (an index lookup) tells them apart; only a
-    // session without any transcript left falls back to its conversations.
+    // An empty page is normal for a poller; an id with no messages at all is a
+    // mistake worth a 404. One row of the session (an index lookup on the transcript,
+    // never a scan of the conversations) tells them apart, so a session whose every
+    // message was purged (`TRANSCRIPT_RETENTION_DAYS`) reads as unknown too.
     if rows.is_empty()
         && state
             .transcripts
             .history_page(&id, None, None, 1)
             .await?
             .is_empty()
-        && state
-            .conversations
-            .conversations_by_session(&id)
-            .await?
-            .is_empty()
     {
-        return Err(ApiError::not_found(format!("no session {id}")));
+        return Err(ApiError::not_found(format!(
+            "no session {id} (or every message of it is older than TRANSCRIPT_RETENTION_DAYS)"
+        )));
     }
     // A full page may have a following one; its path continues after the last id.
     let next = match rows.last() {

@@ -44,6 +44,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(m) => ApiError::unprocessable(m),
             ServiceError::NotFound(m) => ApiError::not_found(m),
             ServiceError::Store(e) => ApiError::from(e),
+            ServiceError::Seal(e) => ApiError::internal(e),
         }
     }
 }

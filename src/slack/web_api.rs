@@ -637,12 +637,22 @@ fn stream_room(text: &str, limit: usize) -> Option<usize> {
 
 #[async_trait]
 impl Surface for ThreadSink {
+    /// One `chat.postMessage`; the thread is marked as answered once, by the caller,
+    /// not per message (each mark is a store write).
     async fn post(&self, text: &str) -> Result<String, SinkError> {
-        let mut ids = self
-            .post_parts(std::slice::from_ref(&text.to_string()))
-            .await?;
-        ids.pop()
-            .ok_or_else(|| SinkError("chat.postMessage returned no ts".into()))
+        self.api
+            .post_in_thread(&self.channel, &self.thread_ts, text)
+            .await
+            .map_err(|e| {
+                warn!(
+                    slack_error = e.code(),
+                    error = %e,
+                    channel = %self.channel,
+                    thread = %self.thread_ts,
+                    "chat.postMessage failed"
+                );
+                SinkError(format!("chat.postMessage: {e}"))
+            })
     }
 
     async fn edit(&self, id: &str, text: &str) -> Result<(), SinkError> {

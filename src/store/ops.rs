@@ -57,6 +57,12 @@ pub(crate) enum Op {
         secret: String,
         previous_expires_at: i64,
     },
+    /// A stored secret or token value `old` becomes `new` wherever it still is.
+    ReplaceSecret {
+        id: String,
+        old: String,
+        new: String,
+    },
     SetEnabled {
         id: String,
         enabled: bool,
@@ -280,6 +286,20 @@ pub(crate) async fn apply(db: &mut dyn Exec, op: &Op, events: bool) -> Result<Ou
                 .execute(&sql::ROTATE_SECRET, args![id, secret, *previous_expires_at])
                 .await?;
             Out::Yes(n > 0)
+        }
+        Op::ReplaceSecret { id, old, new } => {
+            db.execute(&sql::DROP_EXPIRED_SECRETS, args![id, now])
+                .await?;
+            let mut n = 0;
+            for statement in [
+                &sql::REPLACE_TOKEN,
+                &sql::REPLACE_SECRET,
+                &sql::REPLACE_PREVIOUS_SECRET,
+                &sql::REPLACE_OLDER_SECRET,
+            ] {
+                n += db.execute(statement, args![id, old, new]).await?;
+            }
+            Out::Count(n)
         }
         Op::SetEnabled {
             id,

@@ -286,6 +286,21 @@ pub(crate) static SELECT_ALL_OLDER_SECRETS: Sql = Sql::new(
      WHERE expires_at > $1 ORDER BY expires_at DESC",
 );
 
+/// Compare-and-set of one stored secret value, in each place it can be (sealing the
+/// values written before `BRIDGE_SECRET_KEY` was set).
+pub(crate) static REPLACE_TOKEN: Sql =
+    Sql::new("UPDATE webhook_endpoints SET token = $3 WHERE id = $1 AND token = $2");
+
+pub(crate) static REPLACE_SECRET: Sql =
+    Sql::new("UPDATE webhook_endpoints SET secret = $3 WHERE id = $1 AND secret = $2");
+
+pub(crate) static REPLACE_PREVIOUS_SECRET: Sql = Sql::new(
+    "UPDATE webhook_endpoints SET previous_secret = $3 WHERE id = $1 AND previous_secret = $2",
+);
+
+pub(crate) static REPLACE_OLDER_SECRET: Sql =
+    Sql::new("UPDATE webhook_older_secrets SET secret = $3 WHERE endpoint_id = $1 AND secret = $2");
+
 pub(crate) static SET_ENABLED: Sql =
     Sql::new("UPDATE webhook_endpoints SET enabled = $2, disabled_reason = $3 WHERE id = $1");
 

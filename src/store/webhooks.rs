@@ -67,6 +67,20 @@ impl WebhookStore for SqlStore {
         self.write(op).await?.yes()
     }
 
+    async fn replace_stored_secret(
+        &self,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<u64, StoreError> {
+        let op = Op::ReplaceSecret {
+            id: id.to_owned(),
+            old: old.to_owned(),
+            new: new.to_owned(),
+        };
+        self.write(op).await?.count()
+    }
+
     async fn set_endpoint_enabled(
         &self,
         id: &str,

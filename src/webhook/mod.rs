@@ -9,6 +9,8 @@
 //!   per-endpoint limit, records every attempt, retries, disables on 410.
 //! - [`schedule`]: `WEBHOOK_RETRY_SCHEDULE` with jitter and `Retry-After` (pure).
 //! - [`sign`]: Standard Webhooks `v1,` signatures and their verifier (pure).
+//! - [`seal`]: secrets and tokens at rest, AES-256-GCM with `BRIDGE_SECRET_KEY`, and
+//!   the start-up check that seals rows written before the key was set.
 //! - [`target`]: which URLs may be called — `http(s)` only, no private addresses
 //!   unless allowed, checked at registration and again at connection time.
 //! - [`store`]: the port this side needs of the store, [`WebhookStore`], with its
@@ -20,12 +22,14 @@
 //! [`WebhookStore`]).
 
 pub mod schedule;
+pub mod seal;
 pub mod service;
 pub mod sign;
 pub mod store;
 pub mod target;
 pub mod worker;
 
+pub use seal::Sealer;
 pub use service::{NewEndpoint, ServiceError, WebhookService};
 pub use store::{OutboxSweep, WebhookStore};
 pub use worker::{Worker, WorkerSettings};

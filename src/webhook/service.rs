@@ -13,6 +13,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
+use super::seal::{SealError, Sealer};
 use super::sign::generate_secret;
 use super::store::{DeliveryRecord, WebhookEndpoint, WebhookStore};
 use super::target::{check_registration, parse_url};
@@ -37,6 +38,8 @@ pub enum ServiceError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
 }
 
 /// What a registration asks for.
@@ -60,6 +63,8 @@ pub struct RotatedSecret {
 #[derive(Clone)]
 pub struct WebhookService {
     store: Arc<dyn WebhookStore>,
+    /// Seals the secret and token before they are stored.
+    sealer: Arc<Sealer>,
     allow_private_targets: bool,
     /// Pokes the delivery worker after a manual retry so it goes out now, not at the
     /// next poll. `None` when no worker runs in this process.
@@ -69,11 +74,13 @@ pub struct WebhookService {
 impl WebhookService {
     pub fn new(
         store: Arc<dyn WebhookStore>,
+        sealer: Arc<Sealer>,
         allow_private_targets: bool,
         wake: Option<Arc<Notify>>,
     ) -> Self {
         WebhookService {
             store,
+            sealer,
             allow_private_targets,
             wake,
         }
@@ -115,7 +122,9 @@ impl WebhookService {
             created_at: now_ms(),
             events,
         };
-        self.store.create_endpoint(&endpoint).await?;
+        self.store
+            .create_endpoint(&self.sealer.seal_endpoint(&endpoint)?)
+            .await?;
         tracing::info!(endpoint = %endpoint.id, ordered = endpoint.ordered, "webhook endpoint registered");
         Ok(endpoint)
     }
@@ -181,7 +190,7 @@ impl WebhookService {
         let previous_expires_at = now_ms() + PREVIOUS_SECRET_VALIDITY;
         if !self
             .store
-            .rotate_secret(id, &secret, previous_expires_at)
+            .rotate_secret(id, &self.sealer.seal(id, &secret)?, previous_expires_at)
             .await?
         {
             return Err(not_found(id));

@@ -193,6 +193,16 @@ pub trait WebhookStore: Send + Sync + 'static {
         secret: &str,
         previous_expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+    /// Replaces the stored value `old` of endpoint `id` — its token, current, previous
+    /// or an older secret — by `new` where it still is `old` (sealing rows written
+    /// before `BRIDGE_SECRET_KEY` was set); expired older secrets are dropped first.
+    /// Returns how many values were replaced.
+    async fn replace_stored_secret(
+        &self,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<u64, StoreError>;
     /// Enables (clearing the reason) or disables an endpoint; `false` if unknown.
     async fn set_endpoint_enabled(
         &self,

@@ -49,6 +49,7 @@ use tracing::{debug, info, warn, Instrument};
 use url::Url;
 
 use super::schedule::{parse_retry_after, random_jitter, RetrySchedule};
+use super::seal::Sealer;
 use super::sign::{signature_header, SigningKey};
 use super::store::{
     AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryResult, DeliveryStatus, WebhookEndpoint,
@@ -106,6 +107,8 @@ pub struct WorkerSettings {
     /// On shutdown, how long requests in flight may finish before they are abandoned
     /// (their rows are released for the next start).
     pub shutdown_grace: Duration,
+    /// Opens the stored secrets and token (`BRIDGE_SECRET_KEY`).
+    pub sealer: Arc<Sealer>,
 }
 
 impl WorkerSettings {
@@ -121,6 +124,7 @@ impl WorkerSettings {
             idle_poll: Duration::from_millis(50),
             lease_margin: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(2),
+            sealer: Arc::new(Sealer::from_key(cfg.secret_key.as_ref())),
         }
     }
 
@@ -443,7 +447,14 @@ impl Shared {
         let mut endpoints: HashMap<String, Option<WebhookEndpoint>> = HashMap::new();
         for row in &rows {
             if !endpoints.contains_key(&row.endpoint_id) {
-                match self.store.endpoint(&row.endpoint_id).await {
+                let opened = match self.store.endpoint(&row.endpoint_id).await {
+                    Ok(ep) => ep
+                        .map(|ep| self.settings.sealer.open_endpoint(&ep))
+                        .transpose()
+                        .map_err(StoreError::from),
+                    Err(e) => Err(e),
+                };
+                match opened {
                     Ok(ep) => {
                         endpoints.insert(row.endpoint_id.clone(), ep);
                     }

@@ -512,6 +512,45 @@ async fn close_4014_stops_discord_with_an_actionable_message_and_the_rest_keeps_
 }
 
 #[tokio::test]
+async fn a_message_serenity_cannot_decode_is_logged_at_warn_with_its_ids_and_the_next_is_answered()
+{
+    let logs = capture_logs();
+    let (fake, app) = start(&[]).await;
+
+    // `author` of the wrong type: serenity cannot decode the message at all.
+    let bad = fake
+        .message(
+            "2730",
+            Some(GUILD_ID),
+            user_json(USER, false),
+            &format!("{} undecodable", fake.mention()),
+            |p| p["author"] = json!("not-a-user"),
+        )
+        .await;
+    fake.guild_message("2730", USER, &format!("{} fine", fake.mention()))
+        .await;
+    let posts = fake.wait_messages(1, WAIT).await;
+    assert_eq!(posts[0].content(), "answer to: fine");
+    match logs {
+        Some(logs) => {
+            let line = logs.wait_for("could not be decoded", WAIT).await;
+            assert!(line.starts_with("WARN"), "{line}");
+            assert!(line.contains("channel=2730"), "{line}");
+            assert!(line.contains(&format!("message_id={bad}")), "{line}");
+            assert!(line.contains("event=MESSAGE_CREATE"), "{line}");
+        }
+        None => eprintln!("another global tracing subscriber is installed; log line not checked"),
+    }
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        fake.messages().len(),
+        1,
+        "the undecodable message is not answered"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn close_4004_stops_discord_saying_the_token_is_invalid() {
     let logs = capture_logs();
     let (fake, app) = start(&[]).await;
@@ -588,6 +627,62 @@ async fn slash_ask_is_deferred_then_answered_by_editing_the_response() {
     assert_eq!(edit.content(), "answer to: what is up?");
     assert_eq!(edit.body["allowed_mentions"], no_pings());
     assert!(callback.at <= edit.at);
+    assert_eq!(app.agent.requests_to("/conversation").len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slash_command_from_a_blocked_user_or_another_channel_is_answered_privately_with_the_reason(
+) {
+    let (fake, app) = start(&[("BLOCKED_USERS", "666"), ("ALLOWED_CHANNELS", "2720")]).await;
+
+    for (channel, user, reason) in [
+        ("2720", "666", "You are not allowed to use this bot."),
+        ("2721", USER, "This bot does not answer in this channel."),
+    ] {
+        let sent = fake
+            .slash_command(
+                channel,
+                user,
+                "ask",
+                json!([{"name": "text", "type": 3, "value": "let me in"}]),
+            )
+            .await;
+        let callback = fake
+            .wait_call(
+                "POST",
+                &format!("/interactions/{}/{}/callback", sent.id, sent.token),
+                WAIT,
+            )
+            .await;
+        // An immediate message (type 4), ephemeral (flag 64), not a deferral that would
+        // stay at "thinking…".
+        assert_eq!(callback.body["type"], 4, "{}", callback.body);
+        let data = &callback.body["data"];
+        assert!(
+            data["content"].as_str().unwrap().starts_with(reason),
+            "{data}"
+        );
+        assert_eq!(data["flags"].as_u64().unwrap() & 64, 64, "{data}");
+        assert_eq!(data["allowed_mentions"], no_pings());
+    }
+    // An allowed user in an allowed channel is still answered.
+    let sent = fake
+        .slash_command(
+            "2720",
+            USER,
+            "ask",
+            json!([{"name": "text", "type": 3, "value": "hello"}]),
+        )
+        .await;
+    let edit = fake
+        .wait_call(
+            "PATCH",
+            &format!("/webhooks/{APP_ID}/{}/messages/@original", sent.token),
+            WAIT,
+        )
+        .await;
+    assert_eq!(edit.content(), "answer to: hello");
     assert_eq!(app.agent.requests_to("/conversation").len(), 1);
     app.shutdown().await;
 }

@@ -226,6 +226,34 @@ async fn history_pages_follow_next_until_it_is_null() {
 }
 
 #[tokio::test]
+async fn history_of_an_id_without_messages_is_a_404_read_from_the_transcript_alone() {
+    let app = TestApp::spawn().await;
+    app.turn("C-purged", "soon gone", &RecordingSink::new())
+        .await;
+    let sessions = json_of(app.admin(Method::GET, "/sessions").send().await.unwrap()).await;
+    let id = sessions["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/sessions/{id}/history");
+    let resp = app.admin(Method::GET, &path).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Every message purged: the conversation still names the session, but the history
+    // answers from the transcript's index only (an unknown id costs no scan of the
+    // conversations), so the id reads as unknown.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    use agent_bridge::core::ports::Transcripts;
+    let store = agent_bridge::store::connect(&app.db_url).await.unwrap();
+    store.purge_transcripts(later).await.unwrap();
+    let resp = app.admin(Method::GET, &path).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let error = json_of(resp).await["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("TRANSCRIPT_RETENTION_DAYS"), "{error}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn sessions_history_and_reset_over_http() {
     let app = TestApp::spawn().await;
     let sink = RecordingSink::new();

@@ -112,6 +112,47 @@ async fn a_streamed_answer_on_discord_is_one_post_then_paced_edits_ending_in_the
 }
 
 #[tokio::test]
+async fn discord_edits_wait_for_the_routes_rate_limit_bucket_and_are_never_refused() {
+    let openai = FakeOpenAi::start().await;
+    let pieces = words(30);
+    openai.script(Script {
+        pieces: pieces.clone(),
+        pause: Duration::from_millis(50),
+        ..Script::default()
+    });
+    // An interval far shorter than the bucket allows: the headers set the pace.
+    let (fake, app) = discord_app(&[("DISCORD_EDIT_INTERVAL_MS", "60")], Some(&openai)).await;
+    fake.set_edit_bucket(2, Duration::from_millis(800));
+
+    fake.guild_message("2001", USER, &format!("{} tell me slowly", fake.mention()))
+        .await;
+    conversation_events(&app, 1).await;
+
+    let whole = pieces.concat();
+    assert_eq!(fake.final_texts(), split_text(&whole, 2000));
+    assert_eq!(
+        fake.rate_limited(),
+        0,
+        "no edit was sent into an empty bucket"
+    );
+    let edits = fake.edits();
+    assert!(
+        edits.len() >= 2,
+        "the answer grew by edits: {}",
+        edits.len()
+    );
+    // Never more than the bucket's 2 edits in any 800 ms.
+    for trio in edits.windows(3) {
+        let span = trio[2].at.duration_since(trio[0].at);
+        assert!(
+            span >= Duration::from_millis(750),
+            "3 edits within {span:?}"
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_long_streamed_answer_ends_as_the_same_messages_as_the_non_streamed_split() {
     let openai = FakeOpenAi::start().await;
     let paragraph = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(10);

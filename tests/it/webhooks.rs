@@ -1445,3 +1445,193 @@ async fn metrics_count_delivery_outcomes_and_show_the_outbox_backlog() {
     }
     app.shutdown().await;
 }
+
+/// `BRIDGE_SECRET_KEY` values: 32 bytes each, in base64.
+const SECRET_KEY: &str = "c2VhbGVkLWJ5LXRoZS1icmlkZ2Uta2V5LTAxMjM0NTY=";
+const OTHER_SECRET_KEY: &str = "YW5vdGhlci1rZXktbm90LXRoZS1zYW1lLW9uZS0wMDA=";
+
+/// The raw `(token, secret, previous_secret)` of every endpoint, and the older secrets.
+async fn stored_secrets(
+    db_url: &str,
+) -> (Vec<(Option<String>, String, Option<String>)>, Vec<String>) {
+    use agent_bridge::store::Pool;
+    let store = agent_bridge::store::connect(db_url).await.unwrap();
+    let endpoints = "SELECT token, secret, previous_secret FROM webhook_endpoints ORDER BY id";
+    let older = "SELECT secret FROM webhook_older_secrets";
+    match store.pool() {
+        Pool::Sqlite(p) => (
+            sqlx::query_as(endpoints).fetch_all(p).await.unwrap(),
+            sqlx::query_scalar(older).fetch_all(p).await.unwrap(),
+        ),
+        Pool::Postgres(p) => (
+            sqlx::query_as(endpoints).fetch_all(p).await.unwrap(),
+            sqlx::query_scalar(older).fetch_all(p).await.unwrap(),
+        ),
+    }
+}
+
+fn is_sealed(value: &str, plain: &[&str]) -> bool {
+    value.starts_with("sealed:v1:") && plain.iter().all(|p| !value.contains(p))
+}
+
+async fn rotate(app: &TestApp, id: &str) -> String {
+    let resp = app
+        .admin(Method::POST, &format!("/webhooks/{id}/secret/rotate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let rotated: Value = resp.json().await.unwrap();
+    rotated["secret"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn with_bridge_secret_key_secrets_and_tokens_are_stored_encrypted_and_still_sign() {
+    let (_keep, db_url) = db::sqlite_file_url().await;
+    let app = TestApp::builder()
+        .no_subscriber()
+        .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+        .var("BRIDGE_SECRET_KEY", SECRET_KEY)
+        .database(&db_url)
+        .start()
+        .await;
+    let rx = Receiver::start().await;
+    let created = register(
+        &app,
+        json!({"url": rx.url(), "events": ["*"], "token": "tok-kept-secret-42"}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap();
+    let first = created["secret"].as_str().unwrap().to_owned();
+    let second = rotate(&app, id).await;
+    let third = rotate(&app, id).await;
+
+    let (endpoints, older) = stored_secrets(&db_url).await;
+    let plain = ["tok-kept-secret-42", &first, &second, &third, "whsec_"];
+    let (token, secret, previous) = &endpoints[0];
+    assert!(is_sealed(token.as_deref().unwrap(), &plain), "{token:?}");
+    assert!(is_sealed(secret, &plain), "{secret}");
+    assert!(
+        is_sealed(previous.as_deref().unwrap(), &plain),
+        "{previous:?}"
+    );
+    assert_eq!(older.len(), 1, "{older:?}");
+    assert!(is_sealed(&older[0], &plain), "{older:?}");
+
+    // Deliveries carry the real token and are signed with every key still valid.
+    app.turn("C-sealed", "sealed secrets", &RecordingSink::new())
+        .await;
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].header("x-webhook-token"), Some("tok-kept-secret-42"));
+    for secret in [&first, &second, &third] {
+        assert!(got[0].verify(secret), "{secret} does not sign");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn setting_bridge_secret_key_later_encrypts_existing_rows_and_a_wrong_or_missing_key_refuses_to_start(
+) {
+    let (_keep, db_url) = db::sqlite_file_url().await;
+    let start = |key: Option<&'static str>| {
+        let mut b = TestApp::builder()
+            .no_subscriber()
+            .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+            .database(&db_url);
+        if let Some(key) = key {
+            b = b.var("BRIDGE_SECRET_KEY", key);
+        }
+        b.start()
+    };
+    let rx = Receiver::start().await;
+    let app = start(None).await;
+    let created = register(
+        &app,
+        json!({"url": rx.url(), "events": ["*"], "token": "tok-from-before"}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let old = created["secret"].as_str().unwrap().to_owned();
+    let new = rotate(&app, &id).await;
+    app.shutdown().await;
+    let (endpoints, _) = stored_secrets(&db_url).await;
+    assert_eq!(endpoints[0].1, new, "stored as given without a key");
+
+    // With the key: the rows written before it are sealed at start, and still sign.
+    let app = start(Some(SECRET_KEY)).await;
+    let (endpoints, _) = stored_secrets(&db_url).await;
+    let plain = ["tok-from-before", old.as_str(), new.as_str()];
+    let (token, secret, previous) = &endpoints[0];
+    assert!(is_sealed(token.as_deref().unwrap(), &plain), "{token:?}");
+    assert!(is_sealed(secret, &plain), "{secret}");
+    assert!(
+        is_sealed(previous.as_deref().unwrap(), &plain),
+        "{previous:?}"
+    );
+    app.turn("C-sealed-later", "sealed at start", &RecordingSink::new())
+        .await;
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].header("x-webhook-token"), Some("tok-from-before"));
+    assert!(got[0].verify(&old) && got[0].verify(&new));
+    app.shutdown().await;
+
+    // A sealed store does not start without its key, nor with another one; the
+    // error names the variable and touches nothing.
+    for (key, expected) in [
+        (None, "BRIDGE_SECRET_KEY is not set"),
+        (Some(OTHER_SECRET_KEY), "not the key they were sealed with"),
+    ] {
+        let mut vars = vec![
+            ("HTTP_BIND", "127.0.0.1:0"),
+            ("DATABASE_URL", db_url.as_str()),
+            ("BRIDGE_API_TOKEN", TOKEN),
+        ];
+        if let Some(key) = key {
+            vars.push(("BRIDGE_SECRET_KEY", key));
+        }
+        let err = match agent_bridge::app::App::build(crate::support::config(&vars)).await {
+            Ok(_) => panic!("started with {key:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(expected), "{err}");
+        assert!(
+            !err.contains(&new) && !err.contains("tok-from-before"),
+            "{err}"
+        );
+    }
+    let (after, _) = stored_secrets(&db_url).await;
+    assert_eq!(after, endpoints, "a refused start changes nothing");
+}
+
+#[tokio::test]
+async fn bridge_secret_key_seals_existing_rows_on_postgres() {
+    let Some(pg) = db::PgSchema::create().await else {
+        return;
+    };
+    let app = TestApp::builder()
+        .no_subscriber()
+        .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+        .database(&pg.url)
+        .start()
+        .await;
+    let rx = Receiver::start().await;
+    let created = register(&app, json!({"url": rx.url(), "events": ["*"]})).await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    app.shutdown().await;
+
+    let app = TestApp::builder()
+        .no_subscriber()
+        .var("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+        .var("BRIDGE_SECRET_KEY", SECRET_KEY)
+        .database(&pg.url)
+        .start()
+        .await;
+    let (endpoints, _) = stored_secrets(&pg.url).await;
+    assert!(is_sealed(&endpoints[0].1, &[&secret]), "{endpoints:?}");
+    app.turn("C-sealed-pg", "sealed on postgres", &RecordingSink::new())
+        .await;
+    let got = rx.wait_for(1, WAIT).await;
+    assert!(got[0].verify(&secret));
+    app.shutdown().await;
+    pg.remove().await;
+}

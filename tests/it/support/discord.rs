@@ -146,6 +146,19 @@ struct Inner {
     heartbeat_interval_ms: u64,
     /// The bot's messages as they stand now (posts, with edits applied): id, content.
     bot_messages: Mutex<Vec<(String, String)>>,
+    /// A rate-limit bucket on message edits, per channel, when a test sets one.
+    edit_bucket: Mutex<Option<EditBucket>>,
+    /// Edits answered 429 because the bucket was empty.
+    rate_limited: AtomicUsize,
+}
+
+/// `limit` edits per `window` per channel, counted from the window's first edit, with
+/// Discord's headers on every answer and a 429 past the limit.
+struct EditBucket {
+    limit: u32,
+    window: Duration,
+    /// Per channel: when its window started and the edits in it.
+    used: HashMap<String, (Instant, u32)>,
 }
 
 /// Aborts the server tasks when the last handle goes away.
@@ -197,6 +210,8 @@ impl FakeDiscord {
             failures: Mutex::new(VecDeque::new()),
             heartbeat_interval_ms: 41_250,
             bot_messages: Mutex::new(Vec::new()),
+            edit_bucket: Mutex::new(None),
+            rate_limited: AtomicUsize::new(0),
         });
 
         let (http_tx, http_rx) = mpsc::channel(64);
@@ -358,6 +373,21 @@ impl FakeDiscord {
             code,
             message: message.into(),
         });
+    }
+
+    /// Puts message edits behind a bucket of `limit` per `window` per channel, answered
+    /// with `X-RateLimit-*` headers (and 429 past the limit), as Discord's are.
+    pub fn set_edit_bucket(&self, limit: u32, window: Duration) {
+        *self.inner.edit_bucket.lock().unwrap() = Some(EditBucket {
+            limit,
+            window,
+            used: HashMap::new(),
+        });
+    }
+
+    /// Edits refused with 429 because the bucket was empty.
+    pub fn rate_limited(&self) -> usize {
+        self.inner.rate_limited.load(Ordering::SeqCst)
     }
 
     /// Declares `thread` a thread of `parent` opened by `owner`, as `GET /channels`
@@ -778,6 +808,40 @@ async fn rest(
             Json(message).into_response()
         }
         ("PATCH", ["channels", channel, "messages", id]) => {
+            let limits = inner.edit_bucket.lock().unwrap().as_mut().map(|bucket| {
+                let now = Instant::now();
+                let (start, used) = bucket.used.entry((*channel).into()).or_insert((now, 0));
+                if now >= *start + bucket.window {
+                    (*start, *used) = (now, 0);
+                }
+                let reset_after = (*start + bucket.window).saturating_duration_since(now);
+                let allowed = *used < bucket.limit;
+                if allowed {
+                    *used += 1;
+                }
+                (allowed, bucket.limit, bucket.limit - *used, reset_after)
+            });
+            let headers = limits.map(|(_, limit, remaining, reset_after)| {
+                [
+                    ("x-ratelimit-limit", limit.to_string()),
+                    ("x-ratelimit-remaining", remaining.to_string()),
+                    ("x-ratelimit-reset-after", format!("{:.3}", reset_after.as_secs_f64())),
+                    ("x-ratelimit-bucket", "fake-edit-bucket".to_string()),
+                ]
+            });
+            if let Some((false, _, _, reset_after)) = limits {
+                inner.rate_limited.fetch_add(1, Ordering::SeqCst);
+                let retry = format!("{:.3}", reset_after.as_secs_f64());
+                let mut response = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"message": "You are being rate limited.", "retry_after": reset_after.as_secs_f64(), "global": false})),
+                )
+                    .into_response();
+                for (name, value) in headers.into_iter().flatten().chain([("retry-after", retry)]) {
+                    response.headers_mut().insert(name, value.parse().unwrap());
+                }
+                return response;
+            }
             for (posted, content) in inner.bot_messages.lock().unwrap().iter_mut() {
                 if posted == id {
                     *content = call.content().to_string();
@@ -785,7 +849,11 @@ async fn rest(
             }
             let mut message = inner.bot_message(channel, &call.body);
             message["id"] = json!(id);
-            Json(message).into_response()
+            let mut response = Json(message).into_response();
+            for (name, value) in headers.into_iter().flatten() {
+                response.headers_mut().insert(name, value.parse().unwrap());
+            }
+            response
         }
         ("POST", ["channels", parent, "messages", message, "threads"]) => {
             let mut threads = inner.threads.lock().unwrap();
