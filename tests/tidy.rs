@@ -152,3 +152,33 @@ fn platforms_never_import_each_other() {
         offences.join("\n")
     );
 }
+
+#[test]
+fn every_statement_lives_in_the_store_catalogue() {
+    // "Where is the SQL for X?" has one answer: `store/sql.rs`. Tests may query freely.
+    let statements = [
+        "\"SELECT ",
+        "\"INSERT INTO",
+        "\"UPDATE ",
+        "\"DELETE FROM",
+        "\"WITH ",
+    ];
+    let mut offences = vec![];
+    for file in rust_files(&src()) {
+        if file.ends_with("store/sql.rs") {
+            continue;
+        }
+        let text = fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code_lines(code) {
+            if statements.iter().any(|s| line.contains(s)) {
+                offences.push(format!("{}:{n}", file.display()));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "write SQL once, in src/store/sql.rs:\n{}",
+        offences.join("\n")
+    );
+}

@@ -175,14 +175,7 @@ macro_rules! sqlx_exec {
 
             async fn execute(&mut self, sql: &Sql, args: &[Arg<'_>]) -> Result<u64, StoreError> {
                 let json = list_as_json(args);
-                let mut q = sqlx::query::<$db>(sql.text());
-                for a in args {
-                    q = match *a {
-                        Arg::Int(v) => q.bind(v),
-                        Arg::Text(v) => q.bind(v),
-                        Arg::List(l) => bind_list!(q, l, json, $sqlite),
-                    };
-                }
+                let q = bound!($db, sql, args, json, $sqlite);
                 q.execute(&mut *self.0)
                     .await
                     .map(|r| r.rows_affected())
@@ -195,14 +188,7 @@ macro_rules! sqlx_exec {
                 args: &[Arg<'_>],
             ) -> Result<Vec<Cols>, StoreError> {
                 let json = list_as_json(args);
-                let mut q = sqlx::query::<$db>(sql.text());
-                for a in args {
-                    q = match *a {
-                        Arg::Int(v) => q.bind(v),
-                        Arg::Text(v) => q.bind(v),
-                        Arg::List(l) => bind_list!(q, l, json, $sqlite),
-                    };
-                }
+                let q = bound!($db, sql, args, json, $sqlite);
                 let rows = q.fetch_all(&mut *self.0).await.map_err(db_err)?;
                 rows.iter()
                     .map(|row| {
@@ -223,6 +209,21 @@ macro_rules! sqlx_exec {
             }
         }
     };
+}
+
+/// The statement with its arguments bound.
+macro_rules! bound {
+    ($db:ty, $sql:expr, $args:expr, $json:expr, $sqlite:tt) => {{
+        let mut q = sqlx::query::<$db>($sql.text());
+        for a in $args {
+            q = match *a {
+                Arg::Int(v) => q.bind(v),
+                Arg::Text(v) => q.bind(v),
+                Arg::List(l) => bind_list!(q, l, $json, $sqlite),
+            };
+        }
+        q
+    }};
 }
 
 /// SQLite reads a list as JSON; PostgreSQL binds the array itself.
