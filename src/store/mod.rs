@@ -67,8 +67,10 @@ pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 /// unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// SQLite's read connections: reads of different callers run side by side.
-const SQLITE_READERS: u32 = 4;
+/// SQLite's read connections: reads of different callers run side by side (a chat
+/// bridge reads rarely: admin calls, the janitor, cache misses), each with its own
+/// page cache and sqlx worker thread.
+const SQLITE_READERS: u32 = 2;
 
 /// The reading pool of one backend. Public so tests and tooling can run
 /// backend-specific SQL (on SQLite, reads only); the application only needs
