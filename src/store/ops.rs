@@ -22,10 +22,10 @@ use crate::webhook::store::{
 /// Every write the store makes.
 #[derive(Debug)]
 pub(crate) enum Op {
-    /// A turn's (or any change's) record; `events: false` skips its events (SQLite's
-    /// writer knows no endpoint is enabled).
+    /// A turn's (or any change's) record. [`apply`] with `events: false` leaves its
+    /// events out (SQLite's writer knows no endpoint is enabled).
     Commit(Commit),
-    /// `true`: the first sighting.
+    /// Answers `true` for the first sighting.
     Sighting {
         key: String,
         expires_at: i64,
