@@ -150,6 +150,9 @@ struct Inner {
     edit_bucket: Mutex<Option<EditBucket>>,
     /// Edits answered 429 because the bucket was empty.
     rate_limited: AtomicUsize,
+    /// Messages created with a nonce, by (channel, nonce): a repeat with
+    /// `enforce_nonce` gets the first one back, as Discord answers.
+    nonces: Mutex<HashMap<(String, String), Value>>,
 }
 
 /// `limit` edits per `window` per channel, counted from the window's first edit, with
@@ -212,6 +215,7 @@ impl FakeDiscord {
             bot_messages: Mutex::new(Vec::new()),
             edit_bucket: Mutex::new(None),
             rate_limited: AtomicUsize::new(0),
+            nonces: Mutex::new(HashMap::new()),
         });
 
         let (http_tx, http_rx) = mpsc::channel(64);
@@ -789,7 +793,27 @@ async fn rest(
         ("GET", ["channels", id]) => Json(inner.channel_json(id)).into_response(),
         ("POST", ["channels", _, "typing"]) => StatusCode::NO_CONTENT.into_response(),
         ("POST", ["channels", channel, "messages"]) => {
-            let message = inner.bot_message(channel, &call.body);
+            let nonce = match &call.body["nonce"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            let enforced = call.body["enforce_nonce"] == json!(true);
+            if let (Some(nonce), true) = (&nonce, enforced) {
+                let key = ((*channel).to_string(), nonce.clone());
+                if let Some(first) = inner.nonces.lock().unwrap().get(&key) {
+                    return Json(first.clone()).into_response();
+                }
+            }
+            let mut message = inner.bot_message(channel, &call.body);
+            if let Some(nonce) = nonce {
+                message["nonce"] = json!(nonce);
+                inner
+                    .nonces
+                    .lock()
+                    .unwrap()
+                    .insert(((*channel).to_string(), nonce), message.clone());
+            }
             inner.bot_messages.lock().unwrap().push((
                 message["id"].as_str().unwrap_or_default().to_string(),
                 call.content().to_string(),
