@@ -165,7 +165,7 @@ impl Handler {
             message_id: msg.id.to_string(),
             text,
         };
-        let sink = MessageSink::new(http.clone(), target, self.channels.clone(), bot)
+        let sink = MessageSink::new(http.clone(), target, msg.id, self.channels.clone(), bot)
             .with_edit_interval(self.edit_interval)
             .with_buckets(self.edit_buckets.clone());
         self.submit(inbound, Arc::new(sink));

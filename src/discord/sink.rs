@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use serenity::all::{
     ChannelId, CreateAllowedMentions, CreateMessage, CreateThread, EditMessage, GuildId, Http,
-    HttpError, LightMethod, MessageId, MessageReference, MessageReferenceKind, Request, Route,
-    StatusCode, UserId,
+    HttpError, LightMethod, MessageId, MessageReference, MessageReferenceKind, Nonce, Request,
+    Route, StatusCode, UserId,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -82,6 +82,12 @@ impl EditBuckets {
     }
 }
 
+/// The nonce of part `i` of the answer to message `answering`: at most 25 characters,
+/// as Discord allows (a snowflake has at most 20 digits).
+fn post_nonce(answering: MessageId, i: usize) -> String {
+    format!("{}.{i}", answering.get())
+}
+
 fn is_rate_limited(e: &serenity::Error) -> bool {
     matches!(e, serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) if r.status_code == StatusCode::TOO_MANY_REQUESTS)
 }
@@ -133,6 +139,8 @@ impl Destination {
 pub struct MessageSink {
     http: Arc<Http>,
     target: Target,
+    /// The message being answered: with the part's index, the `nonce` of each post.
+    answering: MessageId,
     /// Told about the thread this sink opens, so later messages there are answered.
     channels: Arc<ChannelDirectory>,
     /// The bot's own id: the owner of threads it opens.
@@ -152,12 +160,14 @@ impl MessageSink {
     pub fn new(
         http: Arc<Http>,
         target: Target,
+        answering: MessageId,
         channels: Arc<ChannelDirectory>,
         bot: UserId,
     ) -> Self {
         MessageSink {
             http,
             target,
+            answering,
             channels,
             bot,
             destination: OnceCell::new(),
@@ -187,9 +197,14 @@ impl MessageSink {
         i: usize,
         part: &str,
     ) -> Result<MessageId, serenity::Error> {
+        // The same answer posted again (a retry, a turn answered again after a crash)
+        // carries the same nonce, and Discord returns the first message instead of
+        // creating another (`enforce_nonce`, SPEC §3).
         let mut message = CreateMessage::new()
             .content(part)
-            .allowed_mentions(no_pings());
+            .allowed_mentions(no_pings())
+            .nonce(Nonce::String(post_nonce(self.answering, i)))
+            .enforce_nonce(true);
         if let (
             0,
             Destination::Reply {

@@ -311,7 +311,36 @@ async fn a_5000_character_answer_arrives_as_three_ordered_parts_within_the_limit
         })
         .collect();
     assert_eq!(rejoined, paragraphs, "parts are in order and lose nothing");
+    // Each part carries its own nonce, enforced: posting it again cannot duplicate it.
+    for (i, post) in posts.iter().enumerate() {
+        assert_eq!(post.body["nonce"], format!("{id}.{i}"), "part {i}");
+        assert_eq!(post.body["enforce_nonce"], true, "part {i}");
+    }
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_post_repeated_with_an_enforced_nonce_returns_the_first_message_as_discord_does() {
+    let fake = FakeDiscord::start().await;
+    let client = reqwest::Client::new();
+    let post = |nonce: &str, enforce: bool| {
+        client
+            .post(format!("{}/api/v10/channels/2280/messages", fake.url()))
+            .json(&json!({"content": "once", "nonce": nonce, "enforce_nonce": enforce}))
+            .send()
+    };
+    let first: Value = post("42.0", true).await.unwrap().json().await.unwrap();
+    let again: Value = post("42.0", true).await.unwrap().json().await.unwrap();
+    let other: Value = post("42.1", true).await.unwrap().json().await.unwrap();
+    let unenforced: Value = post("42.0", false).await.unwrap().json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_ne!(other["id"], first["id"]);
+    assert_ne!(unenforced["id"], first["id"]);
+    assert_eq!(
+        fake.final_texts().len(),
+        3,
+        "one message per distinct nonce"
+    );
 }
 
 #[tokio::test]

@@ -150,6 +150,12 @@ struct Inner {
     edit_bucket: Mutex<Option<EditBucket>>,
     /// Edits answered 429 because the bucket was empty.
     rate_limited: AtomicUsize,
+    /// Messages created with a nonce, by (channel, nonce): a repeat with
+    /// `enforce_nonce` gets the first one back, as Discord answers.
+    nonces: Mutex<HashMap<(String, String), Value>>,
+    /// Every message of each channel (people's, injected by tests, and the bot's), in
+    /// creation order, for `GET /channels/{id}/messages`.
+    channel_log: Mutex<HashMap<String, Vec<Value>>>,
 }
 
 /// `limit` edits per `window` per channel, counted from the window's first edit, with
@@ -212,6 +218,8 @@ impl FakeDiscord {
             bot_messages: Mutex::new(Vec::new()),
             edit_bucket: Mutex::new(None),
             rate_limited: AtomicUsize::new(0),
+            nonces: Mutex::new(HashMap::new()),
+            channel_log: Mutex::new(HashMap::new()),
         });
 
         let (http_tx, http_rx) = mpsc::channel(64);
@@ -520,7 +528,29 @@ impl FakeDiscord {
         let id = self.new_id();
         let mut payload = message_json(&id, channel, guild, author, content);
         edit(&mut payload);
+        self.inner.log(channel, &payload);
         self.dispatch("MESSAGE_CREATE", payload).await;
+        id
+    }
+
+    /// A person's message in a guild channel written while the bot is not connected:
+    /// in the channel's history (`GET /channels/{id}/messages`) but never dispatched,
+    /// as Discord does not replay it on a new session. Returns its id.
+    pub fn missed_message(&self, channel: &str, user: &str, content: &str) -> String {
+        self.inner
+            .channel_guilds
+            .lock()
+            .unwrap()
+            .insert(channel.into(), Some(GUILD_ID.into()));
+        let id = self.new_id();
+        let payload = message_json(
+            &id,
+            channel,
+            Some(GUILD_ID),
+            user_json(user, false),
+            content,
+        );
+        self.inner.log(channel, &payload);
         id
     }
 
@@ -610,6 +640,52 @@ pub fn message_json(
 impl Inner {
     fn new_id(&self) -> String {
         self.next_id.fetch_add(1, Ordering::SeqCst).to_string()
+    }
+
+    fn log(&self, channel: &str, message: &Value) {
+        self.channel_log
+            .lock()
+            .unwrap()
+            .entry(channel.into())
+            .or_default()
+            .push(message.clone());
+    }
+
+    /// `GET /channels/{id}/messages?after=&limit=`: newest first, as Discord answers.
+    fn history(&self, channel: &str, query: Option<&str>) -> Value {
+        let params: HashMap<String, String> = query
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let after: u64 = params
+            .get("after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let limit: usize = params
+            .get("limit")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50)
+            .clamp(1, 100);
+        let log = self.channel_log.lock().unwrap();
+        let mut newer: Vec<Value> = log
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .filter(|m| {
+                m["id"]
+                    .as_str()
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .is_some_and(|id| id > after)
+            })
+            .cloned()
+            .collect();
+        // With `after`, Discord pages forward from it: the oldest `limit` after it.
+        newer.truncate(limit);
+        newer.reverse();
+        Value::Array(newer)
     }
 
     fn record(&self, call: Call) {
@@ -787,9 +863,31 @@ async fn rest(
         }))
         .into_response(),
         ("GET", ["channels", id]) => Json(inner.channel_json(id)).into_response(),
+        ("GET", ["channels", id, "messages"]) => Json(inner.history(id, uri.query())).into_response(),
         ("POST", ["channels", _, "typing"]) => StatusCode::NO_CONTENT.into_response(),
         ("POST", ["channels", channel, "messages"]) => {
-            let message = inner.bot_message(channel, &call.body);
+            let nonce = match &call.body["nonce"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            let enforced = call.body["enforce_nonce"] == json!(true);
+            if let (Some(nonce), true) = (&nonce, enforced) {
+                let key = ((*channel).to_string(), nonce.clone());
+                if let Some(first) = inner.nonces.lock().unwrap().get(&key) {
+                    return Json(first.clone()).into_response();
+                }
+            }
+            let mut message = inner.bot_message(channel, &call.body);
+            inner.log(channel, &message);
+            if let Some(nonce) = nonce {
+                message["nonce"] = json!(nonce);
+                inner
+                    .nonces
+                    .lock()
+                    .unwrap()
+                    .insert(((*channel).to_string(), nonce), message.clone());
+            }
             inner.bot_messages.lock().unwrap().push((
                 message["id"].as_str().unwrap_or_default().to_string(),
                 call.content().to_string(),
