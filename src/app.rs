@@ -193,6 +193,8 @@ impl App {
             agent_kind = ?cfg.agent.kind,
             discord = cfg.discord.is_some(),
             slack = cfg.slack.is_some(),
+            slack_events_api = cfg.slack.as_ref().is_some_and(|s| s.signing_secret.is_some()),
+            slack_socket_mode = cfg.slack.as_ref().is_some_and(|s| s.socket.is_some()),
             "agent-bridge listening"
         );
 
@@ -206,11 +208,19 @@ impl App {
             )));
         if let Some(slack_cfg) = cfg.slack.clone() {
             let ready = readiness.register("slack");
+            let socket_ready = slack_cfg
+                .socket
+                .as_ref()
+                .map(|_| readiness.register("slack_socket"));
+            // The sockets take the top token, like Discord's gateway: intake stops as
+            // soon as shutdown begins, while replies in flight still go out.
             let slack_app = slack::start(
                 slack_cfg,
                 relay.clone(),
                 core.store.clone(),
                 ready,
+                socket_ready,
+                shutdown.clone(),
                 background.clone(),
             )
             .await;

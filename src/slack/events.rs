@@ -39,9 +39,10 @@ use crate::config::SlackRespondTo;
 use crate::core::{Inbound, Platform, Rejected};
 use crate::http::error::ApiError;
 
-/// The outer JSON of every Events API request.
+/// The outer JSON of every Events API request (and the `payload` of a Socket Mode
+/// `events_api` envelope, which is the same object).
 #[derive(Debug, Deserialize)]
-struct Envelope {
+pub(crate) struct Envelope {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -61,9 +62,16 @@ struct Envelope {
     event: Option<Box<RawValue>>,
 }
 
+impl Envelope {
+    /// `event_callback`, `url_verification`, …
+    pub(crate) fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
 /// One entry of an envelope's `authorizations`.
 #[derive(Debug, Deserialize)]
-struct Authorization {
+pub(crate) struct Authorization {
     #[serde(default)]
     team_id: Option<String>,
 }
@@ -313,8 +321,13 @@ pub(crate) async fn handle(
     };
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // The route is mounted only with a signing secret; without one nothing verifies.
+    let Some(secret) = shared.signing_secret.as_ref() else {
+        return ApiError::new(StatusCode::NOT_FOUND, "the Events API is not enabled")
+            .into_response();
+    };
     if let Err(e) = signature::verify(
-        shared.signing_secret.expose_secret().as_bytes(),
+        secret.expose_secret().as_bytes(),
         header("x-slack-request-timestamp"),
         header("x-slack-signature"),
         &body,
@@ -368,15 +381,38 @@ fn is_form_ssl_check(body: &[u8]) -> bool {
     url::form_urlencoded::parse(body).any(|(k, v)| k == "ssl_check" && v == "1")
 }
 
-async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
+async fn on_event_callback(shared: &Arc<Shared>, envelope: Envelope) -> Response {
+    match accept(shared, envelope).await {
+        Intake::Taken | Intake::Ignored => StatusCode::OK.into_response(),
+        Intake::Unavailable(why) => unavailable(why),
+        Intake::Malformed(why) => ApiError::bad_request(why).into_response(),
+    }
+}
+
+/// What became of one `event_callback`, whichever transport brought it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Intake {
+    /// Handed to the relay (a turn, or the dedupe found it a repeat).
+    Taken,
+    /// Not for the bridge (filtered); acknowledged and dropped.
+    Ignored,
+    /// The bridge cannot take it now (shutting down, `auth.test` pending): over HTTP
+    /// a 503 asks Slack to deliver it again.
+    Unavailable(&'static str),
+    Malformed(String),
+}
+
+/// The one pipeline of both transports (SPEC §5): an `event_callback` from
+/// `POST /slack/events` or from a Socket Mode `events_api` envelope is filtered
+/// (workspace, app, [`classify`], followed threads), deduplicated and handed to the
+/// relay here, so a message that arrives both ways, or twice one way, is answered once.
+pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
     let Some(raw_event) = envelope.event else {
-        return ApiError::bad_request("event_callback without an event").into_response();
+        return Intake::Malformed("event_callback without an event".into());
     };
     let event: EventBody = match serde_json::from_str(raw_event.get()) {
         Ok(event) => event,
-        Err(e) => {
-            return ApiError::bad_request(format!("malformed event: {e}")).into_response();
-        }
+        Err(e) => return Intake::Malformed(format!("malformed event: {e}")),
     };
     let event_id = envelope.event_id.as_deref();
     shared
@@ -384,10 +420,10 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
         .metrics()
         .event_received(Platform::Slack, &event.kind);
     if !shared.relay.is_accepting() {
-        return unavailable("shutting down");
+        return Intake::Unavailable("shutting down");
     }
     let (Some(me), Some(api)) = (shared.identity.get(), shared.api.as_ref()) else {
-        return unavailable("not connected to Slack yet");
+        return Intake::Unavailable("not connected to Slack yet");
     };
     if let Some(reason) = foreign(
         envelope.team_id.as_deref(),
@@ -403,14 +439,14 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
             reason,
             "ignoring Slack event"
         );
-        return StatusCode::OK.into_response();
+        return Intake::Ignored;
     }
 
     let candidate = match classify(&event, me, shared.respond_to, shared.follow_threads) {
         Decision::Answer(candidate) => candidate,
         Decision::Ignore(reason) => {
             debug!(event_id, kind = %event.kind, reason, "ignoring Slack event");
-            return StatusCode::OK.into_response();
+            return Intake::Ignored;
         }
     };
     if candidate.needs_followed_thread
@@ -423,7 +459,7 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
             event_id,
             "ignoring a reply in a thread the bot is not part of"
         );
-        return StatusCode::OK.into_response();
+        return Intake::Ignored;
     }
     let workspace = envelope
         .team_id
@@ -453,18 +489,18 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
         message_id: candidate.ts,
         text: candidate.text,
     };
-    // Slack gets its 200 now (unless every slot is taken: then as soon as one frees);
-    // the dedupe write and the turn happen in the background.
+    // Slack gets its acknowledgement now (unless every slot is taken: then as soon as
+    // one frees); the dedupe write and the turn happen in the background.
     let first = shared.dedupe.first_delivery_owned(
         envelope.event_id,
         inbound.channel.clone(),
         inbound.message_id.clone(),
     );
     match shared.relay.submit_once(inbound, sink, first).await {
-        Ok(_) => StatusCode::OK.into_response(),
+        Ok(_) => Intake::Taken,
         // The relay tells a first delivery it is busy, in the thread.
-        Err(Rejected::Busy) => StatusCode::OK.into_response(),
-        Err(Rejected::ShuttingDown) => unavailable("shutting down"),
+        Err(Rejected::Busy) => Intake::Taken,
+        Err(Rejected::ShuttingDown) => Intake::Unavailable("shutting down"),
     }
 }
 

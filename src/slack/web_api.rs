@@ -164,6 +164,21 @@ impl WebApi {
         })
     }
 
+    /// `apps.connections.open` with the app-level token: a fresh Socket Mode
+    /// WebSocket URL (valid for one connection, for a short while).
+    pub async fn open_socket(&self, app_token: &SecretString) -> Result<String, SlackApiError> {
+        let token = SlackApiToken::new(SlackApiTokenValue(app_token.expose_secret().to_owned()));
+        let answer = self
+            .call("apps.connections.open", || async {
+                self.client
+                    .open_session(&token)
+                    .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
+                    .await
+            })
+            .await?;
+        Ok(answer.url.0.to_string())
+    }
+
     /// `chat.postMessage` in a thread; returns the posted message's `ts`.
     pub async fn post_in_thread(
         &self,

@@ -14,6 +14,7 @@ mod public_port;
 mod relay;
 mod replicas;
 mod slack;
+mod socket_mode;
 mod store;
 mod streaming;
 mod ui;
