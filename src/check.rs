@@ -17,8 +17,10 @@ use crate::{agent, store};
 pub const DISCORD_PERMISSIONS: u64 = (1 << 10) | (1 << 11) | (1 << 38) | (1 << 35) | (1 << 16);
 
 /// The Slack scopes the bridge uses (see `deploy/slack-app-manifest.yml`).
-pub const SLACK_SCOPES: [&str; 7] = [
+pub const SLACK_SCOPES: [&str; 8] = [
     "app_mentions:read",
+    // assistant.threads.setSuggestedPrompts / setTitle (setStatus needs only chat:write).
+    "assistant:write",
     "chat:write",
     "reactions:write",
     "channels:history",
@@ -28,9 +30,12 @@ pub const SLACK_SCOPES: [&str; 7] = [
 ];
 
 /// The Slack event subscriptions the bridge handles: mentions, DMs, and channel
-/// messages (for `SLACK_RESPOND_TO=all` and threads it follows).
-pub const SLACK_EVENTS: [&str; 5] = [
+/// messages (for `SLACK_RESPOND_TO=all` and threads it follows), and the bot's DM
+/// opened (suggested prompts).
+pub const SLACK_EVENTS: [&str; 7] = [
+    "app_home_opened",
     "app_mention",
+    "assistant_thread_started",
     "message.channels",
     "message.groups",
     "message.im",

@@ -212,6 +212,9 @@ pub struct SlackConfig {
     pub status_text: String,
     /// `SLACK_APP_ID`: events for another app id are acknowledged and ignored.
     pub app_id: Option<String>,
+    /// `SLACK_SUGGESTED_PROMPTS`: (title, message) pairs offered when a user opens the
+    /// bot's DM, at most four; empty offers none.
+    pub suggested_prompts: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -298,6 +301,7 @@ impl std::fmt::Debug for SlackConfig {
             .field("streaming", &self.streaming)
             .field("progress", &self.progress)
             .field("status_text", &self.status_text)
+            .field("suggested_prompts", &self.suggested_prompts)
             .finish()
     }
 }
@@ -500,6 +504,7 @@ impl Config {
             "reaction",
         )?;
         let slack_status_text = vars.or("SLACK_STATUS_TEXT", "is thinking…");
+        let slack_suggested_prompts = suggested_prompts(&vars)?;
 
         let webhooks = WebhookConfig {
             retry_schedule: retry_schedule(&vars)?,
@@ -546,6 +551,7 @@ impl Config {
                     progress: slack_progress,
                     status_text: slack_status_text,
                     app_id: slack_app_id,
+                    suggested_prompts: slack_suggested_prompts,
                 })
             }
             None if slack_signing_secret.is_none() && socket.is_none() => None,
@@ -1017,6 +1023,46 @@ fn admin_token(token: Option<SecretString>) -> Result<Option<SecretString>, Conf
     )))
 }
 
+/// Slack shows at most this many suggested prompts.
+const MAX_SUGGESTED_PROMPTS: usize = 4;
+
+/// `SLACK_SUGGESTED_PROMPTS`: `title=message` pairs separated by `;`.
+fn suggested_prompts(vars: &Vars<'_>) -> Result<Vec<(String, String)>, ConfigError> {
+    const VAR: &str = "SLACK_SUGGESTED_PROMPTS";
+    const EXAMPLE: &str = "Summarize=Summarize this thread;Explain=Explain it simply";
+    let Some(value) = vars.get(VAR) else {
+        return Ok(Vec::new());
+    };
+    let mut prompts = Vec::new();
+    for pair in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let parsed = pair
+            .split_once('=')
+            .map(|(t, m)| (t.trim(), m.trim()))
+            .filter(|(t, m)| !t.is_empty() && !m.is_empty());
+        let Some((title, message)) = parsed else {
+            return Err(bad(
+                VAR,
+                &value,
+                &format!("has {pair:?}, which is not title=message"),
+                EXAMPLE,
+            ));
+        };
+        prompts.push((title.to_owned(), message.to_owned()));
+    }
+    if prompts.len() > MAX_SUGGESTED_PROMPTS {
+        return Err(bad(
+            VAR,
+            &value,
+            &format!(
+                "has {} prompts; Slack shows at most {MAX_SUGGESTED_PROMPTS}",
+                prompts.len()
+            ),
+            EXAMPLE,
+        ));
+    }
+    Ok(prompts)
+}
+
 /// `SLACK_APP_TOKEN` must be an app-level token: a bot token (`xoxb-`) pasted here is
 /// the usual mistake, and Slack would refuse it with a less helpful `not_allowed_token_type`.
 fn app_token(token: Option<SecretString>) -> Result<Option<SecretString>, ConfigError> {
@@ -1291,7 +1337,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 50] = [
+    const OPTIONAL_VARS: [&str; 51] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1342,6 +1388,7 @@ mod tests {
         "SLACK_STATUS_TEXT",
         "SLACK_APP_TOKEN",
         "SLACK_SOCKET_CONNECTIONS",
+        "SLACK_SUGGESTED_PROMPTS",
     ];
 
     #[test]
@@ -1633,6 +1680,31 @@ mod tests {
         let slack = both.slack.expect("slack enabled");
         assert!(slack.signing_secret.is_some());
         assert_eq!(slack.socket.map(|s| s.connections), Some(3));
+    }
+
+    #[test]
+    fn suggested_prompts_are_title_message_pairs_at_most_four() {
+        let base = [("SLACK_BOT_TOKEN", "xoxb-1"), ("SLACK_APP_TOKEN", "xapp-1")];
+        let prompts = |value: &str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("SLACK_SUGGESTED_PROMPTS", value));
+            load(&pairs).map(|c| c.slack.expect("slack").suggested_prompts)
+        };
+        assert_eq!(
+            prompts(" Summarize = Sum it up ; Explain=What does a=b mean?; ").unwrap(),
+            vec![
+                ("Summarize".to_owned(), "Sum it up".to_owned()),
+                ("Explain".to_owned(), "What does a=b mean?".to_owned()),
+            ]
+        );
+        assert!(ok(&base).slack.expect("slack").suggested_prompts.is_empty());
+        let e = prompts("just a title").unwrap_err().0;
+        assert!(
+            e.starts_with("SLACK_SUGGESTED_PROMPTS:") && e.contains("title=message"),
+            "{e}"
+        );
+        let e = prompts("a=1;b=2;c=3;d=4;e=5").unwrap_err().0;
+        assert!(e.contains("at most 4") && e.contains("e.g."), "{e}");
     }
 
     #[test]

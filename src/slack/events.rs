@@ -130,6 +130,21 @@ pub struct EventBody {
     pub hidden: Option<bool>,
     #[serde(default)]
     pub team: Option<String>,
+    /// `app_home_opened`: which tab (`messages` is the bot's DM).
+    #[serde(default)]
+    pub tab: Option<String>,
+    /// `assistant_thread_started`: the thread the user opened.
+    #[serde(default)]
+    pub assistant_thread: Option<AssistantThread>,
+}
+
+/// The `assistant_thread` of `assistant_thread_started`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct AssistantThread {
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    #[serde(default)]
+    pub thread_ts: Option<String>,
 }
 
 /// What the bridge does with an event.
@@ -154,6 +169,8 @@ pub struct Candidate {
     pub text: String,
     /// Answer only if the bot has answered in this thread before.
     pub needs_followed_thread: bool,
+    /// A message in the bot's DM (Slack's assistant / agent surface).
+    pub dm: bool,
 }
 
 /// The routing rules of SPEC §5, pure: which events are answered.
@@ -194,7 +211,7 @@ pub fn classify(
         return Decision::Ignore("file shared without text");
     }
     let thread_ts = ev.thread_ts.as_deref().filter(|t| !t.is_empty());
-    let answer = |needs_followed_thread| {
+    let answer = |needs_followed_thread, dm| {
         Decision::Answer(Candidate {
             channel: channel.to_owned(),
             user: user.to_owned(),
@@ -202,10 +219,11 @@ pub fn classify(
             reply_thread: thread_ts.unwrap_or(ts).to_owned(),
             text: clean_text(raw_text, &me.user_id),
             needs_followed_thread,
+            dm,
         })
     };
     if is_mention {
-        return answer(false);
+        return answer(false, false);
     }
     // Events API messages carry `channel_type`; fall back on the id's prefix (`D…` is
     // a DM) rather than drop a message.
@@ -216,17 +234,17 @@ pub fn classify(
         None => channel.starts_with('D'),
     };
     if is_dm {
-        return answer(false);
+        return answer(false, true);
     }
     if respond_to == SlackRespondTo::Mentions && mentions(raw_text, &me.user_id) {
         return Decision::Ignore("the app_mention event covers it");
     }
     if respond_to == SlackRespondTo::All {
-        return answer(false);
+        return answer(false, false);
     }
     match thread_ts {
         // A reply in a thread (not the thread's parent itself).
-        Some(thread) if follow_threads && thread != ts => answer(true),
+        Some(thread) if follow_threads && thread != ts => answer(true, false),
         _ => Decision::Ignore("channel message not addressed to the bot"),
     }
 }
@@ -442,6 +460,25 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
         return Intake::Ignored;
     }
 
+    // The bot's DM opened, as an assistant thread or in the agent view: prompts, and
+    // no agent call.
+    match (event.kind.as_str(), event.tab.as_deref()) {
+        ("assistant_thread_started", _) => {
+            let thread = event.assistant_thread.unwrap_or_default();
+            if let (Some(channel), Some(thread_ts)) = (thread.channel_id, thread.thread_ts) {
+                super::assistant::offer_prompts(shared, api, channel, Some(thread_ts));
+            }
+            return Intake::Taken;
+        }
+        ("app_home_opened", Some("messages")) => {
+            if let Some(channel) = event.channel {
+                super::assistant::offer_prompts(shared, api, channel, None);
+            }
+            return Intake::Taken;
+        }
+        _ => {}
+    }
+
     let candidate = match classify(&event, me, shared.respond_to, shared.follow_threads) {
         Decision::Answer(candidate) => candidate,
         Decision::Ignore(reason) => {
@@ -460,6 +497,21 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
             "ignoring a reply in a thread the bot is not part of"
         );
         return Intake::Ignored;
+    }
+    if candidate.dm
+        && !shared
+            .threads
+            .contains(&candidate.channel, &candidate.reply_thread)
+            .await
+    {
+        // The first question of a thread in the bot's DM names the thread.
+        super::assistant::name_thread(
+            shared,
+            api,
+            &candidate.channel,
+            &candidate.reply_thread,
+            &candidate.text,
+        );
     }
     let workspace = envelope
         .team_id

@@ -7,6 +7,8 @@
 //! - `events`: the HTTP handler — limit, verify, parse — and `accept`, the intake both
 //!   transports share: filter, dedupe, hand off.
 //! - `socket`: Socket Mode connections — open, acknowledge, refresh, reconnect.
+//! - `assistant`: the bot's DM as Slack's assistant surface — suggested prompts,
+//!   thread titles.
 //! - `signature`: Slack's v0 request signature (pure).
 //! - `dedupe`: once-only deliveries and followed threads, decided by the store.
 //! - `mrkdwn`: agent Markdown → Slack mrkdwn with everything Slack could expand
@@ -19,6 +21,7 @@
 //! events are answered 503 so Slack delivers them again later, and no socket is opened. This module depends on
 //! `core` (relay, store port, chunking) and its SDK, never on another platform.
 
+pub mod assistant;
 pub mod dedupe;
 pub mod events;
 pub mod mrkdwn;
@@ -89,6 +92,10 @@ pub(crate) struct Shared {
     streaming: SlackStreaming,
     /// `SLACK_APP_ID`: events for another app are ignored.
     app_id: Option<String>,
+    /// `SLACK_SUGGESTED_PROMPTS`.
+    suggested_prompts: Vec<(String, String)>,
+    /// Set when Slack refused `assistant.threads.setTitle` for the whole app.
+    titles_refused: AtomicBool,
     /// Refused signatures since the last log line, and when that line was written.
     refusals: std::sync::Mutex<Refusals>,
 }
@@ -185,6 +192,8 @@ pub async fn start(
         status_text: cfg.status_text,
         streaming: cfg.streaming,
         app_id: cfg.app_id,
+        suggested_prompts: cfg.suggested_prompts,
+        titles_refused: AtomicBool::new(false),
         refusals: std::sync::Mutex::new(Refusals::default()),
     });
     let Some(api) = api else {

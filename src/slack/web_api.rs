@@ -118,6 +118,22 @@ pub struct WebApi {
     native_refused: AtomicBool,
 }
 
+/// `assistant.threads.setSuggestedPrompts` with an optional `thread_ts`
+/// (slack-morphism's request type requires one).
+#[derive(serde::Serialize)]
+struct SuggestedPrompts<'a> {
+    channel_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_ts: Option<&'a str>,
+    prompts: Vec<Prompt<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Prompt<'a> {
+    title: &'a str,
+    message: &'a str,
+}
+
 /// Refusals of `chat.startStream` that hold for every channel (unlike
 /// `method_not_supported_for_channel_type`, which is tried again next time).
 const NATIVE_REFUSALS: &[&str] = &[
@@ -314,6 +330,61 @@ impl WebApi {
             self.client
                 .open_session(&self.token)
                 .assistant_threads_set_status(&request)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `assistant.threads.setSuggestedPrompts`. Slack's reference: `thread_ts` belongs
+    /// to the (legacy) assistant view's threads only; in the agent view the call must
+    /// go without it (with it, Slack silently ignores the call). So `None` for the agent
+    /// view's DM (`app_home_opened`), `Some` for `assistant_thread_started`.
+    pub async fn set_suggested_prompts(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        prompts: &[(String, String)],
+    ) -> Result<(), SlackApiError> {
+        let request = SuggestedPrompts {
+            channel_id: channel,
+            thread_ts,
+            prompts: prompts
+                .iter()
+                .map(|(title, message)| Prompt { title, message })
+                .collect(),
+        };
+        self.call("assistant.threads.setSuggestedPrompts", || async {
+            self.client
+                .open_session(&self.token)
+                .http_session_api
+                .http_post::<_, serde_json::Value>(
+                    "assistant.threads.setSuggestedPrompts",
+                    &request,
+                    None,
+                )
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `assistant.threads.setTitle`: the title a thread shows in the DM's history.
+    pub async fn set_title(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        title: &str,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiAssistantThreadSetTitleRequest::new(
+            SlackChannelId(channel.to_owned()),
+            SlackTs(thread_ts.to_owned()),
+            title.to_owned(),
+        );
+        self.call("assistant.threads.setTitle", || async {
+            self.client
+                .open_session(&self.token)
+                .assistant_threads_set_title(&request)
                 .await
         })
         .await

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::support::slack::{EventBuilder, FakeSlack, APP_TOKEN, BOT_USER};
+use crate::support::slack::{callback, EventBuilder, FakeSlack, APP_TOKEN, BOT_USER, DM};
 use crate::support::TestApp;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -285,5 +285,105 @@ async fn with_both_transports_each_message_is_answered_once() {
             "answer to: over the socket"
         ]
     );
+    s.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn opening_the_bots_dm_offers_the_suggested_prompts_and_calls_no_agent() {
+    let s = Setup::start(&[(
+        "SLACK_SUGGESTED_PROMPTS",
+        "Summarize=Summarize this channel;Explain=Explain Socket Mode",
+    )])
+    .await;
+    s.connected(2).await;
+    let socket = s.slack.socket();
+
+    // The assistant view: a thread opened in the bot's DM.
+    socket.send_event(callback(json!({
+        "type": "assistant_thread_started",
+        "assistant_thread": {
+            "user_id": "U1",
+            "channel_id": DM,
+            "thread_ts": "1710000000.000900",
+            "context": {"channel_id": "C1", "team_id": "T1"},
+        },
+        "event_ts": "1710000000.000901",
+    })));
+    let calls = s
+        .slack
+        .wait_for("assistant.threads.setSuggestedPrompts", 1, WAIT)
+        .await;
+    assert_eq!(calls[0].param("channel_id").as_deref(), Some(DM));
+    assert_eq!(
+        calls[0].param("thread_ts").as_deref(),
+        Some("1710000000.000900")
+    );
+    assert_eq!(
+        calls[0].params["prompts"],
+        json!([
+            {"title": "Summarize", "message": "Summarize this channel"},
+            {"title": "Explain", "message": "Explain Socket Mode"},
+        ])
+    );
+
+    // The agent view: the DM's Messages tab opened; no thread, so no `thread_ts`.
+    let opened = |tab: &str| {
+        callback(json!({
+            "type": "app_home_opened",
+            "user": "U1",
+            "channel": DM,
+            "tab": tab,
+            "event_ts": "1710000000.000902",
+        }))
+    };
+    socket.send_event(opened("messages"));
+    let calls = s
+        .slack
+        .wait_for("assistant.threads.setSuggestedPrompts", 2, WAIT)
+        .await;
+    assert_eq!(calls[1].param("channel_id").as_deref(), Some(DM));
+    assert!(!calls[1].params.contains_key("thread_ts"), "{:?}", calls[1]);
+    // The Home tab is not the DM.
+    socket.send_event(opened("home"));
+    s.slack
+        .assert_stays("assistant.threads.setSuggestedPrompts", 2, QUIET)
+        .await;
+    assert!(s.app.agent.requests().is_empty(), "no agent call");
+    assert!(s.slack.calls_of("chat.postMessage").is_empty());
+    s.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_first_question_of_a_dm_thread_becomes_its_title() {
+    let s = Setup::start(&[]).await;
+    s.connected(2).await;
+    let socket = s.slack.socket();
+    let question =
+        "How do I move my Slack app from the Events API to Socket Mode without downtime?";
+    let first = EventBuilder::message_im(question).thread("1710000000.000500");
+
+    socket.send_event(first.envelope());
+
+    let titles = s
+        .slack
+        .wait_for("assistant.threads.setTitle", 1, WAIT)
+        .await;
+    assert_eq!(titles[0].param("channel_id").as_deref(), Some(DM));
+    assert_eq!(
+        titles[0].param("thread_ts").as_deref(),
+        Some("1710000000.000500")
+    );
+    let title = titles[0].param("title").unwrap();
+    assert!(title.chars().count() <= 60, "{title}");
+    assert!(title.starts_with("How do I move my Slack app"), "{title}");
+    s.slack.wait_for("chat.postMessage", 1, WAIT).await;
+
+    // A follow-up in the same thread keeps the title.
+    let next = EventBuilder::message_im("and back?").thread("1710000000.000500");
+    socket.send_event(next.envelope());
+    s.slack.wait_for("chat.postMessage", 2, WAIT).await;
+    s.slack
+        .assert_stays("assistant.threads.setTitle", 1, QUIET)
+        .await;
     s.app.shutdown().await;
 }

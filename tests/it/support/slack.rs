@@ -46,7 +46,7 @@ pub const BOT_ID: &str = "BBOT";
 pub const TEAM: &str = "T1";
 /// A DM channel and two ordinary channels used by the builders.
 pub const DM: &str = "D1";
-pub const SCOPES: &str = "app_mentions:read,channels:history,chat:write,groups:history,im:history,mpim:history,reactions:write";
+pub const SCOPES: &str = "app_mentions:read,assistant:write,channels:history,chat:write,groups:history,im:history,mpim:history,reactions:write";
 
 /// One Web API call as the fake saw it.
 #[derive(Debug, Clone)]
@@ -423,6 +423,31 @@ async fn handle(
             }
             json_ok(json!({"ok": true}))
         }
+        "assistant.threads.setSuggestedPrompts" => {
+            let prompts_ok = call
+                .params
+                .get("prompts")
+                .and_then(Value::as_array)
+                .is_some_and(|p| {
+                    !p.is_empty()
+                        && p.len() <= 4
+                        && p.iter()
+                            .all(|p| p["title"].is_string() && p["message"].is_string())
+                });
+            if call.param("channel_id").is_none() || !prompts_ok {
+                return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
+            }
+            json_ok(json!({"ok": true}))
+        }
+        "assistant.threads.setTitle" => {
+            let ok = ["channel_id", "thread_ts", "title"]
+                .iter()
+                .all(|p| call.param(p).is_some_and(|v| !v.is_empty()));
+            if !ok {
+                return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
+            }
+            json_ok(json!({"ok": true}))
+        }
         "reactions.add" | "reactions.remove" => {
             if call.param("name").is_none() || call.param("timestamp").is_none() {
                 return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
@@ -627,6 +652,20 @@ impl EventBuilder {
     pub fn body(&self) -> String {
         self.envelope().to_string()
     }
+}
+
+/// An `event_callback` envelope around any `event` object (assistant events, …).
+pub fn callback(event: Value) -> Value {
+    json!({
+        "token": "verification-token-unused",
+        "team_id": TEAM,
+        "api_app_id": "A1",
+        "event": event,
+        "type": "event_callback",
+        "event_id": format!("Ev{:08}", SEQ.fetch_add(1, Ordering::Relaxed)),
+        "event_time": 1_710_000_000,
+        "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": true}],
+    })
 }
 
 #[cfg(test)]
