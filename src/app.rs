@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentKind, Config};
 use crate::core::access::AccessSettings;
-use crate::core::ports::WebhookStore;
+use crate::core::ports::{FeedbackStore, WebhookStore};
 use crate::core::{janitor, Agent, Relay, RelaySettings, Store};
 use crate::http::{self, AdminAuth, AppState, Readiness, RouteMounts};
 use crate::{agent, discord, slack, store, webhook};
@@ -40,6 +40,7 @@ impl Core {
             .context("open the store at DATABASE_URL")?;
         sql.migrate().await.context("apply store migrations")?;
         let store: Arc<dyn Store> = Arc::new(sql.clone());
+        let feedback: Arc<dyn FeedbackStore> = Arc::new(sql.clone());
         let webhooks: Arc<dyn WebhookStore> = Arc::new(sql);
         let mut agent_cfg = cfg.agent.clone();
         if let Some(kind) = agent_kind {
@@ -57,6 +58,7 @@ impl Core {
             turn_hold: cfg.agent.timeout + Duration::from_secs(30),
             edit_interval: cfg.conversation.edit_interval,
             max_reply_messages: cfg.conversation.max_reply_messages,
+            feedback_buttons: cfg.conversation.feedback_buttons,
             history_turns: cfg.agent.history_turns,
             history_chars: cfg.agent.history_chars,
             access: AccessSettings {
@@ -66,6 +68,7 @@ impl Core {
             },
         };
         let relay = Relay::new(agent, store.clone(), settings);
+        relay.set_feedback_store(feedback);
         let preloading = relay.clone();
         tokio::spawn(async move { preloading.preload().await });
         Ok(Core {

@@ -95,6 +95,8 @@ pub struct ConversationConfig {
     pub edit_interval: Duration,
     /// `MAX_REPLY_MESSAGES`, default 10.
     pub max_reply_messages: usize,
+    /// `FEEDBACK_BUTTONS`, default `true`: 👍/👎 under the last message of each answer.
+    pub feedback_buttons: bool,
 }
 
 /// `N/sec|min|hour|day`: at most `turns` turns per `per`.
@@ -473,6 +475,7 @@ impl Config {
             ),
             edit_interval: Duration::from_millis(number(&vars, &STREAM_EDIT_INTERVAL_MS)?),
             max_reply_messages: to_usize(number(&vars, &MAX_REPLY_MESSAGES)?),
+            feedback_buttons: boolean(&vars, "FEEDBACK_BUTTONS", true)?,
         };
         let discord_edit_interval = match vars.get(DISCORD_EDIT_INTERVAL_MS.var) {
             Some(_) => Some(Duration::from_millis(number(
@@ -1337,7 +1340,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 51] = [
+    const OPTIONAL_VARS: [&str; 52] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1389,6 +1392,7 @@ mod tests {
         "SLACK_APP_TOKEN",
         "SLACK_SOCKET_CONNECTIONS",
         "SLACK_SUGGESTED_PROMPTS",
+        "FEEDBACK_BUTTONS",
     ];
 
     #[test]

@@ -7,6 +7,8 @@
 //! - `events`: the HTTP handler — limit, verify, parse — and `accept`, the intake both
 //!   transports share: filter, dedupe, hand off.
 //! - `socket`: Socket Mode connections — open, acknowledge, refresh, reconnect.
+//! - `interactivity`: clicks (`block_actions`) from `POST /slack/interactivity` and
+//!   `interactive` envelopes — the feedback buttons.
 //! - `assistant`: the bot's DM as Slack's assistant surface — suggested prompts,
 //!   thread titles.
 //! - `signature`: Slack's v0 request signature (pure).
@@ -24,6 +26,7 @@
 pub mod assistant;
 pub mod dedupe;
 pub mod events;
+pub mod interactivity;
 pub mod mrkdwn;
 pub mod signature;
 pub mod socket;
@@ -297,6 +300,7 @@ pub fn routes(app: SlackApp) -> Router {
     }
     Router::new()
         .route("/slack/events", post(events::handle))
+        .route("/slack/interactivity", post(interactivity::handle))
         .route_layer(axum::middleware::from_fn_with_state(
             app.shared.clone(),
             events::precheck,

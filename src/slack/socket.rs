@@ -397,6 +397,11 @@ impl SocketMode {
         };
         match frame.kind.as_str() {
             "events_api" => self.on_events_api(payload.get()).await,
+            "interactive" => {
+                if let Err(why) = super::interactivity::on_payload(&self.shared, payload.get()) {
+                    warn!(error = %why, "malformed interactive envelope");
+                }
+            }
             other => debug!(
                 kind = other,
                 "Socket Mode envelope type not handled; acknowledged"

@@ -61,6 +61,7 @@ use crate::core::ports::StoreError;
 
 mod batch;
 mod chat;
+mod feedback;
 mod webhooks;
 
 /// How long a SQLite statement waits for another process's lock (a second

@@ -154,9 +154,18 @@ fn both_slack_manifests_ask_for_exactly_the_scopes_and_events_the_bridge_uses() 
         .unwrap();
     assert!(url.ends_with("/slack/events"));
     assert_eq!(events_api["settings"]["socket_mode_enabled"], false);
+    // The feedback buttons need interactivity, at the route the bridge serves.
+    let interactivity = &events_api["settings"]["interactivity"];
+    assert_eq!(interactivity["is_enabled"], true);
+    assert!(interactivity["request_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/slack/interactivity"));
 
     let socket = yaml("deploy/slack-app-manifest-socket-mode.yml");
     assert_eq!(socket["settings"]["socket_mode_enabled"], true);
+    assert_eq!(socket["settings"]["interactivity"]["is_enabled"], true);
+    assert!(socket["settings"]["interactivity"]["request_url"].is_null());
     assert!(
         socket["settings"]["event_subscriptions"]["request_url"].is_null(),
         "Socket Mode needs no request URL"
