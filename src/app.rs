@@ -64,6 +64,7 @@ impl Core {
             turn_hold: cfg.agent.timeout + Duration::from_secs(30),
             edit_interval: cfg.conversation.edit_interval,
             max_reply_messages: cfg.conversation.max_reply_messages,
+            feedback_buttons: cfg.conversation.feedback_buttons,
             history_turns: cfg.agent.history_turns,
             history_chars: cfg.agent.history_chars,
             access: AccessSettings {
@@ -78,6 +79,7 @@ impl Core {
             turns: store.clone(),
         };
         let relay = Relay::new(agent, ports, settings);
+        relay.set_feedback_store(store.clone());
         let preloading = relay.clone();
         tokio::spawn(async move { preloading.preload().await });
         Ok(Core {
@@ -207,6 +209,8 @@ impl App {
             agent_kind = ?cfg.agent.kind,
             discord = cfg.discord.is_some(),
             slack = cfg.slack.is_some(),
+            slack_events_api = cfg.slack.as_ref().is_some_and(|s| s.signing_secret.is_some()),
+            slack_socket_mode = cfg.slack.as_ref().is_some_and(|s| s.socket.is_some()),
             "agent-bridge listening"
         );
 
@@ -221,11 +225,19 @@ impl App {
             )));
         if let Some(slack_cfg) = cfg.slack.clone() {
             let ready = readiness.register("slack");
+            let socket_ready = slack_cfg
+                .socket
+                .as_ref()
+                .map(|_| readiness.register("slack_socket"));
+            // The sockets take the top token, like Discord's gateway: intake stops as
+            // soon as shutdown begins, while replies in flight still go out.
             let slack_app = slack::start(
                 slack_cfg,
                 relay.clone(),
                 core.store.clone(),
                 ready,
+                socket_ready,
+                shutdown.clone(),
                 background.clone(),
             )
             .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::config::{Config, DiscordConfig, SlackConfig};
+use crate::config::{Config, DiscordConfig, SlackConfig, SocketModeConfig};
 use crate::{agent, store};
 
 /// Discord permissions the bot needs: View Channels, Send Messages, Send Messages in
@@ -17,8 +17,10 @@ use crate::{agent, store};
 pub const DISCORD_PERMISSIONS: u64 = (1 << 10) | (1 << 11) | (1 << 38) | (1 << 35) | (1 << 16);
 
 /// The Slack scopes the bridge uses (see `deploy/slack-app-manifest.yml`).
-pub const SLACK_SCOPES: [&str; 7] = [
+pub const SLACK_SCOPES: [&str; 8] = [
     "app_mentions:read",
+    // assistant.threads.setSuggestedPrompts / setTitle (setStatus needs only chat:write).
+    "assistant:write",
     "chat:write",
     "reactions:write",
     "channels:history",
@@ -28,9 +30,12 @@ pub const SLACK_SCOPES: [&str; 7] = [
 ];
 
 /// The Slack event subscriptions the bridge handles: mentions, DMs, and channel
-/// messages (for `SLACK_RESPOND_TO=all` and threads it follows).
-pub const SLACK_EVENTS: [&str; 5] = [
+/// messages (for `SLACK_RESPOND_TO=all` and threads it follows), and the bot's DM
+/// opened (suggested prompts).
+pub const SLACK_EVENTS: [&str; 7] = [
+    "app_home_opened",
     "app_mention",
+    "assistant_thread_started",
     "message.channels",
     "message.groups",
     "message.im",
@@ -96,11 +101,21 @@ pub async fn run(cfg: &Config) -> Vec<Line> {
         }
     };
     match &cfg.slack {
-        Some(slack) => lines.push(line("slack", check_slack(&http, slack).await)),
+        Some(slack) => {
+            lines.push(line("slack", check_slack(&http, slack).await));
+            if let Some(socket) = &slack.socket {
+                lines.push(line(
+                    "socket",
+                    check_socket_mode(&http, slack, socket).await,
+                ));
+            }
+        }
         None => lines.push(Line {
             part: "slack",
             ok: true,
-            detail: "disabled (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET unset)".into(),
+            detail: "disabled (SLACK_BOT_TOKEN unset, or neither SLACK_APP_TOKEN nor \
+                     SLACK_SIGNING_SECRET set)"
+                .into(),
         }),
     }
     match &cfg.discord {
@@ -227,6 +242,48 @@ async fn check_slack(http: &reqwest::Client, slack: &SlackConfig) -> Result<Stri
         detail.push_str(", all scopes granted");
     }
     Ok(detail)
+}
+
+/// Socket Mode: `apps.connections.open` with the app token must answer a WebSocket
+/// URL. The check does not connect to it (a connection would take events from the
+/// running bridge).
+async fn check_socket_mode(
+    http: &reqwest::Client,
+    slack: &SlackConfig,
+    socket: &SocketModeConfig,
+) -> Result<String, String> {
+    let url = format!(
+        "{}/apps.connections.open",
+        slack.api_base.as_str().trim_end_matches('/')
+    );
+    let resp = http
+        .post(&url)
+        .bearer_auth(socket.app_token.expose_secret())
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {}", short(&e)))?;
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("apps.connections.open answered non-JSON: {}", short(&e)))?;
+    if body["ok"] != Value::Bool(true) {
+        let error = body["error"].as_str().unwrap_or("unknown error");
+        return Err(format!(
+            "Socket Mode: apps.connections.open failed: {error} (check SLACK_APP_TOKEN: an \
+             App-Level Token with connections:write, and Socket Mode enabled for the app)"
+        ));
+    }
+    let ws = body["url"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("wss://") || u.starts_with("ws://"));
+    if !ws {
+        return Err("Socket Mode: apps.connections.open answered no WebSocket URL".into());
+    }
+    Ok(format!(
+        "Socket Mode: apps.connections.open answered a WebSocket URL; {} connection(s) \
+         will be kept open",
+        socket.connections
+    ))
 }
 
 async fn check_discord(http: &reqwest::Client, discord: &DiscordConfig) -> Result<String, String> {

@@ -20,7 +20,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `Some` when `DISCORD_TOKEN` is set.
     pub discord: Option<DiscordConfig>,
-    /// `Some` when both `SLACK_BOT_TOKEN` and `SLACK_SIGNING_SECRET` are set.
+    /// `Some` when `SLACK_BOT_TOKEN` is set with `SLACK_SIGNING_SECRET` (Events API),
+    /// `SLACK_APP_TOKEN` (Socket Mode), or both.
     pub slack: Option<SlackConfig>,
     pub webhooks: WebhookConfig,
     pub log: LogConfig,
@@ -94,6 +95,8 @@ pub struct ConversationConfig {
     pub edit_interval: Duration,
     /// `MAX_REPLY_MESSAGES`, default 10.
     pub max_reply_messages: usize,
+    /// `FEEDBACK_BUTTONS`, default `true`: 👍/👎 under the last message of each answer.
+    pub feedback_buttons: bool,
 }
 
 /// `N/sec|min|hour|day`: at most `turns` turns per `per`.
@@ -165,12 +168,32 @@ pub enum SlackRespondTo {
     All,
 }
 
+/// Slack over Socket Mode (SPEC §5): no public URL, the bridge dials out.
+#[derive(Clone)]
+pub struct SocketModeConfig {
+    /// `SLACK_APP_TOKEN`: an app-level `xapp-` token with `connections:write`.
+    pub app_token: SecretString,
+    /// `SLACK_SOCKET_CONNECTIONS`, default 2: connections kept open at once.
+    pub connections: usize,
+}
+
+impl std::fmt::Debug for SocketModeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketModeConfig")
+            .field("app_token", &self.app_token)
+            .field("connections", &self.connections)
+            .finish()
+    }
+}
+
 #[derive(Clone)]
 pub struct SlackConfig {
     /// `SLACK_BOT_TOKEN`.
     pub bot_token: SecretString,
-    /// `SLACK_SIGNING_SECRET`.
-    pub signing_secret: SecretString,
+    /// `SLACK_SIGNING_SECRET`: `Some` runs the Events API at `POST /slack/events`.
+    pub signing_secret: Option<SecretString>,
+    /// `SLACK_APP_TOKEN` and `SLACK_SOCKET_CONNECTIONS`: `Some` runs Socket Mode.
+    pub socket: Option<SocketModeConfig>,
     /// `SLACK_API_BASE`, default `https://slack.com/api`.
     pub api_base: Url,
     /// `SLACK_RESPOND_TO`, default `mentions`.
@@ -191,6 +214,9 @@ pub struct SlackConfig {
     pub status_text: String,
     /// `SLACK_APP_ID`: events for another app id are acknowledged and ignored.
     pub app_id: Option<String>,
+    /// `SLACK_SUGGESTED_PROMPTS`: (title, message) pairs offered when a user opens the
+    /// bot's DM, at most four; empty offers none.
+    pub suggested_prompts: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +302,7 @@ impl std::fmt::Debug for SlackConfig {
         f.debug_struct("SlackConfig")
             .field("bot_token", &self.bot_token)
             .field("signing_secret", &self.signing_secret)
+            .field("socket", &self.socket)
             .field("api_base", &redact_url(self.api_base.as_str()))
             .field("respond_to", &self.respond_to)
             .field("follow_threads", &self.follow_threads)
@@ -285,6 +312,7 @@ impl std::fmt::Debug for SlackConfig {
             .field("streaming", &self.streaming)
             .field("progress", &self.progress)
             .field("status_text", &self.status_text)
+            .field("suggested_prompts", &self.suggested_prompts)
             .finish()
     }
 }
@@ -426,6 +454,8 @@ impl Config {
 
         let slack_bot_token = secret(&vars, "SLACK_BOT_TOKEN")?;
         let slack_signing_secret = secret(&vars, "SLACK_SIGNING_SECRET")?;
+        let slack_app_token = app_token(secret(&vars, "SLACK_APP_TOKEN")?)?;
+        let slack_socket_connections = to_usize(number(&vars, &SLACK_SOCKET_CONNECTIONS)?);
         let slack_api_base = http_url(&vars, "SLACK_API_BASE", "https://slack.com/api")?;
         let slack_respond_to = choice(
             &vars,
@@ -454,6 +484,7 @@ impl Config {
             ),
             edit_interval: Duration::from_millis(number(&vars, &STREAM_EDIT_INTERVAL_MS)?),
             max_reply_messages: to_usize(number(&vars, &MAX_REPLY_MESSAGES)?),
+            feedback_buttons: boolean(&vars, "FEEDBACK_BUTTONS", true)?,
         };
         let discord_edit_interval = match vars.get(DISCORD_EDIT_INTERVAL_MS.var) {
             Some(_) => Some(Duration::from_millis(number(
@@ -485,6 +516,7 @@ impl Config {
             "reaction",
         )?;
         let slack_status_text = vars.or("SLACK_STATUS_TEXT", "is thinking…");
+        let slack_suggested_prompts = suggested_prompts(&vars)?;
 
         let webhooks = WebhookConfig {
             retry_schedule: retry_schedule(&vars)?,
@@ -513,34 +545,48 @@ impl Config {
             edit_interval: discord_edit_interval,
         });
 
-        let slack = match (slack_bot_token, slack_signing_secret) {
-            (Some(bot_token), Some(signing_secret)) => Some(SlackConfig {
-                bot_token,
-                signing_secret,
-                api_base: slack_api_base,
-                respond_to: slack_respond_to,
-                follow_threads: slack_follow_threads,
-                progress_reaction: slack_progress_reaction,
-                progress_reaction_delay: slack_progress_reaction_delay,
-                streaming: slack_streaming,
-                progress: slack_progress,
-                status_text: slack_status_text,
-                app_id: slack_app_id,
-            }),
-            (None, None) => None,
+        let socket = slack_app_token.map(|app_token| SocketModeConfig {
+            app_token,
+            connections: slack_socket_connections,
+        });
+        let slack = match slack_bot_token {
+            Some(bot_token) if slack_signing_secret.is_some() || socket.is_some() => {
+                Some(SlackConfig {
+                    bot_token,
+                    signing_secret: slack_signing_secret,
+                    socket,
+                    api_base: slack_api_base,
+                    respond_to: slack_respond_to,
+                    follow_threads: slack_follow_threads,
+                    progress_reaction: slack_progress_reaction,
+                    progress_reaction_delay: slack_progress_reaction_delay,
+                    streaming: slack_streaming,
+                    progress: slack_progress,
+                    status_text: slack_status_text,
+                    app_id: slack_app_id,
+                    suggested_prompts: slack_suggested_prompts,
+                })
+            }
+            None if slack_signing_secret.is_none() && socket.is_none() => None,
             // Half a Slack configuration is almost always a forgotten line, so it stops
             // start-up rather than silently running without Slack.
-            (Some(_), None) => {
+            Some(_) => {
                 return Err(ConfigError(format!(
-                    "SLACK_SIGNING_SECRET: not set, but SLACK_BOT_TOKEN is; Slack needs both \
-                     (e.g. {SLACK_SIGNING_SECRET_HINT})"
+                    "SLACK_APP_TOKEN: not set, and neither is SLACK_SIGNING_SECRET, but \
+                     SLACK_BOT_TOKEN is; Slack needs one of them (e.g. {SLACK_APP_TOKEN_HINT}, \
+                     for Socket Mode)"
                 )))
             }
-            (None, Some(_)) => {
+            None => {
+                let with = if socket.is_some() {
+                    "SLACK_APP_TOKEN"
+                } else {
+                    "SLACK_SIGNING_SECRET"
+                };
                 return Err(ConfigError(format!(
-                    "SLACK_BOT_TOKEN: not set, but SLACK_SIGNING_SECRET is; Slack needs both \
+                    "SLACK_BOT_TOKEN: not set, but {with} is; Slack needs both \
                      (e.g. {SLACK_BOT_TOKEN_HINT})"
-                )))
+                )));
             }
         };
 
@@ -591,6 +637,8 @@ const SECS_PER_DAY: u64 = 24 * 60 * 60;
 const SLACK_BOT_TOKEN_HINT: &str = "xoxb-… from the Slack app's OAuth & Permissions page";
 const SLACK_SIGNING_SECRET_HINT: &str =
     "the Signing Secret from the Slack app's Basic Information page";
+const SLACK_APP_TOKEN_HINT: &str =
+    "xapp-… an App-Level Token with connections:write, from the Slack app's Basic Information page";
 
 /// Reads variables through the caller's lookup, trimmed.
 struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -684,6 +732,16 @@ const SLACK_PROGRESS_REACTION_DELAY_MS: Number = Number {
     max: 60_000,
     noun: "milliseconds",
     example: "500",
+};
+
+const SLACK_SOCKET_CONNECTIONS: Number = Number {
+    var: "SLACK_SOCKET_CONNECTIONS",
+    default: 2,
+    min: 1,
+    // Slack allows at most 10 open connections per app.
+    max: 10,
+    noun: "connections",
+    example: "2",
 };
 
 /// Read only when set; unset means one per core (tokio's default).
@@ -931,6 +989,7 @@ fn secret(vars: &Vars<'_>, var: &str) -> Result<Option<SecretString>, ConfigErro
             "DISCORD_TOKEN" => "the bot token from the Discord developer portal, Bot page",
             "SLACK_BOT_TOKEN" => SLACK_BOT_TOKEN_HINT,
             "SLACK_SIGNING_SECRET" => SLACK_SIGNING_SECRET_HINT,
+            "SLACK_APP_TOKEN" => SLACK_APP_TOKEN_HINT,
             _ => "a random string such as the output of `openssl rand -hex 32`",
         };
         return Err(ConfigError(format!(
@@ -1004,6 +1063,58 @@ fn admin_token(token: Option<SecretString>) -> Result<Option<SecretString>, Conf
         "{VAR}: the value {problem} (e.g. {EXAMPLE}); the value is not shown because it \
          is a secret"
     )))
+}
+
+/// Slack shows at most this many suggested prompts.
+const MAX_SUGGESTED_PROMPTS: usize = 4;
+
+/// `SLACK_SUGGESTED_PROMPTS`: `title=message` pairs separated by `;`.
+fn suggested_prompts(vars: &Vars<'_>) -> Result<Vec<(String, String)>, ConfigError> {
+    const VAR: &str = "SLACK_SUGGESTED_PROMPTS";
+    const EXAMPLE: &str = "Summarize=Summarize this thread;Explain=Explain it simply";
+    let Some(value) = vars.get(VAR) else {
+        return Ok(Vec::new());
+    };
+    let mut prompts = Vec::new();
+    for pair in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let parsed = pair
+            .split_once('=')
+            .map(|(t, m)| (t.trim(), m.trim()))
+            .filter(|(t, m)| !t.is_empty() && !m.is_empty());
+        let Some((title, message)) = parsed else {
+            return Err(bad(
+                VAR,
+                &value,
+                &format!("has {pair:?}, which is not title=message"),
+                EXAMPLE,
+            ));
+        };
+        prompts.push((title.to_owned(), message.to_owned()));
+    }
+    if prompts.len() > MAX_SUGGESTED_PROMPTS {
+        return Err(bad(
+            VAR,
+            &value,
+            &format!(
+                "has {} prompts; Slack shows at most {MAX_SUGGESTED_PROMPTS}",
+                prompts.len()
+            ),
+            EXAMPLE,
+        ));
+    }
+    Ok(prompts)
+}
+
+/// `SLACK_APP_TOKEN` must be an app-level token: a bot token (`xoxb-`) pasted here is
+/// the usual mistake, and Slack would refuse it with a less helpful `not_allowed_token_type`.
+fn app_token(token: Option<SecretString>) -> Result<Option<SecretString>, ConfigError> {
+    match token {
+        Some(token) if !token.expose_secret().starts_with("xapp-") => Err(ConfigError(format!(
+            "SLACK_APP_TOKEN: the value does not start with xapp- (e.g. {SLACK_APP_TOKEN_HINT}); \
+             the value is not shown because it is a secret"
+        ))),
+        other => Ok(other),
+    }
 }
 
 /// Unset means `eyes`; set but empty means no reaction. Surrounding colons (`:eyes:`,
@@ -1209,10 +1320,11 @@ mod tests {
         }
     }
 
-    const SECRETS: [(&str, &str); 6] = [
+    const SECRETS: [(&str, &str); 7] = [
         ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5"),
         ("SLACK_BOT_TOKEN", "xoxb-SLACKBOT-9f8e7d6c"),
         ("SLACK_SIGNING_SECRET", "SIGNING-SECRET-a1b2c3d4"),
+        ("SLACK_APP_TOKEN", "xapp-APPTOKEN-5e6f7a8b"),
         ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d9c"),
         // 32 bytes: "BRIDGE-SECRET-KEY-00112233445566".
         (
@@ -1272,7 +1384,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 49] = [
+    const OPTIONAL_VARS: [&str; 53] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1322,6 +1434,10 @@ mod tests {
         "SLACK_STREAMING",
         "SLACK_PROGRESS",
         "SLACK_STATUS_TEXT",
+        "SLACK_APP_TOKEN",
+        "SLACK_SOCKET_CONNECTIONS",
+        "SLACK_SUGGESTED_PROMPTS",
+        "FEEDBACK_BUTTONS",
     ];
 
     #[test]
@@ -1430,7 +1546,10 @@ mod tests {
         assert_eq!(discord.reply_mode, DiscordReplyMode::Thread);
         let slack = cfg.slack.expect("slack enabled");
         assert_eq!(slack.bot_token.expose_secret(), "xoxb-1");
-        assert_eq!(slack.signing_secret.expose_secret(), "s3cret");
+        assert_eq!(
+            slack.signing_secret.as_ref().map(|s| s.expose_secret()),
+            Some("s3cret")
+        );
         assert_eq!(slack.api_base.as_str(), "http://127.0.0.1:9002/api");
         assert_eq!(slack.respond_to, SlackRespondTo::All);
         assert!(!slack.follow_threads);
@@ -1566,7 +1685,8 @@ mod tests {
     #[test]
     fn half_a_slack_configuration_names_the_missing_variable() {
         let msg = err(&[("SLACK_BOT_TOKEN", "xoxb-HALF-1234")]);
-        assert!(msg.starts_with("SLACK_SIGNING_SECRET: not set"), "{msg}");
+        assert!(msg.starts_with("SLACK_APP_TOKEN: not set"), "{msg}");
+        assert!(msg.contains("SLACK_SIGNING_SECRET"), "{msg}");
         assert!(msg.contains("e.g."), "{msg}");
         assert!(!msg.contains("xoxb-HALF-1234"), "{msg}");
 
@@ -1577,7 +1697,85 @@ mod tests {
 
         // An empty value is unset, so this is half-configured too.
         let msg = err(&[("SLACK_BOT_TOKEN", "xoxb-1"), ("SLACK_SIGNING_SECRET", "")]);
-        assert!(msg.starts_with("SLACK_SIGNING_SECRET: not set"), "{msg}");
+        assert!(msg.starts_with("SLACK_APP_TOKEN: not set"), "{msg}");
+
+        let msg = err(&[("SLACK_APP_TOKEN", "xapp-HALF-5678")]);
+        assert!(
+            msg.starts_with("SLACK_BOT_TOKEN: not set, but SLACK_APP_TOKEN is"),
+            "{msg}"
+        );
+        assert!(!msg.contains("xapp-HALF-5678"), "{msg}");
+    }
+
+    #[test]
+    fn socket_mode_needs_only_the_bot_and_app_tokens() {
+        let cfg = ok(&[
+            ("SLACK_BOT_TOKEN", "xoxb-1"),
+            ("SLACK_APP_TOKEN", "xapp-1-A1-2"),
+        ]);
+        let slack = cfg.slack.expect("slack enabled");
+        assert!(slack.signing_secret.is_none());
+        let socket = slack.socket.expect("socket mode");
+        assert_eq!(socket.app_token.expose_secret(), "xapp-1-A1-2");
+        assert_eq!(socket.connections, 2);
+        assert!(!format!("{socket:?}").contains("xapp-1-A1-2"));
+
+        let both = ok(&[
+            ("SLACK_BOT_TOKEN", "xoxb-1"),
+            ("SLACK_APP_TOKEN", "xapp-1"),
+            ("SLACK_SIGNING_SECRET", "s"),
+            ("SLACK_SOCKET_CONNECTIONS", "3"),
+        ]);
+        let slack = both.slack.expect("slack enabled");
+        assert!(slack.signing_secret.is_some());
+        assert_eq!(slack.socket.map(|s| s.connections), Some(3));
+    }
+
+    #[test]
+    fn suggested_prompts_are_title_message_pairs_at_most_four() {
+        let base = [("SLACK_BOT_TOKEN", "xoxb-1"), ("SLACK_APP_TOKEN", "xapp-1")];
+        let prompts = |value: &str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("SLACK_SUGGESTED_PROMPTS", value));
+            load(&pairs).map(|c| c.slack.expect("slack").suggested_prompts)
+        };
+        assert_eq!(
+            prompts(" Summarize = Sum it up ; Explain=What does a=b mean?; ").unwrap(),
+            vec![
+                ("Summarize".to_owned(), "Sum it up".to_owned()),
+                ("Explain".to_owned(), "What does a=b mean?".to_owned()),
+            ]
+        );
+        assert!(ok(&base).slack.expect("slack").suggested_prompts.is_empty());
+        let e = prompts("just a title").unwrap_err().0;
+        assert!(
+            e.starts_with("SLACK_SUGGESTED_PROMPTS:") && e.contains("title=message"),
+            "{e}"
+        );
+        let e = prompts("a=1;b=2;c=3;d=4;e=5").unwrap_err().0;
+        assert!(e.contains("at most 4") && e.contains("e.g."), "{e}");
+    }
+
+    #[test]
+    fn a_bot_token_given_as_the_app_token_is_refused_without_showing_it() {
+        let msg = err(&[
+            ("SLACK_BOT_TOKEN", "xoxb-1"),
+            ("SLACK_APP_TOKEN", "xoxb-WRONG-42"),
+        ]);
+        assert!(
+            msg.starts_with("SLACK_APP_TOKEN: the value does not start with xapp-"),
+            "{msg}"
+        );
+        assert!(!msg.contains("WRONG-42"), "{msg}");
+        let msg = err(&[
+            ("SLACK_BOT_TOKEN", "xoxb-1"),
+            ("SLACK_APP_TOKEN", "xapp-1"),
+            ("SLACK_SOCKET_CONNECTIONS", "11"),
+        ]);
+        assert!(
+            msg.starts_with("SLACK_SOCKET_CONNECTIONS: \"11\" is more than 10"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1870,6 +2068,7 @@ mod tests {
             ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5\u{1}"),
             ("SLACK_BOT_TOKEN", "xoxb-SLACKBOT-9f8e7d6c\n2"),
             ("SLACK_SIGNING_SECRET", "SIGNING-SECRET-a1b2c3d4\t\u{7f}"),
+            ("SLACK_APP_TOKEN", "xapp-APPTOKEN-5e6f7a8b\n"),
             ("BRIDGE_API_TOKEN", "BRIDGE-API-TOKEN-0f0e0d9c\u{1b}[0m"),
             ("BRIDGE_SECRET_KEY", "QlJJREdFLVNFQ1JFVC1LRVktMDAxMTIy"),
             (
@@ -1889,6 +2088,11 @@ mod tests {
         }
         messages.push(err(&[SECRETS[1]]));
         messages.push(err(&[SECRETS[2]]));
+        messages.push(err(&[SECRETS[3]]));
+        messages.push(err(&[
+            SECRETS[1],
+            ("SLACK_APP_TOKEN", "APPTOKEN-without-prefix"),
+        ]));
 
         for msg in messages {
             for (var, secret) in SECRETS {
@@ -1896,7 +2100,9 @@ mod tests {
             }
             assert!(!msg.contains("DBPASSWORD"), "{msg}");
             assert!(
-                !msg.contains("SLACKBOT") && !msg.contains("SIGNING-SECRET"),
+                !msg.contains("SLACKBOT")
+                    && !msg.contains("SIGNING-SECRET")
+                    && !msg.contains("APPTOKEN"),
                 "{msg}"
             );
         }

@@ -16,15 +16,17 @@ pub enum EventKind {
     PersonalityChange,
     SessionReset,
     ReplyFailed,
+    Feedback,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Conversation,
         EventKind::Query,
         EventKind::PersonalityChange,
         EventKind::SessionReset,
         EventKind::ReplyFailed,
+        EventKind::Feedback,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +36,7 @@ impl EventKind {
             EventKind::PersonalityChange => "personality_change",
             EventKind::SessionReset => "session.reset",
             EventKind::ReplyFailed => "reply.failed",
+            EventKind::Feedback => "feedback",
         }
     }
 
@@ -197,6 +200,18 @@ pub struct SessionReset {
     pub previous_session_id: Option<String>,
     /// `command` (the chat command) or `api` (`DELETE /sessions/{id}`).
     pub reason: &'static str,
+}
+
+/// `feedback`: a user's 👍/👎 on an answer (the first click, or one that changed it).
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedbackGiven {
+    #[serde(flatten)]
+    pub at: ConversationRef,
+    pub session_id: Option<String>,
+    pub turn_id: String,
+    pub user: String,
+    /// `positive` or `negative`.
+    pub value: &'static str,
 }
 
 /// `reply.failed`: the agent or the platform failed a turn.

@@ -170,6 +170,9 @@ pub struct AnswerFeed {
     pub interval: Duration,
     /// `MAX_REPLY_MESSAGES`: most platform messages the answer may take.
     pub max_messages: usize,
+    /// `FEEDBACK_BUTTONS`: the turn id the last message's 👍/👎 buttons carry;
+    /// `None`: no buttons.
+    pub feedback: Option<String>,
 }
 
 impl AnswerFeed {
@@ -184,6 +187,48 @@ impl AnswerFeed {
 // ---------------------------------------------------------------------------------
 // Store
 // ---------------------------------------------------------------------------------
+
+/// A 👍/👎 click on an answer, as a platform reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackClick {
+    /// The turn whose answer carried the buttons.
+    pub turn_id: String,
+    pub platform: Platform,
+    pub workspace: String,
+    pub channel: String,
+    /// The thread the answer is in (Slack's `thread_ts`), if any.
+    pub thread: Option<String>,
+    /// Who clicked.
+    pub user: String,
+    /// The platform id of the message that carried the buttons (the answer's last).
+    pub message_id: String,
+    pub positive: bool,
+}
+
+/// One user's feedback on an answer, for the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackEntry {
+    /// The message that carried the buttons.
+    pub message_id: String,
+    pub user: String,
+    pub positive: bool,
+}
+
+/// Feedback on answers: one row per (turn, user), a second click replaces the first.
+/// Its own small port (not [`Store`]): only the relay's feedback path and the history
+/// use it.
+#[async_trait]
+pub trait FeedbackStore: Send + Sync + 'static {
+    /// Records `click`; `true` when it is new or changed the user's earlier value
+    /// (a repeated click changes nothing and emits no event).
+    async fn record_feedback(&self, click: &FeedbackClick) -> Result<bool, StoreError>;
+    /// The feedback on the messages `message_ids` of `channel`.
+    async fn feedback_on(
+        &self,
+        channel: &str,
+        message_ids: &[String],
+    ) -> Result<Vec<FeedbackEntry>, StoreError>;
+}
 
 /// A conversation's durable state: one row per [`ConversationKey`].
 #[derive(Debug, Clone, PartialEq)]

@@ -26,15 +26,16 @@ use uuid::Uuid;
 use super::access::{Access, AccessSettings, Verdict};
 use super::commands::{self, Command, Parsed, HELP_TEXT};
 use super::events::{
-    ConversationRef, ConversationTurn, EventKind, OutboxEvent, PersonalityChanged, ReplyFailed,
-    SessionReset,
+    ConversationRef, ConversationTurn, EventKind, FeedbackGiven, OutboxEvent, PersonalityChanged,
+    ReplyFailed, SessionReset,
 };
 use super::lanes::{Admission, Lanes};
 use super::message::{ConversationKey, Inbound, Platform, SessionScope};
 use super::metrics::Metrics;
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerFeed, AnswerStream, ChatSink,
-    Commit, Conversation, HistoryTurn, RelayStore, Role, StoreError, TranscriptEntry,
+    Commit, Conversation, FeedbackClick, FeedbackEntry, FeedbackStore, HistoryTurn, RelayStore,
+    Role, StoreError, TranscriptEntry,
 };
 use super::sessions::SessionMap;
 
@@ -114,6 +115,8 @@ pub struct RelaySettings {
     pub edit_interval: Duration,
     /// `MAX_REPLY_MESSAGES`.
     pub max_reply_messages: usize,
+    /// `FEEDBACK_BUTTONS`: answers carry the turn id their 👍/👎 buttons report.
+    pub feedback_buttons: bool,
     /// `AGENT_HISTORY_TURNS` / `AGENT_HISTORY_CHARS`: memory sent to a backend that
     /// keeps none.
     pub history_turns: usize,
@@ -215,6 +218,8 @@ struct Inner {
     /// When each conversation was last told about a rate limit or a busy bridge:
     /// at most one such notice a minute per conversation (a flood gets one answer).
     notices: DashMap<ConversationKey, Instant>,
+    /// Where 👍/👎 clicks are kept; set once by the composition root.
+    feedback: std::sync::OnceLock<Arc<dyn FeedbackStore>>,
 }
 
 impl Relay {
@@ -235,6 +240,7 @@ impl Relay {
                 accepting: AtomicBool::new(true),
                 in_flight: DashMap::new(),
                 notices: DashMap::new(),
+                feedback: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -360,6 +366,69 @@ impl Relay {
             let _slot = &permit;
             event
         })))
+    }
+
+    /// Where feedback clicks are recorded (set once; later calls are ignored).
+    pub fn set_feedback_store(&self, store: Arc<dyn FeedbackStore>) {
+        let _ = self.inner.feedback.set(store);
+    }
+
+    /// Records a 👍/👎 click: once per user and answer, a second click changes the
+    /// value. A new or changed value emits the `feedback` event; `Ok(true)` then.
+    pub async fn feedback(&self, click: FeedbackClick) -> Result<bool, StoreError> {
+        let Some(store) = self.inner.feedback.get() else {
+            return Ok(false);
+        };
+        if !store.record_feedback(&click).await? {
+            return Ok(false);
+        }
+        if !self.wants_events() {
+            return Ok(true);
+        }
+        let msg = Inbound {
+            platform: click.platform,
+            workspace: click.workspace.clone(),
+            channel: click.channel.clone(),
+            thread: click.thread.clone(),
+            user: click.user.clone(),
+            message_id: click.message_id.clone(),
+            text: String::new(),
+        };
+        let scope = self.inner.settings.scope;
+        let key = ConversationKey::derive(scope, &msg);
+        // The conversation's current session: the one the answer belongs to unless
+        // the conversation was reset since.
+        let conv = self.inner.sessions.get(&key, scope, &msg).await?;
+        let event = OutboxEvent::new(
+            EventKind::Feedback,
+            Some(key.to_string()),
+            &FeedbackGiven {
+                at: conv_ref(&conv),
+                session_id: conv.agent_session.clone(),
+                turn_id: click.turn_id.clone(),
+                user: click.user.clone(),
+                value: if click.positive {
+                    "positive"
+                } else {
+                    "negative"
+                },
+            },
+            OffsetDateTime::now_utc(),
+        );
+        self.record(vec![event]).await?;
+        Ok(true)
+    }
+
+    /// The feedback on the messages `message_ids` of `channel` (for the history).
+    pub async fn feedback_on(
+        &self,
+        channel: &str,
+        message_ids: &[String],
+    ) -> Result<Vec<FeedbackEntry>, StoreError> {
+        match self.inner.feedback.get() {
+            Some(store) => store.feedback_on(channel, message_ids).await,
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Stores events that belong to no conversation change (e.g. `query`).
@@ -835,10 +904,13 @@ impl Inner {
             return self.fail(key, msg, query, "relay closed", sink).await;
         };
         let (text_tx, text_rx) = watch::channel(String::new());
+        // Known before the answer is shown: its last message's buttons carry it.
+        let turn_id = Uuid::new_v4().to_string();
         let feed = AnswerFeed {
             text: text_rx,
             interval: self.settings.edit_interval,
             max_messages: self.settings.max_reply_messages,
+            feedback: self.settings.feedback_buttons.then(|| turn_id.clone()),
         };
         let written = async {
             let written = self
@@ -896,7 +968,6 @@ impl Inner {
         updated.last_activity = now;
         let session = updated.agent_session.clone().unwrap_or_default();
         let at = conv_ref(&updated);
-        let turn_id = Uuid::new_v4().to_string();
         let mut events = Vec::new();
         if self.store.transcripts.wants_events() {
             events.push(OutboxEvent::new(

@@ -34,6 +34,19 @@ pub trait Surface: Send + Sync {
     async fn post(&self, text: &str) -> Result<String, SinkError>;
     /// Replaces the text of a message this surface posted.
     async fn edit(&self, id: &str, text: &str) -> Result<(), SinkError>;
+    /// Posts the answer's last message, complete (a platform adds what only the
+    /// finished answer carries, such as its feedback buttons).
+    async fn post_last(&self, text: &str) -> Result<String, SinkError> {
+        self.post(text).await
+    }
+    /// The answer's last message is complete: `text` is its final text, `changed`
+    /// whether that differs from what it shows. By default only a change is edited.
+    async fn finish_last(&self, id: &str, text: &str, changed: bool) -> Result<(), SinkError> {
+        match changed {
+            true => self.edit(id, text).await,
+            false => Ok(()),
+        }
+    }
 }
 
 /// The platform's text rules: its message limit, and the conversion from agent
@@ -141,17 +154,18 @@ pub async fn render(
     };
     loop {
         let mut done = feed.text.changed().await.is_err();
+        if !done && last_round.is_none() {
+            // An answer that came in one piece is complete at its first round (the
+            // sender already gone): its one message is posted as the last.
+            done = feed.text.has_changed().is_err();
+        }
         if let Some(at) = last_round {
-            let pending = parts_of(&feed.text.borrow(), done);
-            if !changes(&shown, &pending) {
-                // Nothing new to show (the final text is what is shown already): no
-                // call, and no wait.
-                if done {
-                    return Ok(shown.into_iter().map(|(id, _)| id).collect());
-                }
+            if !done && !changes(&shown, &parts_of(&feed.text.borrow(), false)) {
+                // Nothing new to show yet: no call, and no wait.
                 continue;
             }
-            // Keep the pace; the text grows meanwhile.
+            // Keep the pace (the final round too: finishing the last message may be a
+            // call even when its text is already shown); the text grows meanwhile.
             tokio::time::sleep_until(at + interval).await;
             done = done || feed.text.has_changed().is_err();
         }
@@ -186,7 +200,16 @@ async fn update(
     final_round: bool,
 ) -> Result<(), SinkError> {
     for (i, part) in parts.iter().enumerate() {
+        let last = final_round && i + 1 == parts.len();
         match shown.get_mut(i) {
+            Some((id, text)) if last => {
+                surface.finish_last(id, part, text != part).await?;
+                text.clone_from(part);
+            }
+            None if last && !part.trim().is_empty() => {
+                let id = surface.post_last(part).await?;
+                shown.push((id, part.clone()));
+            }
             Some((_, text)) if text == part => {}
             Some((id, text)) => match surface.edit(id, part).await {
                 Ok(()) => text.clone_from(part),

@@ -1,6 +1,8 @@
 //! `/sessions`: the conversations the bridge knows, a session's transcript (what a
 //! poller reads), and resetting a session. Thin over the relay and the store.
 
+use std::collections::{BTreeMap, HashMap};
+
 use axum::extract::State;
 
 use super::extract::{Path, Query};
@@ -14,6 +16,7 @@ use time::OffsetDateTime;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::core::ports::{Role, TranscriptEntry};
 
 #[derive(Deserialize)]
 pub struct ListParams {
@@ -108,10 +111,41 @@ pub async fn history(
         }
         _ => serde_json::Value::Null,
     };
+    // Feedback hangs on an answer's last message (the one with the buttons): one
+    // lookup per channel on the page, none for a page without answers.
+    let last_message = |r: &TranscriptEntry| {
+        (r.role == Role::Assistant)
+            .then(|| {
+                r.message_id
+                    .as_deref()?
+                    .rsplit(',')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .flatten()
+    };
+    let mut by_channel: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for r in &rows {
+        if let Some(id) = last_message(r) {
+            by_channel.entry(r.channel.as_str()).or_default().push(id);
+        }
+    }
+    let mut feedback: HashMap<(String, String), Vec<serde_json::Value>> = HashMap::new();
+    for (channel, ids) in by_channel {
+        for f in state.relay.feedback_on(channel, &ids).await? {
+            feedback
+                .entry((channel.to_owned(), f.message_id))
+                .or_default()
+                .push(json!({
+                    "user_id": f.user,
+                    "value": if f.positive { "positive" } else { "negative" },
+                }));
+        }
+    }
     let messages: Vec<_> = rows
         .iter()
         .map(|r| {
-            json!({
+            let mut message = json!({
                 "id": r.id,
                 "role": r.role.as_str(),
                 "content": r.content,
@@ -121,7 +155,12 @@ pub async fn history(
                 "thread": r.thread,
                 "user_id": r.user,
                 "message_id": r.message_id,
-            })
+            });
+            let given = last_message(r).and_then(|id| feedback.get(&(r.channel.clone(), id)));
+            if let Some(given) = given {
+                message["feedback"] = serde_json::Value::from(given.clone());
+            }
+            message
         })
         .collect();
     Ok(Json(

@@ -39,9 +39,10 @@ use crate::config::SlackRespondTo;
 use crate::core::{Inbound, Platform, Rejected};
 use crate::http::error::ApiError;
 
-/// The outer JSON of every Events API request.
+/// The outer JSON of every Events API request (and the `payload` of a Socket Mode
+/// `events_api` envelope, which is the same object).
 #[derive(Debug, Deserialize)]
-struct Envelope {
+pub(crate) struct Envelope {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -61,9 +62,16 @@ struct Envelope {
     event: Option<Box<RawValue>>,
 }
 
+impl Envelope {
+    /// `event_callback`, `url_verification`, …
+    pub(crate) fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
 /// One entry of an envelope's `authorizations`.
 #[derive(Debug, Deserialize)]
-struct Authorization {
+pub(crate) struct Authorization {
     #[serde(default)]
     team_id: Option<String>,
 }
@@ -122,6 +130,21 @@ pub struct EventBody {
     pub hidden: Option<bool>,
     #[serde(default)]
     pub team: Option<String>,
+    /// `app_home_opened`: which tab (`messages` is the bot's DM).
+    #[serde(default)]
+    pub tab: Option<String>,
+    /// `assistant_thread_started`: the thread the user opened.
+    #[serde(default)]
+    pub assistant_thread: Option<AssistantThread>,
+}
+
+/// The `assistant_thread` of `assistant_thread_started`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct AssistantThread {
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    #[serde(default)]
+    pub thread_ts: Option<String>,
 }
 
 /// What the bridge does with an event.
@@ -146,6 +169,8 @@ pub struct Candidate {
     pub text: String,
     /// Answer only if the bot has answered in this thread before.
     pub needs_followed_thread: bool,
+    /// A message in the bot's DM (Slack's assistant / agent surface).
+    pub dm: bool,
 }
 
 /// The routing rules of SPEC §5, pure: which events are answered.
@@ -186,7 +211,7 @@ pub fn classify(
         return Decision::Ignore("file shared without text");
     }
     let thread_ts = ev.thread_ts.as_deref().filter(|t| !t.is_empty());
-    let answer = |needs_followed_thread| {
+    let answer = |needs_followed_thread, dm| {
         Decision::Answer(Candidate {
             channel: channel.to_owned(),
             user: user.to_owned(),
@@ -194,10 +219,11 @@ pub fn classify(
             reply_thread: thread_ts.unwrap_or(ts).to_owned(),
             text: clean_text(raw_text, &me.user_id),
             needs_followed_thread,
+            dm,
         })
     };
     if is_mention {
-        return answer(false);
+        return answer(false, false);
     }
     // Events API messages carry `channel_type`; fall back on the id's prefix (`D…` is
     // a DM) rather than drop a message.
@@ -208,17 +234,17 @@ pub fn classify(
         None => channel.starts_with('D'),
     };
     if is_dm {
-        return answer(false);
+        return answer(false, true);
     }
     if respond_to == SlackRespondTo::Mentions && mentions(raw_text, &me.user_id) {
         return Decision::Ignore("the app_mention event covers it");
     }
     if respond_to == SlackRespondTo::All {
-        return answer(false);
+        return answer(false, false);
     }
     match thread_ts {
         // A reply in a thread (not the thread's parent itself).
-        Some(thread) if follow_threads && thread != ts => answer(true),
+        Some(thread) if follow_threads && thread != ts => answer(true, false),
         _ => Decision::Ignore("channel message not addressed to the bot"),
     }
 }
@@ -313,8 +339,13 @@ pub(crate) async fn handle(
     };
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // The route is mounted only with a signing secret; without one nothing verifies.
+    let Some(secret) = shared.signing_secret.as_ref() else {
+        return ApiError::new(StatusCode::NOT_FOUND, "the Events API is not enabled")
+            .into_response();
+    };
     if let Err(e) = signature::verify(
-        shared.signing_secret.expose_secret().as_bytes(),
+        secret.expose_secret().as_bytes(),
         header("x-slack-request-timestamp"),
         header("x-slack-signature"),
         &body,
@@ -368,15 +399,38 @@ fn is_form_ssl_check(body: &[u8]) -> bool {
     url::form_urlencoded::parse(body).any(|(k, v)| k == "ssl_check" && v == "1")
 }
 
-async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
+async fn on_event_callback(shared: &Arc<Shared>, envelope: Envelope) -> Response {
+    match accept(shared, envelope).await {
+        Intake::Taken | Intake::Ignored => StatusCode::OK.into_response(),
+        Intake::Unavailable(why) => unavailable(why),
+        Intake::Malformed(why) => ApiError::bad_request(why).into_response(),
+    }
+}
+
+/// What became of one `event_callback`, whichever transport brought it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Intake {
+    /// Handed to the relay (a turn, or the dedupe found it a repeat).
+    Taken,
+    /// Not for the bridge (filtered); acknowledged and dropped.
+    Ignored,
+    /// The bridge cannot take it now (shutting down, `auth.test` pending): over HTTP
+    /// a 503 asks Slack to deliver it again.
+    Unavailable(&'static str),
+    Malformed(String),
+}
+
+/// The one pipeline of both transports (SPEC §5): an `event_callback` from
+/// `POST /slack/events` or from a Socket Mode `events_api` envelope is filtered
+/// (workspace, app, [`classify`], followed threads), deduplicated and handed to the
+/// relay here, so a message that arrives both ways, or twice one way, is answered once.
+pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
     let Some(raw_event) = envelope.event else {
-        return ApiError::bad_request("event_callback without an event").into_response();
+        return Intake::Malformed("event_callback without an event".into());
     };
     let event: EventBody = match serde_json::from_str(raw_event.get()) {
         Ok(event) => event,
-        Err(e) => {
-            return ApiError::bad_request(format!("malformed event: {e}")).into_response();
-        }
+        Err(e) => return Intake::Malformed(format!("malformed event: {e}")),
     };
     let event_id = envelope.event_id.as_deref();
     shared
@@ -384,10 +438,10 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
         .metrics()
         .event_received(Platform::Slack, &event.kind);
     if !shared.relay.is_accepting() {
-        return unavailable("shutting down");
+        return Intake::Unavailable("shutting down");
     }
     let (Some(me), Some(api)) = (shared.identity.get(), shared.api.as_ref()) else {
-        return unavailable("not connected to Slack yet");
+        return Intake::Unavailable("not connected to Slack yet");
     };
     if let Some(reason) = foreign(
         envelope.team_id.as_deref(),
@@ -403,14 +457,33 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
             reason,
             "ignoring Slack event"
         );
-        return StatusCode::OK.into_response();
+        return Intake::Ignored;
+    }
+
+    // The bot's DM opened, as an assistant thread or in the agent view: prompts, and
+    // no agent call.
+    match (event.kind.as_str(), event.tab.as_deref()) {
+        ("assistant_thread_started", _) => {
+            let thread = event.assistant_thread.unwrap_or_default();
+            if let (Some(channel), Some(thread_ts)) = (thread.channel_id, thread.thread_ts) {
+                super::assistant::offer_prompts(shared, api, channel, Some(thread_ts));
+            }
+            return Intake::Taken;
+        }
+        ("app_home_opened", Some("messages")) => {
+            if let Some(channel) = event.channel {
+                super::assistant::offer_prompts(shared, api, channel, None);
+            }
+            return Intake::Taken;
+        }
+        _ => {}
     }
 
     let candidate = match classify(&event, me, shared.respond_to, shared.follow_threads) {
         Decision::Answer(candidate) => candidate,
         Decision::Ignore(reason) => {
             debug!(event_id, kind = %event.kind, reason, "ignoring Slack event");
-            return StatusCode::OK.into_response();
+            return Intake::Ignored;
         }
     };
     if candidate.needs_followed_thread
@@ -423,7 +496,22 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
             event_id,
             "ignoring a reply in a thread the bot is not part of"
         );
-        return StatusCode::OK.into_response();
+        return Intake::Ignored;
+    }
+    if candidate.dm
+        && !shared
+            .threads
+            .contains(&candidate.channel, &candidate.reply_thread)
+            .await
+    {
+        // The first question of a thread in the bot's DM names the thread.
+        super::assistant::name_thread(
+            shared,
+            api,
+            &candidate.channel,
+            &candidate.reply_thread,
+            &candidate.text,
+        );
     }
     let workspace = envelope
         .team_id
@@ -453,18 +541,18 @@ async fn on_event_callback(shared: &Shared, envelope: Envelope) -> Response {
         message_id: candidate.ts,
         text: candidate.text,
     };
-    // Slack gets its 200 now (unless every slot is taken: then as soon as one frees);
-    // the dedupe write and the turn happen in the background.
+    // Slack gets its acknowledgement now (unless every slot is taken: then as soon as
+    // one frees); the dedupe write and the turn happen in the background.
     let first = shared.dedupe.first_delivery_owned(
         envelope.event_id,
         inbound.channel.clone(),
         inbound.message_id.clone(),
     );
     match shared.relay.submit_once(inbound, sink, first).await {
-        Ok(_) => StatusCode::OK.into_response(),
+        Ok(_) => Intake::Taken,
         // The relay tells a first delivery it is busy, in the thread.
-        Err(Rejected::Busy) => StatusCode::OK.into_response(),
-        Err(Rejected::ShuttingDown) => unavailable("shutting down"),
+        Err(Rejected::Busy) => Intake::Taken,
+        Err(Rejected::ShuttingDown) => Intake::Unavailable("shutting down"),
     }
 }
 

@@ -1,9 +1,16 @@
-//! Slack: the Events API receiver at `POST /slack/events` and replies through the Web
-//! API (slack-morphism), in the thread of the message they answer.
+//! Slack: events over Socket Mode (`SLACK_APP_TOKEN`) and/or the Events API receiver at
+//! `POST /slack/events` (`SLACK_SIGNING_SECRET`), and replies through the Web API
+//! (slack-morphism), in the thread of the message they answer.
 //!
 //! # Layout
 //!
-//! - `events`: the HTTP handler — limit, verify, parse, filter, dedupe, hand off.
+//! - `events`: the HTTP handler — limit, verify, parse — and `accept`, the intake both
+//!   transports share: filter, dedupe, hand off.
+//! - `socket`: Socket Mode connections — open, acknowledge, refresh, reconnect.
+//! - `interactivity`: clicks (`block_actions`) from `POST /slack/interactivity` and
+//!   `interactive` envelopes — the feedback buttons.
+//! - `assistant`: the bot's DM as Slack's assistant surface — suggested prompts,
+//!   thread titles.
 //! - `signature`: Slack's v0 request signature (pure).
 //! - `dedupe`: once-only deliveries and followed threads, decided by the store.
 //! - `mrkdwn`: agent Markdown → Slack mrkdwn with everything Slack could expand
@@ -12,14 +19,17 @@
 //!   the `ChatSink` that answers in a thread.
 //!
 //! Slack never blocks the rest of the bridge: [`start`] tries `auth.test` once and then
-//! keeps retrying in the background; until it succeeds `/readyz` shows Slack down and
-//! events are answered 503 so Slack delivers them again later. This module depends on
+//! keeps retrying in the background; until it succeeds `/readyz` shows Slack down,
+//! events are answered 503 so Slack delivers them again later, and no socket is opened. This module depends on
 //! `core` (relay, store port, chunking) and its SDK, never on another platform.
 
+pub mod assistant;
 pub mod dedupe;
 pub mod events;
+pub mod interactivity;
 pub mod mrkdwn;
 pub mod signature;
+pub mod socket;
 pub mod web_api;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +43,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-use crate::config::{SlackConfig, SlackProgress, SlackRespondTo, SlackStreaming};
+use crate::config::{SlackConfig, SlackProgress, SlackRespondTo, SlackStreaming, SocketModeConfig};
 use crate::core::ports::Sightings;
 use crate::core::retry::Backoff;
 use crate::core::Relay;
@@ -59,7 +69,16 @@ pub struct SlackApp {
 
 /// What the events handler reads; shared with the `auth.test` task.
 pub(crate) struct Shared {
-    signing_secret: SecretString,
+    /// `SLACK_SIGNING_SECRET`: `None` when Slack runs over Socket Mode only (then
+    /// `/slack/events` is not mounted).
+    signing_secret: Option<SecretString>,
+    /// `/readyz`'s `slack`: `auth.test` succeeded and, in Socket Mode, a connection
+    /// is open. Written only by [`Shared::refresh_ready`].
+    ready: Arc<AtomicBool>,
+    /// `/readyz`'s `slack_socket` (Socket Mode only): a connection is open.
+    socket_ready: Option<Arc<AtomicBool>>,
+    /// Socket Mode, once started (after the first successful `auth.test`).
+    socket: OnceLock<Arc<socket::SocketMode>>,
     relay: Relay,
     /// `None` when the HTTP client could not be built (no root certificates); Slack
     /// then stays down and events get 503.
@@ -78,6 +97,10 @@ pub(crate) struct Shared {
     streaming: SlackStreaming,
     /// `SLACK_APP_ID`: events for another app are ignored.
     app_id: Option<String>,
+    /// `SLACK_SUGGESTED_PROMPTS`.
+    suggested_prompts: Vec<(String, String)>,
+    /// Set when Slack refused `assistant.threads.setTitle` for the whole app.
+    titles_refused: AtomicBool,
     /// Refused signatures since the last log line, and when that line was written.
     refusals: std::sync::Mutex<Refusals>,
 }
@@ -93,6 +116,23 @@ pub(crate) struct Refusals {
 pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Shared {
+    /// Recomputes the readiness flags from their parts: who the bridge is (from
+    /// `auth.test`) and, in Socket Mode, how many connections are open.
+    pub(crate) fn refresh_ready(&self) {
+        let open = self
+            .socket
+            .get()
+            .map(|s| s.open.load(Ordering::Acquire) > 0);
+        if let Some(flag) = &self.socket_ready {
+            flag.store(open.unwrap_or(false), Ordering::Release);
+        }
+        let socket_ok = self.socket_ready.is_none() || open.unwrap_or(false);
+        self.ready.store(
+            self.identity.get().is_some() && socket_ok,
+            Ordering::Release,
+        );
+    }
+
     /// Counts a request refused for its signature in `/metrics`, and logs the refusals
     /// at most once a minute (a flood of forged requests must not flood the log).
     pub(crate) fn signature_refused(&self, reason: &str) {
@@ -116,13 +156,18 @@ impl Shared {
     }
 }
 
-/// Starts Slack: `auth.test` (retried in the background until it succeeds; `ready`
-/// is set then). Never fails start-up of the rest of the bridge.
+/// Starts Slack: `auth.test` (retried in the background until it succeeds), then, with
+/// `SLACK_APP_TOKEN`, the Socket Mode connections. `ready` is Slack's `/readyz` flag
+/// and `socket_ready` Socket Mode's; `intake` stops the sockets at the start of
+/// shutdown, `shutdown` the background retries. Never fails start-up of the rest of
+/// the bridge.
 pub async fn start(
     cfg: SlackConfig,
     relay: Relay,
     store: Arc<dyn Sightings>,
     ready: Arc<AtomicBool>,
+    socket_ready: Option<Arc<AtomicBool>>,
+    intake: CancellationToken,
     shutdown: CancellationToken,
 ) -> SlackApp {
     let api = match WebApi::new(&cfg.api_base, &cfg.bot_token) {
@@ -134,6 +179,9 @@ pub async fn start(
     };
     let shared = Arc::new(Shared {
         signing_secret: cfg.signing_secret,
+        ready,
+        socket_ready,
+        socket: OnceLock::new(),
         relay,
         api: api.clone(),
         identity: OnceLock::new(),
@@ -147,16 +195,22 @@ pub async fn start(
         status_text: cfg.status_text,
         streaming: cfg.streaming,
         app_id: cfg.app_id,
+        suggested_prompts: cfg.suggested_prompts,
+        titles_refused: AtomicBool::new(false),
         refusals: std::sync::Mutex::new(Refusals::default()),
     });
     let Some(api) = api else {
         return SlackApp { shared };
     };
+    let on_identity = OnIdentity {
+        socket: cfg.socket,
+        intake,
+    };
 
     // One attempt inline: in the common case Slack is ready before the HTTP server
     // takes its first event, so nothing is refused with 503 at start-up.
     match tokio::time::timeout(FIRST_AUTH_TIMEOUT, api.auth_test()).await {
-        Ok(Ok(identity)) => authenticated(&shared, identity, &ready),
+        Ok(Ok(identity)) => authenticated(&shared, identity, on_identity),
         first => {
             match first {
                 Ok(Err(e)) => warn!(
@@ -166,11 +220,17 @@ pub async fn start(
                 ),
                 _ => warn!("Slack auth.test timed out; retrying in the background"),
             }
-            let task = authenticate_until_done(shared.clone(), api, ready, shutdown);
+            let task = authenticate_until_done(shared.clone(), api, on_identity, shutdown);
             tokio::spawn(task.instrument(tracing::info_span!("slack_auth")));
         }
     }
     SlackApp { shared }
+}
+
+/// What starts once the bridge knows who it is.
+struct OnIdentity {
+    socket: Option<SocketModeConfig>,
+    intake: CancellationToken,
 }
 
 /// Retries `auth.test` (after the inline attempt failed) with a doubling backoff
@@ -178,7 +238,7 @@ pub async fn start(
 async fn authenticate_until_done(
     shared: Arc<Shared>,
     api: Arc<WebApi>,
-    ready: Arc<AtomicBool>,
+    on_identity: OnIdentity,
     shutdown: CancellationToken,
 ) {
     let report = |e: &web_api::SlackApiError, delay: Duration| {
@@ -199,12 +259,12 @@ async fn authenticate_until_done(
         max: AUTH_RETRY_MAX,
     };
     match backoff.retry(&shutdown, || api.auth_test(), report).await {
-        Some(identity) => authenticated(&shared, identity, &ready),
+        Some(identity) => authenticated(&shared, identity, on_identity),
         None => info!("shutdown before Slack auth.test succeeded"),
     }
 }
 
-fn authenticated(shared: &Shared, identity: Identity, ready: &AtomicBool) {
+fn authenticated(shared: &Arc<Shared>, identity: Identity, on_identity: OnIdentity) {
     info!(
         user_id = %identity.user_id,
         bot_id = identity.bot_id.as_deref().unwrap_or("-"),
@@ -213,7 +273,17 @@ fn authenticated(shared: &Shared, identity: Identity, ready: &AtomicBool) {
     );
     // Only this function sets it, once per start; a second value could not differ.
     let _ = shared.identity.set(identity);
-    ready.store(true, Ordering::Release);
+    if let Some(socket) = on_identity.socket {
+        // Envelopes are classified as they arrive, so the sockets open only now.
+        let mode = socket::start(
+            shared.clone(),
+            socket.app_token,
+            socket.connections,
+            &on_identity.intake,
+        );
+        let _ = shared.socket.set(mode);
+    }
+    shared.refresh_ready();
 }
 
 /// The public routes Slack needs (`POST /slack/events`), with their own state and
@@ -221,8 +291,13 @@ fn authenticated(shared: &Shared, identity: Identity, ready: &AtomicBool) {
 /// by [`events::precheck`]: an announced body over the limit (413) or a request
 /// without both signature headers (401) is refused before a byte of its body is read.
 pub fn routes(app: SlackApp) -> Router {
+    if app.shared.signing_secret.is_none() {
+        // Socket Mode only: nothing arrives over HTTP, and nothing could be verified.
+        return Router::new();
+    }
     Router::new()
         .route("/slack/events", post(events::handle))
+        .route("/slack/interactivity", post(interactivity::handle))
         .route_layer(axum::middleware::from_fn_with_state(
             app.shared.clone(),
             events::precheck,

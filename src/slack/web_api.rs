@@ -118,6 +118,62 @@ pub struct WebApi {
     native_refused: AtomicBool,
 }
 
+/// Slack's limit for the text of one section block.
+const SECTION_LIMIT: usize = 3_000;
+
+/// The `action_id` of the feedback buttons; a click's value is `{turn_id}:up|down`.
+pub const FEEDBACK_ACTION: &str = "feedback";
+
+/// A message's content: plain `text`, or with `feedback` its text as section blocks
+/// (a section holds at most 3,000 characters) and the buttons, `text` kept as the
+/// notification fallback Slack asks for.
+fn content_with(text: &str, feedback: Option<&str>) -> SlackMessageContent {
+    let content = SlackMessageContent::new().with_text(text.to_owned());
+    let Some(turn_id) = feedback else {
+        return content;
+    };
+    let mut blocks: Vec<SlackBlock> = split_text(text, SECTION_LIMIT)
+        .into_iter()
+        .map(|part| {
+            SlackSectionBlock::new()
+                .with_text(SlackBlockText::MarkDown(SlackBlockMarkDownText::new(part)))
+                .into()
+        })
+        .collect();
+    blocks.push(feedback_block(turn_id));
+    content.with_blocks(blocks)
+}
+
+/// Slack's `feedback_buttons` in a `context_actions` block.
+fn feedback_block(turn_id: &str) -> SlackBlock {
+    let button = |emoji: &str, label: &str, value: String| {
+        SlackFeedbackButtonItem::new(emoji.into(), value)
+            .with_accessibility_label(SlackAccessibilityLabel(label.to_owned()))
+    };
+    let buttons = SlackBlockFeedbackButtonsElement::new(
+        button("👍", "Good answer", format!("{turn_id}:up")),
+        button("👎", "Bad answer", format!("{turn_id}:down")),
+    )
+    .with_action_id(SlackActionId(FEEDBACK_ACTION.to_owned()));
+    SlackContextActionsBlock::new(vec![buttons.into()]).into()
+}
+
+/// `assistant.threads.setSuggestedPrompts` with an optional `thread_ts`
+/// (slack-morphism's request type requires one).
+#[derive(serde::Serialize)]
+struct SuggestedPrompts<'a> {
+    channel_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_ts: Option<&'a str>,
+    prompts: Vec<Prompt<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Prompt<'a> {
+    title: &'a str,
+    message: &'a str,
+}
+
 /// Refusals of `chat.startStream` that hold for every channel (unlike
 /// `method_not_supported_for_channel_type`, which is tried again next time).
 const NATIVE_REFUSALS: &[&str] = &[
@@ -164,6 +220,21 @@ impl WebApi {
         })
     }
 
+    /// `apps.connections.open` with the app-level token: a fresh Socket Mode
+    /// WebSocket URL (valid for one connection, for a short while).
+    pub async fn open_socket(&self, app_token: &SecretString) -> Result<String, SlackApiError> {
+        let token = SlackApiToken::new(SlackApiTokenValue(app_token.expose_secret().to_owned()));
+        let answer = self
+            .call("apps.connections.open", || async {
+                self.client
+                    .open_session(&token)
+                    .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
+                    .await
+            })
+            .await?;
+        Ok(answer.url.0.to_string())
+    }
+
     /// `chat.postMessage` in a thread; returns the posted message's `ts`.
     pub async fn post_in_thread(
         &self,
@@ -171,9 +242,22 @@ impl WebApi {
         thread_ts: &str,
         text: &str,
     ) -> Result<String, SlackApiError> {
+        self.post_in_thread_with(channel, thread_ts, text, None)
+            .await
+    }
+
+    /// `chat.postMessage` in a thread; with `feedback` (a turn id) the message is
+    /// blocks — its text, then the 👍/👎 buttons — with `text` as the notification.
+    pub async fn post_in_thread_with(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+        feedback: Option<&str>,
+    ) -> Result<String, SlackApiError> {
         let request = SlackApiChatPostMessageRequest::new(
             SlackChannelId(channel.to_owned()),
-            SlackMessageContent::new().with_text(text.to_owned()),
+            content_with(text, feedback),
         )
         .with_thread_ts(SlackTs(thread_ts.to_owned()));
         let answer = self
@@ -194,9 +278,20 @@ impl WebApi {
         ts: &str,
         text: &str,
     ) -> Result<(), SlackApiError> {
+        self.update_message_with(channel, ts, text, None).await
+    }
+
+    /// `chat.update`, with the 👍/👎 buttons under the text when `feedback` is set.
+    pub async fn update_message_with(
+        &self,
+        channel: &str,
+        ts: &str,
+        text: &str,
+        feedback: Option<&str>,
+    ) -> Result<(), SlackApiError> {
         let request = SlackApiChatUpdateRequest::new(
             SlackChannelId(channel.to_owned()),
-            SlackMessageContent::new().with_text(text.to_owned()),
+            content_with(text, feedback),
             SlackTs(ts.to_owned()),
         );
         self.call("chat.update", || async {
@@ -257,16 +352,21 @@ impl WebApi {
         .map(drop)
     }
 
-    /// `chat.stopStream`: ends a streaming message, appending `markdown` if any.
+    /// `chat.stopStream`: ends a streaming message, appending `markdown` if any, and
+    /// the 👍/👎 buttons below it when `feedback` is set.
     pub async fn stop_stream(
         &self,
         channel: &str,
         ts: &str,
         markdown: Option<&str>,
+        feedback: Option<&str>,
     ) -> Result<(), SlackApiError> {
         let mut content = SlackMessageContent::new();
         if let Some(markdown) = markdown.filter(|m| !m.is_empty()) {
             content = content.with_markdown_text(markdown.to_owned());
+        }
+        if let Some(turn_id) = feedback {
+            content = content.with_blocks(vec![feedback_block(turn_id)]);
         }
         let request = SlackApiChatStopStreamRequest::new(
             SlackChannelId(channel.to_owned()),
@@ -299,6 +399,61 @@ impl WebApi {
             self.client
                 .open_session(&self.token)
                 .assistant_threads_set_status(&request)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `assistant.threads.setSuggestedPrompts`. Slack's reference: `thread_ts` belongs
+    /// to the (legacy) assistant view's threads only; in the agent view the call must
+    /// go without it (with it, Slack silently ignores the call). So `None` for the agent
+    /// view's DM (`app_home_opened`), `Some` for `assistant_thread_started`.
+    pub async fn set_suggested_prompts(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        prompts: &[(String, String)],
+    ) -> Result<(), SlackApiError> {
+        let request = SuggestedPrompts {
+            channel_id: channel,
+            thread_ts,
+            prompts: prompts
+                .iter()
+                .map(|(title, message)| Prompt { title, message })
+                .collect(),
+        };
+        self.call("assistant.threads.setSuggestedPrompts", || async {
+            self.client
+                .open_session(&self.token)
+                .http_session_api
+                .http_post::<_, serde_json::Value>(
+                    "assistant.threads.setSuggestedPrompts",
+                    &request,
+                    None,
+                )
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `assistant.threads.setTitle`: the title a thread shows in the DM's history.
+    pub async fn set_title(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        title: &str,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiAssistantThreadSetTitleRequest::new(
+            SlackChannelId(channel.to_owned()),
+            SlackTs(thread_ts.to_owned()),
+            title.to_owned(),
+        );
+        self.call("assistant.threads.setTitle", || async {
+            self.client
+                .open_session(&self.token)
+                .assistant_threads_set_title(&request)
                 .await
         })
         .await
@@ -447,13 +602,19 @@ impl ThreadSink {
         MESSAGE_LIMIT
     }
 
-    /// `chat.postMessage` of each part; marks the thread as answered.
-    async fn post_parts(&self, parts: &[String]) -> Result<Vec<String>, SinkError> {
+    /// `chat.postMessage` of each part, the last with the feedback buttons when
+    /// `feedback` is set; marks the thread as answered.
+    async fn post_parts(
+        &self,
+        parts: &[String],
+        feedback: Option<&str>,
+    ) -> Result<Vec<String>, SinkError> {
         let mut posted = Vec::with_capacity(parts.len());
-        for part in parts {
+        for (i, part) in parts.iter().enumerate() {
+            let buttons = feedback.filter(|_| i + 1 == parts.len());
             match self
                 .api
-                .post_in_thread(&self.channel, &self.thread_ts, part)
+                .post_in_thread_with(&self.channel, &self.thread_ts, part, buttons)
                 .await
             {
                 Ok(ts) => posted.push(ts),
@@ -482,7 +643,12 @@ impl ThreadSink {
             limit: self.shape_limit(),
             prepare: &mrkdwn::to_mrkdwn,
         };
-        let result = render(self, feed, &shape).await;
+        // The last message gets the buttons as it is completed (see `Finishing`).
+        let surface = Finishing {
+            sink: self,
+            feedback: feed.feedback.clone(),
+        };
+        let result = render(&surface, feed, &shape).await;
         if matches!(&result, Ok(ids) if !ids.is_empty()) {
             self.threads.mark(&self.channel, &self.thread_ts);
         }
@@ -571,7 +737,14 @@ impl ThreadSink {
             let tail = (!rest.is_empty()).then(|| mrkdwn::escape_markdown(rest));
             match self
                 .api
-                .stop_stream(&self.channel, stream, tail.as_deref())
+                .stop_stream(
+                    &self.channel,
+                    stream,
+                    tail.as_deref(),
+                    // The buttons go under the answer's last message: this one,
+                    // unless the answer continues in another.
+                    feed.feedback.as_deref().filter(|_| room.is_none()),
+                )
                 .await
             {
                 Ok(()) => sent = upto,
@@ -595,6 +768,7 @@ impl ThreadSink {
             text: rx,
             interval: feed.interval,
             max_messages: feed.max_messages.saturating_sub(ids.len()).max(1),
+            feedback: feed.feedback.clone(),
         };
         let forward = async move {
             loop {
@@ -633,6 +807,48 @@ fn stream_room(text: &str, limit: usize) -> Option<usize> {
         .or_else(|| window.rfind(' ').map(|i| i + 1))
         .unwrap_or(window_end);
     Some(cut)
+}
+
+/// `update` mode's surface: the thread, with the answer's last message completed
+/// with the feedback buttons (when `FEEDBACK_BUTTONS` gave a turn id) — in the post
+/// itself when the answer came in one piece, else in its last `chat.update`.
+struct Finishing<'a> {
+    sink: &'a ThreadSink,
+    feedback: Option<String>,
+}
+
+#[async_trait]
+impl Surface for Finishing<'_> {
+    async fn post(&self, text: &str) -> Result<String, SinkError> {
+        self.sink.post(text).await
+    }
+
+    async fn edit(&self, id: &str, text: &str) -> Result<(), SinkError> {
+        self.sink.edit(id, text).await
+    }
+
+    async fn post_last(&self, text: &str) -> Result<String, SinkError> {
+        let mut ids = self
+            .sink
+            .post_parts(
+                std::slice::from_ref(&text.to_string()),
+                self.feedback.as_deref(),
+            )
+            .await?;
+        ids.pop()
+            .ok_or_else(|| SinkError("chat.postMessage returned no ts".into()))
+    }
+
+    async fn finish_last(&self, id: &str, text: &str, changed: bool) -> Result<(), SinkError> {
+        if !changed && self.feedback.is_none() {
+            return Ok(());
+        }
+        self.sink
+            .api
+            .update_message_with(&self.sink.channel, id, text, self.feedback.as_deref())
+            .await
+            .map_err(|e| SinkError(format!("chat.update: {e}")))
+    }
 }
 
 #[async_trait]
@@ -722,7 +938,7 @@ impl ChatSink for ThreadSink {
         if parts.is_empty() {
             debug!(channel = %self.channel, "empty answer; nothing to post");
         }
-        self.post_parts(&parts).await
+        self.post_parts(&parts, None).await
     }
 
     async fn stream(&self, feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
@@ -734,12 +950,14 @@ impl ChatSink for ThreadSink {
             SlackStreaming::Update => self.stream_by_update(feed).await,
             SlackStreaming::Off => {
                 let max = feed.max_messages;
+                let feedback = feed.feedback.clone();
                 let text = feed.finished().await;
                 let shape = Shape {
                     limit: MESSAGE_LIMIT,
                     prepare: &mrkdwn::to_mrkdwn,
                 };
-                self.post_parts(&final_parts(&text, &shape, max)).await
+                self.post_parts(&final_parts(&text, &shape, max), feedback.as_deref())
+                    .await
             }
         }
     }

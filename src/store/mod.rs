@@ -50,6 +50,7 @@ use ops::{Op, Out};
 
 mod chat;
 mod exec;
+mod feedback;
 mod ops;
 mod sql;
 mod webhooks;

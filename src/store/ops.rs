@@ -13,7 +13,9 @@ use super::exec::{args, Cols, Exec};
 use super::sql::{self, Sql};
 use super::{from_ms, to_ms};
 use crate::core::message::{ConversationKey, Platform};
-use crate::core::ports::{Commit, Conversation, Role, StoreError, TranscriptEntry};
+use crate::core::ports::{
+    Commit, Conversation, FeedbackClick, FeedbackEntry, Role, StoreError, TranscriptEntry,
+};
 use crate::webhook::store::{
     AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryRecord, DeliveryResult, DeliveryStatus,
     WebhookEndpoint,
@@ -57,6 +59,8 @@ pub(crate) enum Op {
         secret: String,
         previous_expires_at: i64,
     },
+    /// A 👍/👎 click; answers whether it was new or changed the user's value.
+    Feedback(Box<FeedbackClick>),
     /// A stored secret or token value `old` becomes `new` wherever it still is.
     ReplaceSecret {
         id: String,
@@ -147,6 +151,7 @@ impl Op {
         !matches!(
             self,
             Op::Sighting { .. }
+                | Op::Feedback(_)
                 | Op::PurgeTranscripts(_)
                 | Op::TurnEnter { .. }
                 | Op::TurnLeave(_)
@@ -184,6 +189,23 @@ pub(crate) async fn apply(db: &mut dyn Exec, op: &Op, events: bool) -> Result<Ou
         Op::Commit(c) => {
             commit(db, c, events).await?;
             Out::Done
+        }
+        Op::Feedback(click) => {
+            let changed = db
+                .execute(
+                    &sql::UPSERT_FEEDBACK,
+                    args![
+                        &click.turn_id,
+                        &click.user,
+                        click.platform.as_str(),
+                        &click.channel,
+                        &click.message_id,
+                        click.positive,
+                        now
+                    ],
+                )
+                .await?;
+            Out::Yes(changed > 0)
         }
         Op::Sighting { key, expires_at } => {
             let changed = db
@@ -561,6 +583,27 @@ pub(crate) async fn history_page(
         )
         .await?;
     rows.into_iter().map(decode_transcript).collect()
+}
+
+pub(crate) async fn feedback_on(
+    db: &mut dyn Exec,
+    channel: &str,
+    message_ids: &[String],
+) -> Result<Vec<FeedbackEntry>, StoreError> {
+    let statement = match db.is_sqlite() {
+        true => &sql::SELECT_FEEDBACK.sqlite,
+        false => &sql::SELECT_FEEDBACK.postgres,
+    };
+    let rows = db.fetch(statement, args![channel, message_ids]).await?;
+    rows.into_iter()
+        .map(|mut r| {
+            Ok(FeedbackEntry {
+                message_id: r.text()?,
+                user: r.text()?,
+                positive: r.int()? != 0,
+            })
+        })
+        .collect()
 }
 
 pub(crate) async fn seen(db: &mut dyn Exec, key: &str) -> Result<bool, StoreError> {

@@ -471,3 +471,32 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Feedback (👍/👎 on answers)
+// ---------------------------------------------------------------------------------
+
+/// Inserts the click, or replaces the user's earlier value when it differs; a click
+/// that repeats the stored value touches no row (so the count says "changed").
+pub(crate) static UPSERT_FEEDBACK: Sql = Sql::new(
+    "INSERT INTO feedback \
+     (turn_id, user_id, platform, channel, message_id, positive, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (turn_id, user_id) DO UPDATE \
+     SET positive = excluded.positive, updated_at = excluded.updated_at \
+     WHERE feedback.positive <> excluded.positive",
+);
+
+/// The feedback on some messages of a channel (`$2`: the list of message ids).
+pub(crate) static SELECT_FEEDBACK: Dialects = Dialects {
+    sqlite: Sql::new(
+        "SELECT message_id, user_id, positive FROM feedback \
+         WHERE channel = $1 AND message_id IN (SELECT value FROM json_each($2)) \
+         ORDER BY updated_at, user_id",
+    ),
+    postgres: Sql::new(
+        "SELECT message_id, user_id, positive FROM feedback \
+         WHERE channel = $1 AND message_id = ANY($2) \
+         ORDER BY updated_at, user_id",
+    ),
+};

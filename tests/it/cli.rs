@@ -314,3 +314,86 @@ async fn the_console_honours_the_rate_limit_like_any_platform() {
         "the second line never reached the agent: {stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_app_token_stops_socket_mode_with_one_error_line_and_http_stays_up() {
+    use crate::support::slack::{FakeSlack, BAD_APP_TOKEN};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    let port = free_port();
+    let mut child = bridge(dir.path())
+        .env("HTTP_BIND", format!("127.0.0.1:{port}"))
+        .env("AGENT_URL", agent.url())
+        .env("BRIDGE_API_TOKEN", TOKEN)
+        .env("SLACK_BOT_TOKEN", "xoxb-test")
+        .env("SLACK_APP_TOKEN", BAD_APP_TOKEN)
+        .env("SLACK_API_BASE", slack.api_base())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    slack
+        .wait_for("apps.connections.open", 1, Duration::from_secs(10))
+        .await;
+    // Long enough for a reconnect storm to show (the backoff starts at 0.5 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["parts"]["slack_socket"], "down", "{body}");
+    let opens = slack.calls_of("apps.connections.open").len();
+    assert!(
+        opens <= 2,
+        "one attempt per connection, no retries: {opens}"
+    );
+
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("SLACK_APP_TOKEN"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line naming the variable:\n{stderr}");
+    assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+    assert!(lines[0].contains("invalid_auth"), "{}", lines[0]);
+    assert!(!stderr.contains(BAD_APP_TOKEN), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_opens_a_socket_mode_url_and_names_a_refused_app_token() {
+    use crate::support::slack::{FakeSlack, APP_TOKEN, BAD_APP_TOKEN};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    for (token, ok) in [(APP_TOKEN, true), (BAD_APP_TOKEN, false)] {
+        let out = bridge(dir.path())
+            .arg("check")
+            .env("AGENT_URL", agent.url())
+            .env("SLACK_BOT_TOKEN", "xoxb-check-token")
+            .env("SLACK_APP_TOKEN", token)
+            .env("SLACK_API_BASE", slack.api_base())
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.success(), ok, "{stdout}");
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("Socket Mode"))
+            .unwrap_or_else(|| panic!("a Socket Mode line: {stdout}"));
+        if ok {
+            assert!(line.starts_with("ok"), "{line}");
+        } else {
+            assert!(
+                line.starts_with("FAIL") && line.contains("SLACK_APP_TOKEN"),
+                "{line}"
+            );
+        }
+        assert!(!stdout.contains(token), "{stdout}");
+    }
+}

@@ -113,33 +113,61 @@ fn the_dockerfile_runs_as_non_root_with_a_healthcheck() {
     );
 }
 
+/// A manifest's bot scopes and bot events.
+fn scopes_and_events(manifest: &serde_yaml::Value) -> (BTreeSet<String>, BTreeSet<String>) {
+    let strings = |v: &serde_yaml::Value| -> BTreeSet<String> {
+        v.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    (
+        strings(&manifest["oauth_config"]["scopes"]["bot"]),
+        strings(&manifest["settings"]["event_subscriptions"]["bot_events"]),
+    )
+}
+
 #[test]
-fn the_slack_manifest_asks_for_exactly_the_scopes_the_bridge_uses() {
-    let manifest = yaml("deploy/slack-app-manifest.yml");
-    let scopes: BTreeSet<_> = manifest["oauth_config"]["scopes"]["bot"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
-    let expected: BTreeSet<_> = agent_bridge::check::SLACK_SCOPES
+fn both_slack_manifests_ask_for_exactly_the_scopes_and_events_the_bridge_uses() {
+    let scopes: BTreeSet<_> = agent_bridge::check::SLACK_SCOPES
         .iter()
         .map(|s| s.to_string())
         .collect();
-    assert_eq!(scopes, expected);
-    let events: BTreeSet<_> = manifest["settings"]["event_subscriptions"]["bot_events"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
-    let expected: BTreeSet<_> = agent_bridge::check::SLACK_EVENTS
+    let events: BTreeSet<_> = agent_bridge::check::SLACK_EVENTS
         .iter()
         .map(|s| s.to_string())
         .collect();
-    assert_eq!(events, expected);
-    let url = manifest["settings"]["event_subscriptions"]["request_url"]
+    for path in [
+        "deploy/slack-app-manifest.yml",
+        "deploy/slack-app-manifest-socket-mode.yml",
+    ] {
+        let manifest = yaml(path);
+        let (have_scopes, have_events) = scopes_and_events(&manifest);
+        assert_eq!(have_scopes, scopes, "{path}: scopes");
+        assert_eq!(have_events, events, "{path}: events");
+    }
+
+    let events_api = yaml("deploy/slack-app-manifest.yml");
+    let url = events_api["settings"]["event_subscriptions"]["request_url"]
         .as_str()
         .unwrap();
     assert!(url.ends_with("/slack/events"));
+    assert_eq!(events_api["settings"]["socket_mode_enabled"], false);
+    // The feedback buttons need interactivity, at the route the bridge serves.
+    let interactivity = &events_api["settings"]["interactivity"];
+    assert_eq!(interactivity["is_enabled"], true);
+    assert!(interactivity["request_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/slack/interactivity"));
+
+    let socket = yaml("deploy/slack-app-manifest-socket-mode.yml");
+    assert_eq!(socket["settings"]["socket_mode_enabled"], true);
+    assert_eq!(socket["settings"]["interactivity"]["is_enabled"], true);
+    assert!(socket["settings"]["interactivity"]["request_url"].is_null());
+    assert!(
+        socket["settings"]["event_subscriptions"]["request_url"].is_null(),
+        "Socket Mode needs no request URL"
+    );
 }

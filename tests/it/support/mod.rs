@@ -9,6 +9,7 @@ pub mod discord;
 pub mod openai;
 pub mod receiver;
 pub mod slack;
+pub mod slack_socket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

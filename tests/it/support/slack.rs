@@ -33,13 +33,20 @@ use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use tokio::sync::Notify;
 
+pub use super::slack_socket::SocketServer;
+
+/// The app-level token the fake's `apps.connections.open` accepts (any `xapp-` token
+/// but [`BAD_APP_TOKEN`]).
+pub const APP_TOKEN: &str = "xapp-1-A1-test";
+pub const BAD_APP_TOKEN: &str = "xapp-1-A1-revoked";
+
 /// The bot the fake's `auth.test` describes.
 pub const BOT_USER: &str = "UBOT";
 pub const BOT_ID: &str = "BBOT";
 pub const TEAM: &str = "T1";
 /// A DM channel and two ordinary channels used by the builders.
 pub const DM: &str = "D1";
-pub const SCOPES: &str = "app_mentions:read,channels:history,chat:write,groups:history,im:history,mpim:history,reactions:write";
+pub const SCOPES: &str = "app_mentions:read,assistant:write,channels:history,chat:write,groups:history,im:history,mpim:history,reactions:write";
 
 /// One Web API call as the fake saw it.
 #[derive(Debug, Clone)]
@@ -80,6 +87,8 @@ struct Knobs {
 }
 
 struct Inner {
+    /// Socket Mode: the WebSocket server `apps.connections.open` points at.
+    socket: Arc<SocketServer>,
     knobs: Mutex<Knobs>,
     calls: Mutex<Vec<Call>>,
     arrived: Notify,
@@ -110,6 +119,7 @@ impl FakeSlack {
             .expect("bind fake slack");
         let addr = listener.local_addr().expect("fake slack address");
         let inner = Arc::new(Inner {
+            socket: SocketServer::start().await,
             knobs: Mutex::new(Knobs::default()),
             calls: Mutex::new(Vec::new()),
             arrived: Notify::new(),
@@ -134,6 +144,11 @@ impl FakeSlack {
     /// What `SLACK_API_BASE` should be.
     pub fn api_base(&self) -> String {
         format!("{}/api", self.url())
+    }
+
+    /// The Socket Mode server (connections, envelopes, acks).
+    pub fn socket(&self) -> &SocketServer {
+        &self.inner.socket
     }
 
     /// The next `n` calls of `method` answer 429 with `Retry-After: retry_after_secs`.
@@ -312,6 +327,21 @@ async fn handle(
         }
     }
 
+    if name == "apps.connections.open" {
+        // Socket Mode takes the app-level token, never the bot token.
+        return match call.authorization.as_deref() {
+            Some(a) if a == format!("Bearer {BAD_APP_TOKEN}") => {
+                json_ok(json!({"ok": false, "error": "invalid_auth"}))
+            }
+            Some(a) if a.starts_with("Bearer xapp-") => {
+                json_ok(json!({"ok": true, "url": inner.socket.url()}))
+            }
+            Some(a) if a.starts_with("Bearer xoxb-") => {
+                json_ok(json!({"ok": false, "error": "not_allowed_token_type"}))
+            }
+            _ => json_ok(json!({"ok": false, "error": "not_authed"})),
+        };
+    }
     if call
         .authorization
         .as_deref()
@@ -389,6 +419,31 @@ async fn handle(
         }
         "assistant.threads.setStatus" => {
             if call.param("channel_id").is_none() || call.param("thread_ts").is_none() {
+                return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
+            }
+            json_ok(json!({"ok": true}))
+        }
+        "assistant.threads.setSuggestedPrompts" => {
+            let prompts_ok = call
+                .params
+                .get("prompts")
+                .and_then(Value::as_array)
+                .is_some_and(|p| {
+                    !p.is_empty()
+                        && p.len() <= 4
+                        && p.iter()
+                            .all(|p| p["title"].is_string() && p["message"].is_string())
+                });
+            if call.param("channel_id").is_none() || !prompts_ok {
+                return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
+            }
+            json_ok(json!({"ok": true}))
+        }
+        "assistant.threads.setTitle" => {
+            let ok = ["channel_id", "thread_ts", "title"]
+                .iter()
+                .all(|p| call.param(p).is_some_and(|v| !v.is_empty()));
+            if !ok {
                 return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
             }
             json_ok(json!({"ok": true}))
@@ -597,6 +652,20 @@ impl EventBuilder {
     pub fn body(&self) -> String {
         self.envelope().to_string()
     }
+}
+
+/// An `event_callback` envelope around any `event` object (assistant events, …).
+pub fn callback(event: Value) -> Value {
+    json!({
+        "token": "verification-token-unused",
+        "team_id": TEAM,
+        "api_app_id": "A1",
+        "event": event,
+        "type": "event_callback",
+        "event_id": format!("Ev{:08}", SEQ.fetch_add(1, Ordering::Relaxed)),
+        "event_time": 1_710_000_000,
+        "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": true}],
+    })
 }
 
 #[cfg(test)]
