@@ -132,7 +132,7 @@ fn starts_a_block(line: &str) -> bool {
 
 /// Reference-style links and images: `[ref]: url` definition lines (outside code
 /// blocks) are removed, and `[text][ref]`, `[text][]` and `![alt][ref]` become inline
-/// links `[text](url)`, which the line converter then renders (or, for an unsafe URL,
+/// links `[text](url)`, which the line converter then renders (or, for a URL `safe_url` refuses,
 /// reduces to its text). Labels match case-insensitively; code spans are left alone.
 fn resolve_references(text: &str) -> String {
     let mut definitions: std::collections::HashMap<String, String> =

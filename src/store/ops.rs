@@ -146,7 +146,9 @@ fn mismatch(out: &Out) -> StoreError {
 }
 
 impl Op {
-    /// More than one statement: PostgreSQL runs it in a transaction of its own.
+    /// More than one statement that must land together: PostgreSQL runs it in a
+    /// transaction of its own. (Extending a ticket and counting the ones ahead need
+    /// not: that poll runs every turn on a shared store, two round-trips, not four.)
     pub(crate) fn atomic(&self) -> bool {
         !matches!(
             self,
@@ -154,6 +156,7 @@ impl Op {
                 | Op::Feedback(_)
                 | Op::PurgeTranscripts(_)
                 | Op::TurnEnter { .. }
+                | Op::TurnIsNext { .. }
                 | Op::TurnLeave(_)
                 | Op::SetEnabled { .. }
                 | Op::Claim(_)
