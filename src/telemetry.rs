@@ -39,11 +39,49 @@ pub fn filter(spec: &str) -> EnvFilter {
         EnvFilter::new("info")
     });
     for cap in SECRET_SAFE_CAPS {
-        if let Ok(directive) = cap.parse() {
+        if let Ok(directive) = lowered_cap(&capped, cap).parse() {
             filter = filter.add_directive(directive);
         }
     }
     filter
+}
+
+/// A cap never *raises* its crate: with `RUST_LOG=warn` serenity's gateway stays at
+/// warn, not the cap's info. The crate gets the lower of its cap and what `spec`
+/// already gives it — its own directive, else the bare default level (EnvFilter's
+/// `error` when there is none).
+fn lowered_cap(spec: &str, cap: &str) -> String {
+    let Some((crate_target, cap_level)) = cap.split_once('=') else {
+        return cap.to_owned();
+    };
+    let cap_level: LevelFilter = cap_level.parse().unwrap_or(LevelFilter::INFO);
+    let mut default = LevelFilter::ERROR;
+    // The most specific directive naming the crate or a parent of it (`serenity` for
+    // `serenity::gateway`); submodules were lowered already.
+    let mut own: Option<(usize, LevelFilter)> = None;
+    for directive in spec.split(',').map(str::trim) {
+        match directive.split_once('=') {
+            Some((target, level)) => {
+                let target = target.trim();
+                let covers = crate_target == target
+                    || crate_target
+                        .strip_prefix(target)
+                        .is_some_and(|rest| rest.starts_with("::"));
+                if let (true, Ok(level)) = (covers, level.trim().parse::<LevelFilter>()) {
+                    if own.is_none_or(|(len, _)| target.len() >= len) {
+                        own = Some((target.len(), level));
+                    }
+                }
+            }
+            None => {
+                if let Ok(level) = directive.parse::<LevelFilter>() {
+                    default = level;
+                }
+            }
+        }
+    }
+    let asked = own.map_or(default, |(_, level)| level);
+    format!("{crate_target}={}", asked.min(cap_level))
 }
 
 /// Rewrites `spec` so that no directive enables a capped target above its cap.
@@ -166,6 +204,27 @@ mod tests {
         });
         assert!(out.contains("info is allowed"), "{out}");
         assert!(!out.contains("ours at trace"), "{out}");
+        // A cap only ever lowers: under `warn`, a capped crate's info stays out.
+        let out = printed("warn", || {
+            tracing::info!(target: "serenity::gateway::shard", "gateway info");
+            tracing::warn!(target: "serenity::gateway::shard", "gateway warn");
+            tracing::info!(target: "hyper::proto", "hyper info");
+        });
+        assert!(out.contains("gateway warn"), "{out}");
+        assert!(
+            !out.contains("gateway info") && !out.contains("hyper info"),
+            "{out}"
+        );
+        for spec in [
+            "info",
+            "warn,serenity=info",
+            "error,serenity::gateway=debug",
+        ] {
+            let out = printed(spec, || {
+                tracing::info!(target: "serenity::gateway::shard", "gateway info");
+            });
+            assert!(out.contains("gateway info"), "RUST_LOG={spec}: {out}");
+        }
         let out = printed("agent_bridge=trace", || {
             tracing::trace!(target: "agent_bridge::relay", "ours at trace");
         });

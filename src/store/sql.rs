@@ -454,24 +454,6 @@ pub(crate) static PURGE_EVENTS: Sql = Sql::new(
        AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
 );
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlite_placeholders_are_numbered() {
-        let s = Sql::new("SELECT $1, e.id, $3 WHERE x IN ($2, '*') AND y = $12");
-        assert_eq!(
-            s.sqlite(),
-            "SELECT ?1, e.id, ?3 WHERE x IN (?2, '*') AND y = ?12"
-        );
-        assert_eq!(
-            s.text(),
-            "SELECT $1, e.id, $3 WHERE x IN ($2, '*') AND y = $12"
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // Feedback (👍/👎 on answers)
 // ---------------------------------------------------------------------------------
@@ -500,3 +482,21 @@ pub(crate) static SELECT_FEEDBACK: Dialects = Dialects {
          ORDER BY updated_at, user_id",
     ),
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_placeholders_are_numbered() {
+        let s = Sql::new("SELECT $1, e.id, $3 WHERE x IN ($2, '*') AND y = $12");
+        assert_eq!(
+            s.sqlite(),
+            "SELECT ?1, e.id, ?3 WHERE x IN (?2, '*') AND y = ?12"
+        );
+        assert_eq!(
+            s.text(),
+            "SELECT $1, e.id, $3 WHERE x IN ($2, '*') AND y = $12"
+        );
+    }
+}
