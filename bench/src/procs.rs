@@ -54,6 +54,8 @@ fn strip_ansi(s: &str) -> String {
 pub const SIGNING_SECRET: &str = "bench-signing-secret-8f14e45fceea167a5a36dedd4bea2543";
 pub const BOT_TOKEN: &str = "xoxb-bench-0000-token";
 pub const API_TOKEN: &str = "bench-admin-token-1f0e3dad99908345";
+pub const OPENAI_KEY: &str = "sk-bench-0000";
+pub const DISCORD_TOKEN: &str = "bench.discord.token";
 
 pub struct Proc {
     pub child: Child,
@@ -127,6 +129,11 @@ pub struct BridgeCfg {
     /// `SLACK_PROGRESS_REACTION`; `None` keeps the default (`eyes`).
     pub reaction: Option<String>,
     pub webhooks_private: bool,
+    /// `AGENT_KIND=openai` against the fake OpenAI-compatible server at this address
+    /// (W7); overrides `echo`.
+    pub openai: Option<SocketAddr>,
+    /// Discord on, against the fake Discord (REST + gateway) at this address (W7).
+    pub discord: Option<SocketAddr>,
     pub extra: Vec<(String, String)>,
 }
 
@@ -138,7 +145,12 @@ impl BridgeCfg {
             ("RUST_LOG".into(), "warn".into()),
             ("BRIDGE_API_TOKEN".into(), API_TOKEN.into()),
         ];
-        if self.echo {
+        if let Some(o) = self.openai {
+            v.push(("AGENT_KIND".into(), "openai".into()));
+            v.push(("OPENAI_BASE_URL".into(), format!("http://{o}/v1")));
+            v.push(("OPENAI_API_KEY".into(), OPENAI_KEY.into()));
+            v.push(("OPENAI_MODEL".into(), "bench".into()));
+        } else if self.echo {
             v.push(("AGENT_KIND".into(), "echo".into()));
         } else {
             v.push(("AGENT_KIND".into(), "ai-agent-api".into()));
@@ -153,6 +165,10 @@ impl BridgeCfg {
             if let Some(r) = &self.reaction {
                 v.push(("SLACK_PROGRESS_REACTION".into(), r.clone()));
             }
+        }
+        if let Some(d) = self.discord {
+            v.push(("DISCORD_TOKEN".into(), DISCORD_TOKEN.into()));
+            v.push(("DISCORD_API_BASE".into(), crate::fake_discord::api_base(d)));
         }
         if self.webhooks_private {
             v.push(("WEBHOOK_ALLOW_PRIVATE_TARGETS".into(), "true".into()));

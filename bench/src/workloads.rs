@@ -34,6 +34,11 @@ pub struct Ctx {
     pub w4_lat_events: u64,
     pub w5_convs: u64,
     pub w6_starts: usize,
+    pub w7_answers: u64,
+    pub w7_pieces: u64,
+    pub w7_chars: usize,
+    pub w7_piece_ms: u64,
+    pub w7_interval_ms: u64,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -550,7 +555,7 @@ pub async fn w3(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     rep.bridge(w, &format!("turn overhead p99.9, in + out @{r}/s"), ms(&total, 0.999));
     rep.bridge(w, "in: event sent → agent call received, p99", ms(&hin, 0.99));
     rep.bridge(w, "out: agent answered → chat.postMessage received, p99", ms(&hout, 0.99));
-    rep.note(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), format!("round {round}: {note}; Slack only (no fake Discord gateway in the harness)"));
+    rep.note(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), format!("round {round}: {note}; Slack only (W3 does not drive the fake Discord gateway yet)"));
     rep.bridge(w, "ack (Slack's 200) p99 during W3", ack.1);
     rep.note(w, "ack (Slack's 200) p99 during W3", format!("round {round}: ack p50 {:.3} ms, p99 {:.3} ms (the figure is the p99)", ack.0, ack.1));
     let (total, _, _, _, _) = w3_measure(ctx, Some(String::new())).await?;
