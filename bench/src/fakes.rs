@@ -5,10 +5,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -186,7 +186,13 @@ impl FakeSlack {
     }
 
     /// W7: attributes a call to its answer and records it.
-    fn record_w7(&self, method: &str, param: &dyn Fn(&str) -> Option<String>, new_ts: Option<&str>, rx: u64) {
+    fn record_w7(
+        &self,
+        method: &str,
+        param: &dyn Fn(&str) -> Option<String>,
+        new_ts: Option<&str>,
+        rx: u64,
+    ) {
         let by_thread = || param("thread_ts").as_deref().and_then(seq_of_ts);
         let by_msg = || param("ts").as_deref().and_then(w7_seq_of_msg_ts);
         let (name, seq, text): (&'static str, Option<u64>, Option<String>) = match method {
@@ -195,9 +201,19 @@ impl FakeSlack {
             "chat.startStream" => ("chat.startStream", by_thread(), param("markdown_text")),
             "chat.appendStream" => ("chat.appendStream", by_msg(), param("markdown_text")),
             "chat.stopStream" => ("chat.stopStream", by_msg(), param("markdown_text")),
-            "assistant.threads.setStatus" => ("assistant.threads.setStatus", by_thread(), param("status")),
-            "reactions.add" => ("reactions.add", param("timestamp").as_deref().and_then(seq_of_ts), None),
-            "reactions.remove" => ("reactions.remove", param("timestamp").as_deref().and_then(seq_of_ts), None),
+            "assistant.threads.setStatus" => {
+                ("assistant.threads.setStatus", by_thread(), param("status"))
+            }
+            "reactions.add" => (
+                "reactions.add",
+                param("timestamp").as_deref().and_then(seq_of_ts),
+                None,
+            ),
+            "reactions.remove" => (
+                "reactions.remove",
+                param("timestamp").as_deref().and_then(seq_of_ts),
+                None,
+            ),
             _ => ("other", None, None),
         };
         let Some(seq) = seq else {
@@ -206,8 +222,17 @@ impl FakeSlack {
             }
             return;
         };
-        let message = new_ts.map(str::to_owned).or_else(|| param("ts")).unwrap_or_default();
-        self.w7.lock().unwrap().push(W7Call { seq, method: name, message, text: text.unwrap_or_default(), at: rx });
+        let message = new_ts
+            .map(str::to_owned)
+            .or_else(|| param("ts"))
+            .unwrap_or_default();
+        self.w7.lock().unwrap().push(W7Call {
+            seq,
+            method: name,
+            message,
+            text: text.unwrap_or_default(),
+            at: rx,
+        });
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Resp {
@@ -221,7 +246,12 @@ impl FakeSlack {
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let mut params = serde_json::Map::new();
         let mut add_pairs = |raw: &str| {
             for kv in raw.split('&') {
@@ -241,9 +271,11 @@ impl FakeSlack {
             }
         }
         let param = |name: &str| -> Option<String> {
-            params
-                .get(name)
-                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+            params.get(name).map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            })
         };
         // The ts of the message this call creates, if it creates one.
         let new_ts = matches!(method.as_str(), "chat.postMessage" | "chat.startStream")
@@ -275,7 +307,9 @@ impl FakeSlack {
                 match param("thread_ts").as_deref().and_then(seq_of_ts) {
                     Some(seq) if (seq as usize) < MAX_SEQ => {
                         let c = &self.per_seq[seq as usize];
-                        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_add(1));
+                        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                            v.checked_add(1)
+                        });
                     }
                     _ => {
                         self.stats.unknown_thread.fetch_add(1, Ordering::Relaxed);
@@ -306,7 +340,11 @@ impl FakeSlack {
             }
             "chat.update" if self.streaming.load(Ordering::Relaxed) => {
                 self.stats.other.fetch_add(1, Ordering::Relaxed);
-                let (channel, ts, text) = (param("channel").unwrap_or_default(), param("ts").unwrap_or_default(), param("text").unwrap_or_default());
+                let (channel, ts, text) = (
+                    param("channel").unwrap_or_default(),
+                    param("ts").unwrap_or_default(),
+                    param("text").unwrap_or_default(),
+                );
                 let body = serde_json::json!({
                     "ok": true, "channel": channel, "ts": ts, "text": text,
                     "message": {"type": "message", "text": text, "user": "UBOT", "bot_id": "BBOT", "ts": ts},
@@ -315,13 +353,25 @@ impl FakeSlack {
             }
             "chat.startStream" if self.streaming.load(Ordering::Relaxed) => {
                 self.stats.other.fetch_add(1, Ordering::Relaxed);
-                let (channel, ts) = (param("channel").unwrap_or_default(), new_ts.unwrap_or_default());
-                json(StatusCode::OK, serde_json::json!({"ok": true, "channel": channel, "ts": ts}).to_string())
+                let (channel, ts) = (
+                    param("channel").unwrap_or_default(),
+                    new_ts.unwrap_or_default(),
+                );
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"ok": true, "channel": channel, "ts": ts}).to_string(),
+                )
             }
             "chat.appendStream" | "chat.stopStream" if self.streaming.load(Ordering::Relaxed) => {
                 self.stats.other.fetch_add(1, Ordering::Relaxed);
-                let (channel, ts) = (param("channel").unwrap_or_default(), param("ts").unwrap_or_default());
-                json(StatusCode::OK, serde_json::json!({"ok": true, "channel": channel, "ts": ts}).to_string())
+                let (channel, ts) = (
+                    param("channel").unwrap_or_default(),
+                    param("ts").unwrap_or_default(),
+                );
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"ok": true, "channel": channel, "ts": ts}).to_string(),
+                )
             }
             "assistant.threads.setStatus" if self.streaming.load(Ordering::Relaxed) => {
                 self.stats.other.fetch_add(1, Ordering::Relaxed);
@@ -329,7 +379,10 @@ impl FakeSlack {
             }
             _ => {
                 self.stats.other.fetch_add(1, Ordering::Relaxed);
-                json(StatusCode::OK, Bytes::from_static(br#"{"ok":false,"error":"unknown_method"}"#))
+                json(
+                    StatusCode::OK,
+                    Bytes::from_static(br#"{"ok":false,"error":"unknown_method"}"#),
+                )
             }
         }
     }
@@ -367,7 +420,12 @@ impl FakeAgent {
                 .find_map(|kv| kv.strip_prefix("session_id=").map(str::to_owned))
         });
         let is_post = req.method() == hyper::Method::POST;
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         match (is_post, path.as_str()) {
             (true, "/conversation") | (true, "/query") => {
                 let Ok(q) = serde_json::from_slice::<AgentReq>(&body) else {
@@ -435,8 +493,8 @@ pub struct FakeOpenAi {
 /// paragraphs (nothing a Markdown or mrkdwn conversion changes), `chars` long.
 pub fn w7_answer(seq: u64, chars: usize) -> String {
     const WORDS: [&str; 16] = [
-        "stream", "answer", "bridge", "piece", "model", "slack", "discord", "edit",
-        "token", "latency", "message", "thread", "budget", "floor", "render", "interval",
+        "stream", "answer", "bridge", "piece", "model", "slack", "discord", "edit", "token",
+        "latency", "message", "thread", "budget", "floor", "render", "interval",
     ];
     let mut out = String::with_capacity(chars + 16);
     let mut i = seq as usize;
@@ -464,7 +522,10 @@ pub fn w7_answer(seq: u64, chars: usize) -> String {
 pub fn w7_pieces(text: &str, n: usize) -> Vec<&str> {
     let n = n.max(1);
     let len = text.len();
-    (0..n).map(|i| &text[i * len / n..(i + 1) * len / n]).filter(|p| !p.is_empty()).collect()
+    (0..n)
+        .map(|i| &text[i * len / n..(i + 1) * len / n])
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 impl FakeOpenAi {
@@ -489,7 +550,12 @@ impl FakeOpenAi {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<PacedBody> {
         let path = req.uri().path().to_owned();
         let is_post = req.method() == hyper::Method::POST;
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let plain = |status: u16, body: &'static str| {
             Response::builder()
                 .status(status)
@@ -507,7 +573,10 @@ impl FakeOpenAi {
                     .and_then(|at| find_num(&body[at..], b"w7id="));
                 let Some(seq) = seq else {
                     self.unknown.fetch_add(1, Ordering::Relaxed);
-                    return plain(400, r#"{"error":{"message":"no w7id= in the request","type":"bench"}}"#);
+                    return plain(
+                        400,
+                        r#"{"error":{"message":"no w7id= in the request","type":"bench"}}"#,
+                    );
                 };
                 let text = w7_answer(seq, self.chars.load(Ordering::Relaxed) as usize);
                 let pieces = w7_pieces(&text, self.pieces.load(Ordering::Relaxed) as usize);
@@ -529,9 +598,19 @@ impl FakeOpenAi {
                     }
                     frames.push_back(Bytes::from(f));
                 }
-                self.timings.lock().unwrap().insert(seq, AiTiming::default());
-                let (base, n) = (self.pause_us.load(Ordering::Relaxed), self.spread.load(Ordering::Relaxed));
-                let pause_us = if n > 1 { base * (750 + 500 * seq.min(n - 1) / (n - 1)) / 1000 } else { base };
+                self.timings
+                    .lock()
+                    .unwrap()
+                    .insert(seq, AiTiming::default());
+                let (base, n) = (
+                    self.pause_us.load(Ordering::Relaxed),
+                    self.spread.load(Ordering::Relaxed),
+                );
+                let pause_us = if n > 1 {
+                    base * (750 + 500 * seq.min(n - 1) / (n - 1)) / 1000
+                } else {
+                    base
+                };
                 let paced = PacedBody {
                     frames,
                     start: tokio::time::Instant::now(),
@@ -547,7 +626,10 @@ impl FakeOpenAi {
                     .body(paced)
                     .expect("response")
             }
-            (false, "/v1/models") => plain(200, r#"{"object":"list","data":[{"id":"bench","object":"model"}]}"#),
+            (false, "/v1/models") => plain(
+                200,
+                r#"{"object":"list","data":[{"id":"bench","object":"model"}]}"#,
+            ),
             _ => plain(404, r#"{"error":{"message":"not found","type":"bench"}}"#),
         }
     }
@@ -593,7 +675,9 @@ impl hyper::body::Body for PacedBody {
         }
         if this.yielded > 0 && !this.pause.is_zero() {
             let due = this.start + this.pause * this.yielded;
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
             if sleep.deadline() != due {
                 sleep.as_mut().reset(due);
             }
@@ -664,7 +748,12 @@ impl FakeHook {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Resp {
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         if self.gated.load(Ordering::SeqCst) {
             self.held.fetch_add(1, Ordering::Relaxed);
             let notified = self.gate.notified();
@@ -730,8 +819,12 @@ impl Fakes {
             Ok(TcpListener::from_std(std)?)
         };
         let (ls, la, lh, lg) = (bind(&rt)?, bind(&rt)?, bind(&rt)?, bind(&rt)?);
-        let (slack_addr, agent_addr, hook_addr, hang_addr) =
-            (ls.local_addr()?, la.local_addr()?, lh.local_addr()?, lg.local_addr()?);
+        let (slack_addr, agent_addr, hook_addr, hang_addr) = (
+            ls.local_addr()?,
+            la.local_addr()?,
+            lh.local_addr()?,
+            lg.local_addr()?,
+        );
         let (lo, ld) = (bind(&rt)?, bind(&rt)?);
         let (openai_addr, discord_addr) = (lo.local_addr()?, ld.local_addr()?);
         {
@@ -747,7 +840,9 @@ impl Fakes {
             let g = hang.clone();
             rt.spawn(async move {
                 loop {
-                    let Ok((mut stream, _)) = lg.accept().await else { continue };
+                    let Ok((mut stream, _)) = lg.accept().await else {
+                        continue;
+                    };
                     g.connections.fetch_add(1, Ordering::Relaxed);
                     let g = g.clone();
                     tokio::spawn(async move {

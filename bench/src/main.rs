@@ -89,10 +89,15 @@ fn run(args: &[String]) -> Result<()> {
     let mut w5 = 100_000u64;
     let mut w6 = 5usize;
     let mut offset = 0usize;
-    let (mut w7_answers, mut w7_pieces, mut w7_chars, mut w7_piece_ms, mut w7_interval_ms) = (50u64, 100u64, 1500usize, 25u64, 1000u64);
+    let (mut w7_answers, mut w7_pieces, mut w7_chars, mut w7_piece_ms, mut w7_interval_ms) =
+        (50u64, 100u64, 1500usize, 25u64, 1000u64);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| anyhow!("{a} needs a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{a} needs a value"))
+        };
         match a.as_str() {
             "--bridge" => bridge = PathBuf::from(val()?),
             "--rounds" => rounds = val()?.parse()?,
@@ -117,7 +122,10 @@ fn run(args: &[String]) -> Result<()> {
         }
     }
     if !bridge.exists() {
-        bail!("bridge binary {} not found (build it with cargo build --release)", bridge.display());
+        bail!(
+            "bridge binary {} not found (build it with cargo build --release)",
+            bridge.display()
+        );
     }
     let bridge = std::fs::canonicalize(&bridge)?;
     let self_bin = std::env::current_exe()?;
@@ -167,10 +175,7 @@ fn run(args: &[String]) -> Result<()> {
         .thread_name("gen-rt")
         .enable_all()
         .build()?;
-    type Step = (
-        &'static str,
-        fn(&mut Report, &Ctx),
-    );
+    type Step = (&'static str, fn(&mut Report, &Ctx));
     let decls: [Step; 7] = [
         ("W1", workloads::declare_w1),
         ("W2", workloads::declare_w2),
@@ -187,7 +192,11 @@ fn run(args: &[String]) -> Result<()> {
     }
     rt.block_on(async {
         for round in offset..offset + rounds {
-            eprintln!("=== round {} of {rounds} (load avg {}) ===", round - offset + 1, util::loadavg());
+            eprintln!(
+                "=== round {} of {rounds} (load avg {}) ===",
+                round - offset + 1,
+                util::loadavg()
+            );
             for w in ["W1", "W2", "W3", "W4", "W5", "W6", "W7"] {
                 if !want(w) {
                     continue;
@@ -214,7 +223,12 @@ fn run(args: &[String]) -> Result<()> {
         }
     });
     rep.loadavg_end = util::loadavg();
-    rep.bridge_log = procs::LOGS.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
+    rep.bridge_log = procs::LOGS
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     rep.finished = now_stamp();
     rep.finish();
     print!("{}", rep.table());

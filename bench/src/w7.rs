@@ -270,7 +270,9 @@ fn arm(ctx: &Ctx, p: Plat) {
         .store(ctx.w7_piece_ms * 1000, Ordering::Relaxed);
     f.openai.spread.store(ctx.w7_answers, Ordering::Relaxed);
     f.slack.record.store(p != Plat::Discord, Ordering::Relaxed);
-    f.slack.streaming.store(p != Plat::Discord, Ordering::Relaxed);
+    f.slack
+        .streaming
+        .store(p != Plat::Discord, Ordering::Relaxed);
     f.discord
         .record
         .store(p == Plat::Discord, Ordering::Relaxed);
