@@ -206,13 +206,9 @@ fn analyse(ctx: &Ctx, p: Plat, timings: &HashMap<u64, AiTiming>, calls: &[W7Call
         first.saturating_record(a.at.saturating_sub(t.first).max(1_000));
         last.saturating_record(z.at.saturating_sub(t.last).max(1_000));
         let expected = w7_answer(seq, ctx.w7_chars);
-        let shown = match p {
-            Plat::SlackNative if texts.iter().all(|c| c.method.ends_with("Stream")) => {
-                texts.iter().map(|c| c.text.as_str()).collect::<String>()
-            }
-            _ => z.text.clone(),
-        };
-        if shown.trim() == expected.trim() {
+        let shown = shown_text(&texts);
+        let bare = |t: &str| t.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+        if bare(&shown) == bare(&expected) {
             complete += 1;
         } else if problems.len() < 5 {
             problems.push(format!(
@@ -258,6 +254,32 @@ fn analyse(ctx: &Ctx, p: Plat, timings: &HashMap<u64, AiTiming>, calls: &[W7Call
         problems,
         cpu_ms: None,
     }
+}
+
+/// What a reader sees at the end: each message's final text (a native stream's: its
+/// pieces concatenated; an edited message's: its last text), the messages in the order
+/// they were started. A long answer takes several messages, split at white space, so
+/// callers compare without white space.
+fn shown_text(texts: &[&&W7Call]) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    let mut finals: HashMap<&str, String> = HashMap::new();
+    for c in texts {
+        let id = c.message.as_str();
+        if !finals.contains_key(id) {
+            order.push(id);
+        }
+        let text = finals.entry(id).or_default();
+        if c.method.ends_with("Stream") {
+            text.push_str(&c.text);
+        } else {
+            text.clone_from(&c.text);
+        }
+    }
+    order
+        .iter()
+        .map(|id| finals[id].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn arm(ctx: &Ctx, p: Plat) {
