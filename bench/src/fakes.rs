@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -28,28 +29,38 @@ pub const MAX_SEQ: usize = 4_000_000;
 pub type Resp = Response<Full<Bytes>>;
 
 /// Serves HTTP/1.1 with keep-alive on `listener`, one task per connection.
-pub async fn serve<F, Fut>(listener: TcpListener, handler: F)
+pub async fn serve<F, Fut, B>(listener: TcpListener, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Resp> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let h = handler.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let h = h.clone();
-                async move { Ok::<_, Infallible>(h(req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        tokio::spawn(serve_conn(stream, handler.clone()));
     }
+}
+
+/// Serves one accepted connection (HTTP/1.1, keep-alive) with `handler`.
+pub async fn serve_conn<F, Fut, B>(stream: tokio::net::TcpStream, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| {
+        let h = handler.clone();
+        async move { Ok::<_, Infallible>(h(req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Resp {
@@ -83,8 +94,42 @@ pub struct SlackStats {
     pub last_call_ns: AtomicU64,
 }
 
+/// W7: one platform call the fakes attributed to an answer (by its sequence number).
+#[derive(Clone, Debug)]
+pub struct W7Call {
+    pub seq: u64,
+    /// `chat.update`, `POST message`, …
+    pub method: &'static str,
+    /// The message the call creates or changes (Slack `ts`, Discord message id); empty
+    /// for the others.
+    pub message: String,
+    /// The text it carries (`text`, `markdown_text`, `content`).
+    pub text: String,
+    /// `now_ns()` at receipt.
+    pub at: u64,
+}
+
+/// While W7 records, a message `ts` the fake Slack hands out is
+/// `W7_TS_BASE + seq` seconds (plus a counter in the micros), so later calls naming the
+/// message (`chat.update`, `chat.appendStream`, …) map back to the answer.
+pub const W7_TS_BASE: u64 = 1_900_000_000;
+
+pub fn w7_seq_of_msg_ts(ts: &str) -> Option<u64> {
+    let (s, _) = ts.split_once('.')?;
+    s.parse::<u64>().ok()?.checked_sub(W7_TS_BASE)
+}
+
 pub struct FakeSlack {
     pub stats: SlackStats,
+    /// W7: record every call in `w7` (off otherwise: W1 pays nothing).
+    pub record: AtomicBool,
+    /// W7: answer `chat.update`, `chat.startStream` / `appendStream` / `stopStream` and
+    /// `assistant.threads.setStatus`. Off, they answer `unknown_method` as they always
+    /// did for W1–W6, so those workloads keep measuring what they measured: the bridge
+    /// falls back from native streaming to `chat.postMessage` (one post per echo answer)
+    /// and from the status to the reaction.
+    pub streaming: AtomicBool,
+    pub w7: Mutex<Vec<W7Call>>,
     /// chat.postMessage calls per event seq (by `thread_ts`), saturating at 255.
     pub per_seq: Vec<AtomicU8>,
     /// W3: (seq, now_ns at receipt) of posts whose text carries `w3id=`.
@@ -101,6 +146,9 @@ impl FakeSlack {
             stats: SlackStats::default(),
             per_seq: counters(MAX_SEQ),
             w3: Mutex::new(Vec::new()),
+            record: AtomicBool::new(false),
+            streaming: AtomicBool::new(false),
+            w7: Mutex::new(Vec::new()),
             ts: AtomicU64::new(1_800_000_000_000_000),
         }
     }
@@ -123,6 +171,68 @@ impl FakeSlack {
             c.store(0, Ordering::Relaxed);
         }
         self.w3.lock().unwrap().clear();
+        self.w7.lock().unwrap().clear();
+    }
+
+    /// A fresh message `ts`; while W7 records, one that names the answer.
+    fn new_ts(&self, seq: Option<u64>) -> String {
+        let micros = self.ts.fetch_add(1, Ordering::Relaxed);
+        match seq {
+            Some(seq) if self.record.load(Ordering::Relaxed) => {
+                format!("{}.{:06}", W7_TS_BASE + seq, micros % 1_000_000)
+            }
+            _ => format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000),
+        }
+    }
+
+    /// W7: attributes a call to its answer and records it.
+    fn record_w7(
+        &self,
+        method: &str,
+        param: &dyn Fn(&str) -> Option<String>,
+        new_ts: Option<&str>,
+        rx: u64,
+    ) {
+        let by_thread = || param("thread_ts").as_deref().and_then(seq_of_ts);
+        let by_msg = || param("ts").as_deref().and_then(w7_seq_of_msg_ts);
+        let (name, seq, text): (&'static str, Option<u64>, Option<String>) = match method {
+            "chat.postMessage" => ("chat.postMessage", by_thread(), param("text")),
+            "chat.update" => ("chat.update", by_msg(), param("text")),
+            "chat.startStream" => ("chat.startStream", by_thread(), param("markdown_text")),
+            "chat.appendStream" => ("chat.appendStream", by_msg(), param("markdown_text")),
+            "chat.stopStream" => ("chat.stopStream", by_msg(), param("markdown_text")),
+            "assistant.threads.setStatus" => {
+                ("assistant.threads.setStatus", by_thread(), param("status"))
+            }
+            "reactions.add" => (
+                "reactions.add",
+                param("timestamp").as_deref().and_then(seq_of_ts),
+                None,
+            ),
+            "reactions.remove" => (
+                "reactions.remove",
+                param("timestamp").as_deref().and_then(seq_of_ts),
+                None,
+            ),
+            _ => ("other", None, None),
+        };
+        let Some(seq) = seq else {
+            if name != "other" {
+                self.stats.unknown_thread.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        let message = new_ts
+            .map(str::to_owned)
+            .or_else(|| param("ts"))
+            .unwrap_or_default();
+        self.w7.lock().unwrap().push(W7Call {
+            seq,
+            method: name,
+            message,
+            text: text.unwrap_or_default(),
+            at: rx,
+        });
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Resp {
@@ -136,7 +246,12 @@ impl FakeSlack {
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let mut params = serde_json::Map::new();
         let mut add_pairs = |raw: &str| {
             for kv in raw.split('&') {
@@ -156,10 +271,18 @@ impl FakeSlack {
             }
         }
         let param = |name: &str| -> Option<String> {
-            params
-                .get(name)
-                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+            params.get(name).map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            })
         };
+        // The ts of the message this call creates, if it creates one.
+        let new_ts = matches!(method.as_str(), "chat.postMessage" | "chat.startStream")
+            .then(|| self.new_ts(param("thread_ts").as_deref().and_then(seq_of_ts)));
+        if self.record.load(Ordering::Relaxed) {
+            self.record_w7(&method, &param, new_ts.as_deref(), rx);
+        }
         match method.as_str() {
             "auth.test" => {
                 self.stats.auth.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +307,9 @@ impl FakeSlack {
                 match param("thread_ts").as_deref().and_then(seq_of_ts) {
                     Some(seq) if (seq as usize) < MAX_SEQ => {
                         let c = &self.per_seq[seq as usize];
-                        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_add(1));
+                        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                            v.checked_add(1)
+                        });
                     }
                     _ => {
                         self.stats.unknown_thread.fetch_add(1, Ordering::Relaxed);
@@ -193,8 +318,7 @@ impl FakeSlack {
                 if let Some(seq) = find_num(text.as_bytes(), b"w3id=") {
                     self.w3.lock().unwrap().push((seq, rx));
                 }
-                let micros = self.ts.fetch_add(1, Ordering::Relaxed);
-                let ts = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+                let ts = new_ts.unwrap_or_default();
                 // What Slack answers (slack-morphism requires `message`).
                 let mut message = serde_json::json!({
                     "type": "message", "subtype": "bot_message", "text": text, "user": "UBOT",
@@ -214,9 +338,51 @@ impl FakeSlack {
                 }
                 json(StatusCode::OK, Bytes::from_static(br#"{"ok":true}"#))
             }
+            "chat.update" if self.streaming.load(Ordering::Relaxed) => {
+                self.stats.other.fetch_add(1, Ordering::Relaxed);
+                let (channel, ts, text) = (
+                    param("channel").unwrap_or_default(),
+                    param("ts").unwrap_or_default(),
+                    param("text").unwrap_or_default(),
+                );
+                let body = serde_json::json!({
+                    "ok": true, "channel": channel, "ts": ts, "text": text,
+                    "message": {"type": "message", "text": text, "user": "UBOT", "bot_id": "BBOT", "ts": ts},
+                });
+                json(StatusCode::OK, body.to_string())
+            }
+            "chat.startStream" if self.streaming.load(Ordering::Relaxed) => {
+                self.stats.other.fetch_add(1, Ordering::Relaxed);
+                let (channel, ts) = (
+                    param("channel").unwrap_or_default(),
+                    new_ts.unwrap_or_default(),
+                );
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"ok": true, "channel": channel, "ts": ts}).to_string(),
+                )
+            }
+            "chat.appendStream" | "chat.stopStream" if self.streaming.load(Ordering::Relaxed) => {
+                self.stats.other.fetch_add(1, Ordering::Relaxed);
+                let (channel, ts) = (
+                    param("channel").unwrap_or_default(),
+                    param("ts").unwrap_or_default(),
+                );
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"ok": true, "channel": channel, "ts": ts}).to_string(),
+                )
+            }
+            "assistant.threads.setStatus" if self.streaming.load(Ordering::Relaxed) => {
+                self.stats.other.fetch_add(1, Ordering::Relaxed);
+                json(StatusCode::OK, Bytes::from_static(br#"{"ok":true}"#))
+            }
             _ => {
                 self.stats.other.fetch_add(1, Ordering::Relaxed);
-                json(StatusCode::OK, Bytes::from_static(br#"{"ok":false,"error":"unknown_method"}"#))
+                json(
+                    StatusCode::OK,
+                    Bytes::from_static(br#"{"ok":false,"error":"unknown_method"}"#),
+                )
             }
         }
     }
@@ -254,7 +420,12 @@ impl FakeAgent {
                 .find_map(|kv| kv.strip_prefix("session_id=").map(str::to_owned))
         });
         let is_post = req.method() == hyper::Method::POST;
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         match (is_post, path.as_str()) {
             (true, "/conversation") | (true, "/query") => {
                 let Ok(q) = serde_json::from_slice::<AgentReq>(&body) else {
@@ -283,6 +454,256 @@ impl FakeAgent {
             (false, "/personalities") => json(StatusCode::OK, "[]"),
             _ => json(StatusCode::NOT_FOUND, r#"{"detail":"Not Found"}"#),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Fake OpenAI-compatible server (W7)
+// ---------------------------------------------------------------------------------
+
+/// When the fake OpenAI server handled one answer (`now_ns()`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AiTiming {
+    /// The first content piece was handed to hyper.
+    pub first: u64,
+    /// The last content piece (with `finish_reason` and `[DONE]` in the same write).
+    pub last: u64,
+}
+
+/// `POST /v1/chat/completions` with `stream: true`: the answer of the request whose
+/// last message carries `w7id=N` (text from [`w7_answer`]) as server-sent events, one
+/// `choices[0].delta.content` piece every pause; `GET /v1/models`.
+///
+/// With `spread` = n > 1, answer `seq`'s pause is `pause_us × (0.75 + 0.5 × seq/(n−1))`,
+/// so the answers end at every phase of the platforms' edit interval (with one pace
+/// they would all end at the same point of it, and the final-call latency would be one
+/// value decided by the answer's length, not the worst case).
+pub struct FakeOpenAi {
+    pub pieces: AtomicU64,
+    pub chars: AtomicU64,
+    pub pause_us: AtomicU64,
+    pub spread: AtomicU64,
+    pub requests: AtomicU64,
+    /// Requests without `w7id=`.
+    pub unknown: AtomicU64,
+    pub timings: Mutex<std::collections::HashMap<u64, AiTiming>>,
+}
+
+/// The answer the fake OpenAI server streams for answer `seq`: lowercase words and
+/// paragraphs (nothing a Markdown or mrkdwn conversion changes), `chars` long.
+pub fn w7_answer(seq: u64, chars: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "stream", "answer", "bridge", "piece", "model", "slack", "discord", "edit", "token",
+        "latency", "message", "thread", "budget", "floor", "render", "interval",
+    ];
+    let mut out = String::with_capacity(chars + 16);
+    let mut i = seq as usize;
+    let mut para = 0usize;
+    while out.len() < chars {
+        out.push_str(WORDS[i % WORDS.len()]);
+        i = i.wrapping_mul(31).wrapping_add(7);
+        para += 1;
+        if para.is_multiple_of(50) {
+            out.push_str(".\n\n");
+        } else if para.is_multiple_of(10) {
+            out.push_str(". ");
+        } else {
+            out.push(' ');
+        }
+    }
+    out.truncate(chars);
+    let kept = out.trim_end().len();
+    out.truncate(kept);
+    out.push('.');
+    out
+}
+
+/// `text` in `n` pieces of (nearly) equal length (ASCII text).
+pub fn w7_pieces(text: &str, n: usize) -> Vec<&str> {
+    let n = n.max(1);
+    let len = text.len();
+    (0..n)
+        .map(|i| &text[i * len / n..(i + 1) * len / n])
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+impl FakeOpenAi {
+    pub fn new() -> Self {
+        FakeOpenAi {
+            pieces: AtomicU64::new(100),
+            chars: AtomicU64::new(1500),
+            pause_us: AtomicU64::new(25_000),
+            spread: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            timings: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    pub fn reset(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.unknown.store(0, Ordering::Relaxed);
+        self.timings.lock().unwrap().clear();
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<PacedBody> {
+        let path = req.uri().path().to_owned();
+        let is_post = req.method() == hyper::Method::POST;
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let plain = |status: u16, body: &'static str| {
+            Response::builder()
+                .status(status)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(PacedBody::whole(Bytes::from_static(body.as_bytes())))
+                .expect("response")
+        };
+        match (is_post, path.as_str()) {
+            (true, "/v1/chat/completions") => {
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                // The last occurrence: the new message comes after any history.
+                let seq = body
+                    .windows(5)
+                    .rposition(|w| w == b"w7id=")
+                    .and_then(|at| find_num(&body[at..], b"w7id="));
+                let Some(seq) = seq else {
+                    self.unknown.fetch_add(1, Ordering::Relaxed);
+                    return plain(
+                        400,
+                        r#"{"error":{"message":"no w7id= in the request","type":"bench"}}"#,
+                    );
+                };
+                let text = w7_answer(seq, self.chars.load(Ordering::Relaxed) as usize);
+                let pieces = w7_pieces(&text, self.pieces.load(Ordering::Relaxed) as usize);
+                let event = |v: serde_json::Value| format!("data: {v}\n\n");
+                let mut frames = std::collections::VecDeque::with_capacity(pieces.len() + 1);
+                frames.push_back(Bytes::from(event(serde_json::json!(
+                    {"id": "chatcmpl-w7", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+                ))));
+                let n = pieces.len();
+                for (i, piece) in pieces.into_iter().enumerate() {
+                    let mut f = event(serde_json::json!(
+                        {"id": "chatcmpl-w7", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}}]}
+                    ));
+                    if i + 1 == n {
+                        f.push_str(&event(serde_json::json!(
+                            {"id": "chatcmpl-w7", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                        )));
+                        f.push_str("data: [DONE]\n\n");
+                    }
+                    frames.push_back(Bytes::from(f));
+                }
+                self.timings
+                    .lock()
+                    .unwrap()
+                    .insert(seq, AiTiming::default());
+                let (base, n) = (
+                    self.pause_us.load(Ordering::Relaxed),
+                    self.spread.load(Ordering::Relaxed),
+                );
+                let pause_us = if n > 1 {
+                    base * (750 + 500 * seq.min(n - 1) / (n - 1)) / 1000
+                } else {
+                    base
+                };
+                let paced = PacedBody {
+                    frames,
+                    start: tokio::time::Instant::now(),
+                    pause: Duration::from_micros(pause_us),
+                    sleep: None,
+                    yielded: 0,
+                    track: Some((self.clone(), seq)),
+                };
+                Response::builder()
+                    .status(200)
+                    .header(hyper::header::CONTENT_TYPE, "text/event-stream")
+                    .header(hyper::header::CACHE_CONTROL, "no-cache")
+                    .body(paced)
+                    .expect("response")
+            }
+            (false, "/v1/models") => plain(
+                200,
+                r#"{"object":"list","data":[{"id":"bench","object":"model"}]}"#,
+            ),
+            _ => plain(404, r#"{"error":{"message":"not found","type":"bench"}}"#),
+        }
+    }
+}
+
+/// A response body handed out frame by frame: frame 0 at once, frame *i* at
+/// `start + i × pause` (an absolute schedule: no drift). With `track`, the fake OpenAI
+/// server's [`AiTiming`] of the answer is stamped as frame 1 (the first piece) and the
+/// last frame leave.
+pub struct PacedBody {
+    frames: std::collections::VecDeque<Bytes>,
+    start: tokio::time::Instant,
+    pause: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    yielded: u32,
+    track: Option<(Arc<FakeOpenAi>, u64)>,
+}
+
+impl PacedBody {
+    fn whole(b: Bytes) -> Self {
+        PacedBody {
+            frames: std::collections::VecDeque::from([b]),
+            start: tokio::time::Instant::now(),
+            pause: Duration::ZERO,
+            sleep: None,
+            yielded: 0,
+            track: None,
+        }
+    }
+}
+
+impl hyper::body::Body for PacedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.frames.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        if this.yielded > 0 && !this.pause.is_zero() {
+            let due = this.start + this.pause * this.yielded;
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if sleep.deadline() != due {
+                sleep.as_mut().reset(due);
+            }
+            std::task::ready!(sleep.as_mut().poll(cx));
+        }
+        let frame = this.frames.pop_front().expect("a frame");
+        this.yielded += 1;
+        if let Some((fake, seq)) = &this.track {
+            let t = now_ns();
+            let last = this.frames.is_empty();
+            if this.yielded == 2 || last {
+                if let Some(tm) = fake.timings.lock().unwrap().get_mut(seq) {
+                    if this.yielded == 2 {
+                        tm.first = t;
+                    }
+                    if last {
+                        tm.last = t;
+                    }
+                }
+            }
+        }
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
     }
 }
 
@@ -327,7 +748,12 @@ impl FakeHook {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Resp {
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         if self.gated.load(Ordering::SeqCst) {
             self.held.fetch_add(1, Ordering::Relaxed);
             let notified = self.gate.notified();
@@ -361,10 +787,14 @@ pub struct Fakes {
     pub agent: Arc<FakeAgent>,
     pub hook: Arc<FakeHook>,
     pub hang: Arc<HangingHook>,
+    pub openai: Arc<FakeOpenAi>,
+    pub discord: Arc<crate::fake_discord::FakeDiscord>,
     pub slack_addr: SocketAddr,
     pub agent_addr: SocketAddr,
     pub hook_addr: SocketAddr,
     pub hang_addr: SocketAddr,
+    pub openai_addr: SocketAddr,
+    pub discord_addr: SocketAddr,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -380,6 +810,8 @@ impl Fakes {
         let agent = Arc::new(FakeAgent::default());
         let hook = Arc::new(FakeHook::new());
         let hang = Arc::new(HangingHook::default());
+        let openai = Arc::new(FakeOpenAi::new());
+        let discord = Arc::new(crate::fake_discord::FakeDiscord::new());
         let bind = |rt: &tokio::runtime::Runtime| -> anyhow::Result<TcpListener> {
             let std = std::net::TcpListener::bind("127.0.0.1:0")?;
             std.set_nonblocking(true)?;
@@ -387,9 +819,18 @@ impl Fakes {
             Ok(TcpListener::from_std(std)?)
         };
         let (ls, la, lh, lg) = (bind(&rt)?, bind(&rt)?, bind(&rt)?, bind(&rt)?);
-        let (slack_addr, agent_addr, hook_addr, hang_addr) =
-            (ls.local_addr()?, la.local_addr()?, lh.local_addr()?, lg.local_addr()?);
+        let (slack_addr, agent_addr, hook_addr, hang_addr) = (
+            ls.local_addr()?,
+            la.local_addr()?,
+            lh.local_addr()?,
+            lg.local_addr()?,
+        );
+        let (lo, ld) = (bind(&rt)?, bind(&rt)?);
+        let (openai_addr, discord_addr) = (lo.local_addr()?, ld.local_addr()?);
         {
+            let o = openai.clone();
+            rt.spawn(serve(lo, move |r| o.clone().handle(r)));
+            rt.spawn(crate::fake_discord::serve(discord.clone(), ld));
             let s = slack.clone();
             rt.spawn(serve(ls, move |r| s.clone().handle(r)));
             let a = agent.clone();
@@ -399,7 +840,9 @@ impl Fakes {
             let g = hang.clone();
             rt.spawn(async move {
                 loop {
-                    let Ok((mut stream, _)) = lg.accept().await else { continue };
+                    let Ok((mut stream, _)) = lg.accept().await else {
+                        continue;
+                    };
                     g.connections.fetch_add(1, Ordering::Relaxed);
                     let g = g.clone();
                     tokio::spawn(async move {
@@ -419,10 +862,14 @@ impl Fakes {
             agent,
             hook,
             hang,
+            openai,
+            discord,
             slack_addr,
             agent_addr,
             hook_addr,
             hang_addr,
+            openai_addr,
+            discord_addr,
             _rt: rt,
         })
     }
@@ -431,6 +878,8 @@ impl Fakes {
         self.slack.reset();
         self.agent.reset();
         self.hook.reset();
+        self.openai.reset();
+        self.discord.reset();
         self.hang.connections.store(0, Ordering::Relaxed);
         self.hang.bytes.store(0, Ordering::Relaxed);
     }

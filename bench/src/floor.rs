@@ -16,23 +16,36 @@ use crate::fakes::serve;
 use crate::slackev::accept;
 
 pub fn main(bind: SocketAddr, secret: String) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(bind).await?;
         let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
-        serve(listener, move |req: hyper::Request<hyper::body::Incoming>| {
-            let key = key.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let ok = accept(&key, &parts.headers, &body);
-                let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
-                Response::builder()
-                    .status(status)
-                    .body(Full::new(Bytes::new()))
-                    .expect("response")
-            }
-        })
+        serve(
+            listener,
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let key = key.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let ok = accept(&key, &parts.headers, &body);
+                    let status = if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    };
+                    Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::new()))
+                        .expect("response")
+                }
+            },
+        )
         .await;
         Ok(())
     })

@@ -83,7 +83,10 @@ async fn connect(addr: SocketAddr) -> Result<Conn> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    Ok(Conn { sender, conn: Box::pin(conn) })
+    Ok(Conn {
+        sender,
+        conn: Box::pin(conn),
+    })
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -91,7 +94,11 @@ fn new_hist() -> Histogram<u64> {
 }
 
 /// One request on a connection; reconnects once when the connection is gone.
-async fn one(c: &mut Conn, addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
+async fn one(
+    c: &mut Conn,
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes)> {
     if c.sender.is_closed() {
         *c = connect(addr).await?;
     }
@@ -136,33 +143,37 @@ pub async fn run(load: Load) -> Result<LoadResult> {
     let pacer = if let Mode::Rate(rate) = load.mode {
         let lag = lag.clone();
         let shared = shared.clone();
-        Some(std::thread::Builder::new().name("gen-pacer".into()).spawn(move || {
-            // 1 µs timer slack: the default 50 µs would add to every measured latency.
-            unsafe {
-                libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64);
-            }
-            let period = 1.0 / rate;
-            let mut i: u64 = 0;
-            while i < total && !shared.stop.load(Ordering::Relaxed) {
-                let due = start + Duration::from_secs_f64(period * i as f64);
-                if let Some(d) = deadline {
-                    if due >= d {
-                        break;
+        Some(
+            std::thread::Builder::new()
+                .name("gen-pacer".into())
+                .spawn(move || {
+                    // 1 µs timer slack: the default 50 µs would add to every measured latency.
+                    unsafe {
+                        libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64);
                     }
-                }
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                } else {
-                    lag.fetch_max((now - due).as_nanos() as u64, Ordering::Relaxed);
-                }
-                if tx.send((i, due)).is_err() {
-                    break;
-                }
-                i += 1;
-            }
-            drop(tx);
-        })?)
+                    let period = 1.0 / rate;
+                    let mut i: u64 = 0;
+                    while i < total && !shared.stop.load(Ordering::Relaxed) {
+                        let due = start + Duration::from_secs_f64(period * i as f64);
+                        if let Some(d) = deadline {
+                            if due >= d {
+                                break;
+                            }
+                        }
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        } else {
+                            lag.fetch_max((now - due).as_nanos() as u64, Ordering::Relaxed);
+                        }
+                        if tx.send((i, due)).is_err() {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    drop(tx);
+                })?,
+        )
     } else {
         drop(tx);
         None

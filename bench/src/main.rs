@@ -3,6 +3,7 @@
 //! ```text
 //! bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W3] [--out DIR]
 //!           [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N]
+//!           [--w7-answers N] [--w7-pieces N] [--w7-chars N] [--w7-piece-ms MS] [--w7-interval-ms MS]
 //! bench summarize FILE.json...        medians across earlier runs
 //! bench floor-slack ADDR SECRET       the W1 floor server (started by `run`)
 //! bench reference-slack ADDR SECRET SLACK_API_ADDR   W1's least work with a reply (see reference.rs)
@@ -10,6 +11,7 @@
 //! bench reference-proxy ADDR AGENT_ADDR              W2's least work (see reference.rs)
 //! ```
 
+mod fake_discord;
 mod fakes;
 mod floor;
 mod gen;
@@ -18,6 +20,7 @@ mod reference;
 mod report;
 mod slackev;
 mod util;
+mod w7;
 mod workloads;
 
 use std::path::PathBuf;
@@ -30,7 +33,7 @@ use crate::workloads::Ctx;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB_PATH\n  bench reference-proxy ADDR AGENT_ADDR"
+        "usage:\n  bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n            [--w7-answers N] [--w7-pieces N] [--w7-chars N] [--w7-piece-ms MS] [--w7-interval-ms MS]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB_PATH\n  bench reference-proxy ADDR AGENT_ADDR"
     );
     std::process::exit(2)
 }
@@ -86,9 +89,15 @@ fn run(args: &[String]) -> Result<()> {
     let mut w5 = 100_000u64;
     let mut w6 = 5usize;
     let mut offset = 0usize;
+    let (mut w7_answers, mut w7_pieces, mut w7_chars, mut w7_piece_ms, mut w7_interval_ms) =
+        (50u64, 100u64, 1500usize, 25u64, 1000u64);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| anyhow!("{a} needs a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{a} needs a value"))
+        };
         match a.as_str() {
             "--bridge" => bridge = PathBuf::from(val()?),
             "--rounds" => rounds = val()?.parse()?,
@@ -104,11 +113,19 @@ fn run(args: &[String]) -> Result<()> {
             "--w5-conversations" => w5 = val()?.parse()?,
             "--w6-starts" => w6 = val()?.parse()?,
             "--round-offset" => offset = val()?.parse()?,
+            "--w7-answers" => w7_answers = val()?.parse()?,
+            "--w7-pieces" => w7_pieces = val()?.parse()?,
+            "--w7-chars" => w7_chars = val()?.parse()?,
+            "--w7-piece-ms" => w7_piece_ms = val()?.parse()?,
+            "--w7-interval-ms" => w7_interval_ms = val()?.parse()?,
             _ => usage(),
         }
     }
     if !bridge.exists() {
-        bail!("bridge binary {} not found (build it with cargo build --release)", bridge.display());
+        bail!(
+            "bridge binary {} not found (build it with cargo build --release)",
+            bridge.display()
+        );
     }
     let bridge = std::fs::canonicalize(&bridge)?;
     let self_bin = std::env::current_exe()?;
@@ -125,6 +142,7 @@ fn run(args: &[String]) -> Result<()> {
         settings: serde_json::json!({
             "duration_s": duration, "conns": conns, "w1_rate": w1_rate, "w3_rate": w3_rate,
             "w4_events": w4_events, "w4_rate": w4_rate, "w4_latency_events": w4_lat_events, "w5_conversations": w5, "w6_starts": w6,
+            "w7_answers": w7_answers, "w7_pieces": w7_pieces, "w7_chars": w7_chars, "w7_piece_ms": w7_piece_ms, "w7_interval_ms": w7_interval_ms,
             "only": only,
         }),
         ..Report::default()
@@ -146,23 +164,26 @@ fn run(args: &[String]) -> Result<()> {
         w4_lat_events,
         w5_convs: w5,
         w6_starts: w6,
+        w7_answers,
+        w7_pieces,
+        w7_chars,
+        w7_piece_ms,
+        w7_interval_ms,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("gen-rt")
         .enable_all()
         .build()?;
-    type Step = (
-        &'static str,
-        fn(&mut Report, &Ctx),
-    );
-    let decls: [Step; 6] = [
+    type Step = (&'static str, fn(&mut Report, &Ctx));
+    let decls: [Step; 7] = [
         ("W1", workloads::declare_w1),
         ("W2", workloads::declare_w2),
         ("W3", workloads::declare_w3),
         ("W4", workloads::declare_w4),
         ("W5", workloads::declare_w5),
         ("W6", workloads::declare_w6),
+        ("W7", w7::declare_w7),
     ];
     for (w, d) in decls {
         if want(w) {
@@ -171,8 +192,12 @@ fn run(args: &[String]) -> Result<()> {
     }
     rt.block_on(async {
         for round in offset..offset + rounds {
-            eprintln!("=== round {} of {rounds} (load avg {}) ===", round - offset + 1, util::loadavg());
-            for w in ["W1", "W2", "W3", "W4", "W5", "W6"] {
+            eprintln!(
+                "=== round {} of {rounds} (load avg {}) ===",
+                round - offset + 1,
+                util::loadavg()
+            );
+            for w in ["W1", "W2", "W3", "W4", "W5", "W6", "W7"] {
                 if !want(w) {
                     continue;
                 }
@@ -182,7 +207,8 @@ fn run(args: &[String]) -> Result<()> {
                     "W3" => workloads::w3(&ctx, &mut rep, round).await,
                     "W4" => workloads::w4(&ctx, &mut rep, round).await,
                     "W5" => workloads::w5(&ctx, &mut rep, round).await,
-                    _ => workloads::w6(&ctx, &mut rep, round).await,
+                    "W6" => workloads::w6(&ctx, &mut rep, round).await,
+                    _ => w7::w7(&ctx, &mut rep, round).await,
                 };
                 if let Err(e) = res {
                     eprintln!("{w} round {round} failed: {e:#}");
@@ -197,7 +223,12 @@ fn run(args: &[String]) -> Result<()> {
         }
     });
     rep.loadavg_end = util::loadavg();
-    rep.bridge_log = procs::LOGS.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
+    rep.bridge_log = procs::LOGS
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     rep.finished = now_stamp();
     rep.finish();
     print!("{}", rep.table());

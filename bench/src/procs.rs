@@ -16,12 +16,23 @@ pub static LOGS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 fn tally_log(path: &Path) {
-    let Ok(text) = std::fs::read_to_string(path) else { return };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
     let mut logs = LOGS.lock().unwrap();
     for line in text.lines() {
         let line = strip_ansi(line);
         // Drop the timestamp and anything that varies per line.
-        let rest = line.split_once(' ').map(|(first, rest)| if first.contains('T') && first.contains(':') { rest } else { line.as_str() }).unwrap_or(&line);
+        let rest = line
+            .split_once(' ')
+            .map(|(first, rest)| {
+                if first.contains('T') && first.contains(':') {
+                    rest
+                } else {
+                    line.as_str()
+                }
+            })
+            .unwrap_or(&line);
         let key: String = rest
             .chars()
             .map(|c| if c.is_ascii_digit() { '#' } else { c })
@@ -54,6 +65,8 @@ fn strip_ansi(s: &str) -> String {
 pub const SIGNING_SECRET: &str = "bench-signing-secret-8f14e45fceea167a5a36dedd4bea2543";
 pub const BOT_TOKEN: &str = "xoxb-bench-0000-token";
 pub const API_TOKEN: &str = "bench-admin-token-1f0e3dad99908345";
+pub const OPENAI_KEY: &str = "sk-bench-0000";
+pub const DISCORD_TOKEN: &str = "bench.discord.token";
 
 pub struct Proc {
     pub child: Child,
@@ -127,6 +140,11 @@ pub struct BridgeCfg {
     /// `SLACK_PROGRESS_REACTION`; `None` keeps the default (`eyes`).
     pub reaction: Option<String>,
     pub webhooks_private: bool,
+    /// `AGENT_KIND=openai` against the fake OpenAI-compatible server at this address
+    /// (W7); overrides `echo`.
+    pub openai: Option<SocketAddr>,
+    /// Discord on, against the fake Discord (REST + gateway) at this address (W7).
+    pub discord: Option<SocketAddr>,
     pub extra: Vec<(String, String)>,
 }
 
@@ -134,11 +152,19 @@ impl BridgeCfg {
     pub fn env(&self, port: u16, dir: &Path) -> Vec<(String, String)> {
         let mut v = vec![
             ("HTTP_BIND".into(), format!("127.0.0.1:{port}")),
-            ("DATABASE_URL".into(), format!("sqlite://{}/b.db", dir.display())),
+            (
+                "DATABASE_URL".into(),
+                format!("sqlite://{}/b.db", dir.display()),
+            ),
             ("RUST_LOG".into(), "warn".into()),
             ("BRIDGE_API_TOKEN".into(), API_TOKEN.into()),
         ];
-        if self.echo {
+        if let Some(o) = self.openai {
+            v.push(("AGENT_KIND".into(), "openai".into()));
+            v.push(("OPENAI_BASE_URL".into(), format!("http://{o}/v1")));
+            v.push(("OPENAI_API_KEY".into(), OPENAI_KEY.into()));
+            v.push(("OPENAI_MODEL".into(), "bench".into()));
+        } else if self.echo {
             v.push(("AGENT_KIND".into(), "echo".into()));
         } else {
             v.push(("AGENT_KIND".into(), "ai-agent-api".into()));
@@ -153,6 +179,10 @@ impl BridgeCfg {
             if let Some(r) = &self.reaction {
                 v.push(("SLACK_PROGRESS_REACTION".into(), r.clone()));
             }
+        }
+        if let Some(d) = self.discord {
+            v.push(("DISCORD_TOKEN".into(), DISCORD_TOKEN.into()));
+            v.push(("DISCORD_API_BASE".into(), crate::fake_discord::api_base(d)));
         }
         if self.webhooks_private {
             v.push(("WEBHOOK_ALLOW_PRIVATE_TARGETS".into(), "true".into()));
@@ -179,7 +209,9 @@ pub fn spawn_bridge(bin: &Path, cfg: &BridgeCfg) -> Result<Proc> {
         cmd.env(k, v);
     }
     let spawned = Instant::now();
-    let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
     Ok(Proc {
         pid: child.id(),
         child,
@@ -195,18 +227,36 @@ pub fn spawn_bridge(bin: &Path, cfg: &BridgeCfg) -> Result<Proc> {
 /// to `DIR/bridge-<n>.perf.data`. `BENCH_PERF_CALLGRAPH` picks the unwinder
 /// (default `dwarf,16384`; `fp` or `none` are cheaper).
 pub fn attach_perf(p: &mut Proc) {
-    let Ok(dir) = std::env::var("BENCH_PERF") else { return };
+    let Ok(dir) = std::env::var("BENCH_PERF") else {
+        return;
+    };
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = std::fs::create_dir_all(&dir);
     let out = format!("{dir}/bridge-{n}.perf.data");
     let cg = std::env::var("BENCH_PERF_CALLGRAPH").unwrap_or_else(|_| "dwarf,16384".into());
     let mut cmd = Command::new("perf");
-    cmd.args(["record", "-q", "-e", "cpu-clock", "-F", "499", "-p", &p.pid.to_string(), "-o", &out]);
+    cmd.args([
+        "record",
+        "-q",
+        "-e",
+        "cpu-clock",
+        "-F",
+        "499",
+        "-p",
+        &p.pid.to_string(),
+        "-o",
+        &out,
+    ]);
     if cg != "none" {
         cmd.args(["--call-graph", &cg]);
     }
-    match cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+    match cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
         Ok(c) => {
             eprintln!("[bench] perf recording pid {} into {out}", p.pid);
             std::thread::sleep(Duration::from_millis(300));
@@ -220,7 +270,14 @@ pub fn attach_perf(p: &mut Proc) {
 /// from spawn.
 pub async fn start_bridge(bin: &Path, cfg: &BridgeCfg) -> Result<(Proc, Duration)> {
     let mut p = spawn_bridge(bin, cfg)?;
-    match wait_200(p.addr, "/readyz", Duration::from_secs(20), Duration::from_millis(1)).await {
+    match wait_200(
+        p.addr,
+        "/readyz",
+        Duration::from_secs(20),
+        Duration::from_millis(1),
+    )
+    .await
+    {
         Ok(_) => {
             let took = p.spawned.elapsed();
             attach_perf(&mut p);

@@ -74,7 +74,9 @@ struct PostAnswer {
 }
 
 pub fn proxy(bind: SocketAddr, agent: SocketAddr) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(bind).await?;
         let client = client();
@@ -83,11 +85,18 @@ pub fn proxy(bind: SocketAddr, agent: SocketAddr) -> anyhow::Result<()> {
             let client = client.clone();
             let url = url.clone();
             async move {
-                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let out = Request::post(url)
                     .header(hyper::header::CONTENT_TYPE, "application/json")
                     .body(Full::new(body));
-                let Ok(out) = out else { return empty(StatusCode::INTERNAL_SERVER_ERROR) };
+                let Ok(out) = out else {
+                    return empty(StatusCode::INTERNAL_SERVER_ERROR);
+                };
                 let answer = match client.request(out).await {
                     Ok(resp) => resp.into_body().collect().await.map(|b| b.to_bytes()),
                     Err(_) => return empty(StatusCode::BAD_GATEWAY),
@@ -177,10 +186,12 @@ impl RefStore {
         // Checkpoints beside the writer, as the bridge does (a PASSIVE one every
         // 200 ms on a connection of its own), so the writer never copies the WAL back.
         let checkpoints = rusqlite::Connection::open(path)?;
-        std::thread::Builder::new().name("ref-checkpoint".into()).spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            let _ = checkpoints.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        })?;
+        std::thread::Builder::new()
+            .name("ref-checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let _ = checkpoints.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            })?;
         Ok(RefStore { ops })
     }
 
@@ -232,8 +243,17 @@ fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
                              platform, channel, thread, user_id, message_id) \
                              VALUES (?1, ?2, ?3, ?4, 'slack', ?5, ?6, 'U', NULL)",
                         )?;
-                        ins.execute(rusqlite::params![t.session, "user", t.query, now, t.channel, t.thread])?;
-                        ins.execute(rusqlite::params![t.session, "assistant", t.answer, now, t.channel, t.thread])?;
+                        ins.execute(rusqlite::params![
+                            t.session, "user", t.query, now, t.channel, t.thread
+                        ])?;
+                        ins.execute(rusqlite::params![
+                            t.session,
+                            "assistant",
+                            t.answer,
+                            now,
+                            t.channel,
+                            t.thread
+                        ])?;
                         first.push(true);
                     }
                 }
@@ -244,7 +264,10 @@ fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
             eprintln!("reference store: batch failed: {e}");
             let _ = db.execute_batch("ROLLBACK");
         }
-        for (op, first) in batch.drain(..).zip(first.into_iter().chain(std::iter::repeat(false))) {
+        for (op, first) in batch
+            .drain(..)
+            .zip(first.into_iter().chain(std::iter::repeat(false)))
+        {
             match op {
                 StoreOp::Sighting(_, tx) => {
                     let _ = tx.send(first && result.is_ok());
@@ -260,8 +283,15 @@ fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
 /// The W1 reference: check, parse, acknowledge; in the background post the text back
 /// in its thread. With `db`, the [`RefStore`] bookkeeping too: dedupe before
 /// answering, the turn's rows after posting.
-pub fn slack(bind: SocketAddr, secret: String, api: SocketAddr, db: Option<String>) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+pub fn slack(
+    bind: SocketAddr,
+    secret: String,
+    api: SocketAddr,
+    db: Option<String>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(bind).await?;
         let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
@@ -278,17 +308,28 @@ pub fn slack(bind: SocketAddr, secret: String, api: SocketAddr, db: Option<Strin
             let store = store.clone();
             async move {
                 let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 if !accept(&key, &parts.headers, &body) {
                     return empty(StatusCode::UNAUTHORIZED);
                 }
                 let Ok(env) = serde_json::from_slice::<Envelope>(&body) else {
                     return empty(StatusCode::BAD_REQUEST);
                 };
-                let (channel, ts, text) = (env.event.channel.into_owned(), env.event.ts.into_owned(), env.event.text.into_owned());
+                let (channel, ts, text) = (
+                    env.event.channel.into_owned(),
+                    env.event.ts.into_owned(),
+                    env.event.text.into_owned(),
+                );
                 tokio::spawn(async move {
                     if let Some(store) = &store {
-                        if !store.first_sighting(format!("slack:msg:{ts}:{channel}")).await {
+                        if !store
+                            .first_sighting(format!("slack:msg:{ts}:{channel}"))
+                            .await
+                        {
                             return;
                         }
                     }
@@ -315,10 +356,25 @@ pub fn slack(bind: SocketAddr, secret: String, api: SocketAddr, db: Option<Strin
 }
 
 /// One `chat.postMessage` in the thread, reading the answer's `ok`.
-async fn post_reply(client: &HttpClient, url: hyper::Uri, channel: &str, thread_ts: &str, text: &str) {
-    let Ok(post) = serde_json::to_vec(&Post { channel, thread_ts, text }) else { return };
+async fn post_reply(
+    client: &HttpClient,
+    url: hyper::Uri,
+    channel: &str,
+    thread_ts: &str,
+    text: &str,
+) {
+    let Ok(post) = serde_json::to_vec(&Post {
+        channel,
+        thread_ts,
+        text,
+    }) else {
+        return;
+    };
     let req = Request::post(url)
-        .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
         .header(hyper::header::AUTHORIZATION, "Bearer xoxb-bench")
         .body(Full::new(Bytes::from(post)));
     let Ok(req) = req else { return };

@@ -84,7 +84,11 @@ pub struct Report {
 
 impl Report {
     fn row(&mut self, w: &str, metric: &str, unit: &str, budget: Option<Budget>) -> &mut Row {
-        if let Some(i) = self.rows.iter().position(|r| r.workload == w && r.metric == metric) {
+        if let Some(i) = self
+            .rows
+            .iter()
+            .position(|r| r.workload == w && r.metric == metric)
+        {
             return &mut self.rows[i];
         }
         self.rows.push(Row {
@@ -144,8 +148,19 @@ impl Report {
             "agent-bridge bench — {} — nproc {} — load avg {} (start) / {} (end) — {} round(s), medians\n",
             self.started, self.nproc, self.loadavg_start, self.loadavg_end, self.rounds
         ));
-        out.push_str(&format!("bridge: {} ({})\n\n", self.bridge_binary, self.git));
-        let head = ["wl", "metric", "bridge", "floor", "ratio/added", "budget", "result"];
+        out.push_str(&format!(
+            "bridge: {} ({})\n\n",
+            self.bridge_binary, self.git
+        ));
+        let head = [
+            "wl",
+            "metric",
+            "bridge",
+            "floor",
+            "ratio/added",
+            "budget",
+            "result",
+        ];
         let mut lines: Vec<[String; 7]> = vec![head.map(String::from)];
         for r in &self.rows {
             let f = |v: Option<f64>| v.map(|x| fmt_num(x, &r.unit)).unwrap_or_else(|| "—".into());
@@ -158,7 +173,13 @@ impl Report {
                 (Some(why), _) => format!("skipped: {why}"),
                 (None, Some(true)) => "PASS".into(),
                 (None, Some(false)) => "FAIL".into(),
-                (None, None) => if r.budget.is_some() { "n/a".into() } else { "info".into() },
+                (None, None) => {
+                    if r.budget.is_some() {
+                        "n/a".into()
+                    } else {
+                        "info".into()
+                    }
+                }
             };
             lines.push([
                 r.workload.clone(),
@@ -180,7 +201,7 @@ impl Report {
             let mut s = String::new();
             for (i, c) in l.iter().enumerate() {
                 let pad = widths[i] - c.chars().count();
-                if i >= 2 && i <= 4 {
+                if (2..=4).contains(&i) {
                     s.push_str(&" ".repeat(pad));
                     s.push_str(c);
                 } else {
@@ -203,12 +224,16 @@ impl Report {
         if !self.bridge_log.is_empty() {
             out.push_str("\nbridge log lines (RUST_LOG=warn, all bridge processes of the run, digits as #):\n");
             let mut lines = self.bridge_log.clone();
-            lines.sort_by(|a, b| b.1.cmp(&a.1));
+            lines.sort_by_key(|l| std::cmp::Reverse(l.1));
             for (l, n) in lines.iter().take(12) {
                 out.push_str(&format!("  {n:>8}× {l}\n"));
             }
         }
-        let noted: Vec<&Row> = self.rows.iter().filter(|r| !r.notes.is_empty() || r.bridge.len() > 1 || r.floor.len() > 1).collect();
+        let noted: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| !r.notes.is_empty() || r.bridge.len() > 1 || r.floor.len() > 1)
+            .collect();
         if !noted.is_empty() {
             out.push_str("\nraw figures per round and notes:\n");
             for r in noted {
@@ -256,9 +281,9 @@ pub fn finish_row(r: &mut Row) {
     r.floor_median = median(&r.floor);
     let n = r.bridge.len().min(r.floor.len());
     r.relative = match r.budget {
-        Some(b) if b.uses_diff() => median(
-            &(0..n).map(|i| r.bridge[i] - r.floor[i]).collect::<Vec<_>>(),
-        ),
+        Some(b) if b.uses_diff() => {
+            median(&(0..n).map(|i| r.bridge[i] - r.floor[i]).collect::<Vec<_>>())
+        }
         _ if n > 0 => median(
             &(0..n)
                 .filter(|&i| r.floor[i] > 0.0)
@@ -294,11 +319,26 @@ pub fn summarize(files: &[String]) -> anyhow::Result<Report> {
         started: format!("summary of {} run(s)", reports.len()),
         finished: String::new(),
         nproc: reports.first().map(|r| r.nproc).unwrap_or(0),
-        loadavg_start: reports.iter().map(|r| r.loadavg_start.clone()).collect::<Vec<_>>().join(" | "),
-        loadavg_end: reports.iter().map(|r| r.loadavg_end.clone()).collect::<Vec<_>>().join(" | "),
+        loadavg_start: reports
+            .iter()
+            .map(|r| r.loadavg_start.clone())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        loadavg_end: reports
+            .iter()
+            .map(|r| r.loadavg_end.clone())
+            .collect::<Vec<_>>()
+            .join(" | "),
         rounds: reports.iter().map(|r| r.rounds).sum(),
-        bridge_binary: reports.first().map(|r| r.bridge_binary.clone()).unwrap_or_default(),
-        git: reports.iter().map(|r| r.git.clone()).collect::<Vec<_>>().join(" | "),
+        bridge_binary: reports
+            .first()
+            .map(|r| r.bridge_binary.clone())
+            .unwrap_or_default(),
+        git: reports
+            .iter()
+            .map(|r| r.git.clone())
+            .collect::<Vec<_>>()
+            .join(" | "),
         settings: serde_json::Value::Null,
         rows: vec![],
         bridge_log: vec![],

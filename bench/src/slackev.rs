@@ -136,7 +136,9 @@ pub fn verify(key: &Hmac<Sha256>, ts: &[u8], body: &[u8], sig: &[u8]) -> bool {
 /// What every receiver must check: the timestamp is within 5 minutes of now and the
 /// signature matches (floor and reference servers).
 pub fn accept(key: &Hmac<Sha256>, headers: &hyper::HeaderMap, body: &[u8]) -> bool {
-    let ts = headers.get("x-slack-request-timestamp").map(|v| v.as_bytes());
+    let ts = headers
+        .get("x-slack-request-timestamp")
+        .map(|v| v.as_bytes());
     let sig = headers.get("x-slack-signature").map(|v| v.as_bytes());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -127,7 +127,12 @@ pub async fn request(
 }
 
 /// Polls `GET path` until it answers 200; returns how long it took.
-pub async fn wait_200(addr: SocketAddr, path: &str, timeout: Duration, every: Duration) -> Result<Duration> {
+pub async fn wait_200(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    every: Duration,
+) -> Result<Duration> {
     let start = Instant::now();
     loop {
         if let Ok((StatusCode::OK, _)) = request(addr, Method::GET, path, &[], None).await {
@@ -198,8 +203,14 @@ pub fn ctx_switches(pid: u32) -> u64 {
         for e in dir.flatten() {
             if let Ok(status) = std::fs::read_to_string(e.path().join("status")) {
                 for line in status.lines() {
-                    if line.starts_with("voluntary_ctxt_switches") || line.starts_with("nonvoluntary_ctxt_switches") {
-                        total += line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                    if line.starts_with("voluntary_ctxt_switches")
+                        || line.starts_with("nonvoluntary_ctxt_switches")
+                    {
+                        total += line
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(0);
                     }
                 }
             }

@@ -34,6 +34,11 @@ pub struct Ctx {
     pub w4_lat_events: u64,
     pub w5_convs: u64,
     pub w6_starts: usize,
+    pub w7_answers: u64,
+    pub w7_pieces: u64,
+    pub w7_chars: usize,
+    pub w7_piece_ms: u64,
+    pub w7_interval_ms: u64,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -101,9 +106,10 @@ fn acks() -> Arc<Vec<AtomicU8>> {
 /// Every acknowledged event answered exactly once, nothing else answered.
 fn exactly_once(f: &Fakes, acks: &[AtomicU8], issued: u64) -> (bool, String) {
     let (mut good, mut missing, mut dup, mut unexpected) = (0u64, 0u64, 0u64, 0u64);
-    for i in 0..(issued as usize).min(MAX_SEQ) {
-        let a = acks[i].load(Ordering::Relaxed) > 0;
-        let c = f.slack.per_seq[i].load(Ordering::Relaxed);
+    let n = (issued as usize).min(MAX_SEQ);
+    for (ack, posts) in acks.iter().zip(f.slack.per_seq.iter()).take(n) {
+        let a = ack.load(Ordering::Relaxed) > 0;
+        let c = posts.load(Ordering::Relaxed);
         match (a, c) {
             (true, 1) => good += 1,
             (true, 0) => missing += 1,
@@ -139,14 +145,27 @@ async fn probe_slack(ctx: &Ctx) -> Result<(), String> {
     let maker = EventMaker::new(SIGNING_SECRET, 1, "probe", b.addr);
     let req = maker.request(3_999_999);
     let (parts, body) = req.into_parts();
-    let body: Bytes = http_body_util::BodyExt::collect(body).await.map(|c| c.to_bytes()).unwrap_or_default();
-    let hdr = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body: Bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let hdr = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
     let (ts, sig) = (hdr("x-slack-request-timestamp"), hdr("x-slack-signature"));
     let res = request(
         b.addr,
         Method::POST,
         "/slack/events",
-        &[("x-slack-request-timestamp", &ts), ("x-slack-signature", &sig)],
+        &[
+            ("x-slack-request-timestamp", &ts),
+            ("x-slack-signature", &sig),
+        ],
         Some(body),
     )
     .await;
@@ -155,7 +174,10 @@ async fn probe_slack(ctx: &Ctx) -> Result<(), String> {
         Ok((StatusCode::OK, _)) => Ok(()),
         Ok((s, body)) => Err(format!(
             "POST /slack/events answered {s}: {}",
-            String::from_utf8_lossy(&body).chars().take(120).collect::<String>()
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(120)
+                .collect::<String>()
         )),
         Err(e) => Err(format!("POST /slack/events failed: {e}")),
     }
@@ -167,17 +189,65 @@ async fn probe_slack(ctx: &Ctx) -> Result<(), String> {
 
 pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
     let w = "W1";
-    rep.declare(w, &format!("throughput ({} conns)", ctx.conns), "req/s", Some(Budget::RatioAtLeast(0.5)));
+    rep.declare(
+        w,
+        &format!("throughput ({} conns)", ctx.conns),
+        "req/s",
+        Some(Budget::RatioAtLeast(0.5)),
+    );
     rep.declare(w, &format!("p50 @{}/s", ctx.w1_rate), "ms", None);
-    rep.declare(w, &format!("p99 @{}/s", ctx.w1_rate), "ms", Some(Budget::AtMost(1.0)));
+    rep.declare(
+        w,
+        &format!("p99 @{}/s", ctx.w1_rate),
+        "ms",
+        Some(Budget::AtMost(1.0)),
+    );
     rep.declare(w, &format!("p99.9 @{}/s", ctx.w1_rate), "ms", None);
-    rep.declare(w, "CPU per event at max load, replies included", "µs", Some(Budget::AtMost(40.0)));
-    rep.declare(w, &format!("CPU per event @{}/s, replies included", ctx.w1_rate), "µs", None);
-    rep.declare(w, "context switches per event at max load (all threads)", "1", None);
-    rep.declare(w, &format!("context switches per event @{}/s (all threads)", ctx.w1_rate), "1", None);
-    rep.declare(w, "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)", "µs", None);
-    rep.declare(w, "every event answered exactly once", "ok", Some(Budget::AllOk));
-    rep.declare(w, "RSS under load (peak)", "MiB", Some(Budget::AtMost(40.0)));
+    rep.declare(
+        w,
+        "CPU per event at max load, replies included",
+        "µs",
+        Some(Budget::AtMost(40.0)),
+    );
+    rep.declare(
+        w,
+        &format!("CPU per event @{}/s, replies included", ctx.w1_rate),
+        "µs",
+        None,
+    );
+    rep.declare(
+        w,
+        "context switches per event at max load (all threads)",
+        "1",
+        None,
+    );
+    rep.declare(
+        w,
+        &format!(
+            "context switches per event @{}/s (all threads)",
+            ctx.w1_rate
+        ),
+        "1",
+        None,
+    );
+    rep.declare(
+        w,
+        "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)",
+        "µs",
+        None,
+    );
+    rep.declare(
+        w,
+        "every event answered exactly once",
+        "ok",
+        Some(Budget::AllOk),
+    );
+    rep.declare(
+        w,
+        "RSS under load (peak)",
+        "MiB",
+        Some(Budget::AtMost(40.0)),
+    );
     rep.declare(w, REF_W1_TPUT, "req/s", None);
     rep.declare(w, REF_W1_CPU, "µs", None);
     rep.declare(w, REF_W1S_TPUT, "req/s", None);
@@ -186,10 +256,13 @@ pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
 
 /// Rows of the reference servers (`reference.rs`): their figure in the bridge column,
 /// against the same round's floor.
-const REF_W1_TPUT: &str = "REFERENCE, not the bridge: hyper HMAC + parse + chat.postMessage, no store";
+const REF_W1_TPUT: &str =
+    "REFERENCE, not the bridge: hyper HMAC + parse + chat.postMessage, no store";
 const REF_W1_CPU: &str = "REFERENCE, not the bridge: its CPU per event at max load";
-const REF_W1S_TPUT: &str = "REFERENCE, not the bridge: the same + SQLite dedupe, conversation, 2 transcript rows";
-const REF_W1S_CPU: &str = "REFERENCE, not the bridge: the same + SQLite, its CPU per event at max load";
+const REF_W1S_TPUT: &str =
+    "REFERENCE, not the bridge: the same + SQLite dedupe, conversation, 2 transcript rows";
+const REF_W1S_CPU: &str =
+    "REFERENCE, not the bridge: the same + SQLite, its CPU per event at max load";
 const REF_W2_TPUT: &str = "REFERENCE, not the bridge: hyper proxy, body forwarded as is";
 const REF_W2_CPU: &str = "REFERENCE, not the bridge: its CPU per request at max load";
 
@@ -222,20 +295,38 @@ async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -
         Who::Floor => procs::start_floor(&ctx.self_bin).await?,
         Who::Reference => {
             let api = f.slack_addr.to_string();
-            procs::start_helper(&ctx.self_bin, "reference-slack", &[procs::SIGNING_SECRET, &api]).await?
+            procs::start_helper(
+                &ctx.self_bin,
+                "reference-slack",
+                &[procs::SIGNING_SECRET, &api],
+            )
+            .await?
         }
         Who::ReferenceStore => {
             let api = f.slack_addr.to_string();
             let db = db_dir.path().join("ref.db").to_string_lossy().into_owned();
-            procs::start_helper(&ctx.self_bin, "reference-slack-store", &[procs::SIGNING_SECRET, &api, &db]).await?
+            procs::start_helper(
+                &ctx.self_bin,
+                "reference-slack-store",
+                &[procs::SIGNING_SECRET, &api, &db],
+            )
+            .await?
         }
         Who::Bridge => {
-            let cfg = BridgeCfg { reaction, ..slack_cfg(f) };
+            let cfg = BridgeCfg {
+                reaction,
+                ..slack_cfg(f)
+            };
             procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0
         }
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let maker = Arc::new(EventMaker::new(SIGNING_SECRET, ctx.w1_channels, "", proc.addr));
+    let maker = Arc::new(EventMaker::new(
+        SIGNING_SECRET,
+        ctx.w1_channels,
+        "",
+        proc.addr,
+    ));
     let acks = acks();
     let a2 = acks.clone();
     let sampler = RssSampler::start(proc.pid);
@@ -257,7 +348,8 @@ async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -
         gate: None,
     })
     .await?;
-    let gen_cpu_us = (crate::util::thread_cpu_secs("gen-") - gen0) / (load.ok + load.errors).max(1) as f64 * 1e6;
+    let gen_cpu_us =
+        (crate::util::thread_cpu_secs("gen-") - gen0) / (load.ok + load.errors).max(1) as f64 * 1e6;
     let mut once = None;
     if !floor {
         let done = wait_replies(f, load.ok, Duration::from_secs(180)).await;
@@ -269,11 +361,19 @@ async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -
         once = Some((ok && done, detail));
     }
     let cpu1 = proc.cpu();
-    let ctx_per_req = crate::util::ctx_switches(proc.pid).saturating_sub(ctx0) as f64 / load.ok.max(1) as f64;
+    let ctx_per_req =
+        crate::util::ctx_switches(proc.pid).saturating_sub(ctx0) as f64 / load.ok.max(1) as f64;
     let rss_peak = sampler.finish().max(hwm_mib(proc.pid));
     let cpu_us = (cpu1 - cpu0) / load.ok.max(1) as f64 * 1e6;
     proc.stop(Duration::from_secs(5));
-    Ok(Side { gen_cpu_us, ctx_per_req, load, cpu_us, rss_peak, once })
+    Ok(Side {
+        gen_cpu_us,
+        ctx_per_req,
+        load,
+        cpu_us,
+        rss_peak,
+        once,
+    })
 }
 
 pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
@@ -285,77 +385,198 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     }
     let tput = format!("throughput ({} conns)", ctx.conns);
     let rate = ctx.w1_rate;
-    let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+    let order: [bool; 2] = if round.is_multiple_of(2) {
+        [true, false]
+    } else {
+        [false, true]
+    };
     for floor in order {
         let who = if floor { "floor" } else { "bridge" };
-        log(format!("W1 {who}: {} conns for {:?}", ctx.conns, ctx.duration));
-        let s = w1_measure(ctx, if floor { Who::Floor } else { Who::Bridge }, Mode::Closed, None).await?;
-        log(format!("W1 {who}: {:.0} req/s, {:.1} µs CPU/event; {}", s.load.rps(), s.cpu_us, settings_note(&s.load)));
+        log(format!(
+            "W1 {who}: {} conns for {:?}",
+            ctx.conns, ctx.duration
+        ));
+        let s = w1_measure(
+            ctx,
+            if floor { Who::Floor } else { Who::Bridge },
+            Mode::Closed,
+            None,
+        )
+        .await?;
+        log(format!(
+            "W1 {who}: {:.0} req/s, {:.1} µs CPU/event; {}",
+            s.load.rps(),
+            s.cpu_us,
+            settings_note(&s.load)
+        ));
         if floor {
             rep.floor(w, REF_W1_TPUT, s.load.rps());
             rep.floor(w, REF_W1_CPU, s.cpu_us);
             rep.floor(w, REF_W1S_TPUT, s.load.rps());
             rep.floor(w, REF_W1S_CPU, s.cpu_us);
         }
-        let push = |rep: &mut Report, m: &str, v: f64| if floor { rep.floor(w, m, v) } else { rep.bridge(w, m, v) };
+        let push = |rep: &mut Report, m: &str, v: f64| {
+            if floor {
+                rep.floor(w, m, v)
+            } else {
+                rep.bridge(w, m, v)
+            }
+        };
         push(rep, &tput, s.load.rps());
         push(rep, "CPU per event at max load, replies included", s.cpu_us);
-        push(rep, "context switches per event at max load (all threads)", s.ctx_per_req);
+        push(
+            rep,
+            "context switches per event at max load (all threads)",
+            s.ctx_per_req,
+        );
         let rss_first = s.rss_peak;
-        rep.note(w, &tput, format!("{who} round {round}: the generator spent {:.1} µs CPU per request", s.gen_cpu_us));
+        rep.note(
+            w,
+            &tput,
+            format!(
+                "{who} round {round}: the generator spent {:.1} µs CPU per request",
+                s.gen_cpu_us
+            ),
+        );
         if s.load.errors > 0 {
-            rep.note(w, &tput, format!("{who} round {round}: {}", settings_note(&s.load)));
+            rep.note(
+                w,
+                &tput,
+                format!("{who} round {round}: {}", settings_note(&s.load)),
+            );
         }
         if let Some((ok, detail)) = s.once {
-            rep.bridge(w, "every event answered exactly once", if ok { 1.0 } else { 0.0 });
-            rep.note(w, "every event answered exactly once", format!("round {round}, max load: {detail}"));
+            rep.bridge(
+                w,
+                "every event answered exactly once",
+                if ok { 1.0 } else { 0.0 },
+            );
+            rep.note(
+                w,
+                "every event answered exactly once",
+                format!("round {round}, max load: {detail}"),
+            );
         }
 
         log(format!("W1 {who}: {rate}/s for {:?}", ctx.duration));
-        let s = w1_measure(ctx, if floor { Who::Floor } else { Who::Bridge }, Mode::Rate(rate), None).await?;
+        let s = w1_measure(
+            ctx,
+            if floor { Who::Floor } else { Who::Bridge },
+            Mode::Rate(rate),
+            None,
+        )
+        .await?;
         log(format!(
             "W1 {who}: p50 {:.3} p99 {:.3} p99.9 {:.3} ms, {:.1} µs CPU/event; {}",
-            s.load.ms(0.5), s.load.ms(0.99), s.load.ms(0.999), s.cpu_us, settings_note(&s.load)
+            s.load.ms(0.5),
+            s.load.ms(0.99),
+            s.load.ms(0.999),
+            s.cpu_us,
+            settings_note(&s.load)
         ));
         push(rep, &format!("p50 @{rate}/s"), s.load.ms(0.5));
         push(rep, &format!("p99 @{rate}/s"), s.load.ms(0.99));
         push(rep, &format!("p99.9 @{rate}/s"), s.load.ms(0.999));
-        push(rep, &format!("CPU per event @{rate}/s, replies included"), s.cpu_us);
-        push(rep, &format!("context switches per event @{rate}/s (all threads)"), s.ctx_per_req);
+        push(
+            rep,
+            &format!("CPU per event @{rate}/s, replies included"),
+            s.cpu_us,
+        );
+        push(
+            rep,
+            &format!("context switches per event @{rate}/s (all threads)"),
+            s.ctx_per_req,
+        );
         push(rep, "RSS under load (peak)", rss_first.max(s.rss_peak));
         if s.load.max_dispatch_lag_ns > 1_000_000 {
-            rep.note(w, &format!("p99 @{rate}/s"), format!("{who} round {round}: pacer ran up to {:.1} ms late (counted in latency)", s.load.max_dispatch_lag_ns as f64 / 1e6));
+            rep.note(
+                w,
+                &format!("p99 @{rate}/s"),
+                format!(
+                    "{who} round {round}: pacer ran up to {:.1} ms late (counted in latency)",
+                    s.load.max_dispatch_lag_ns as f64 / 1e6
+                ),
+            );
         }
         if let Some((ok, detail)) = s.once {
-            rep.bridge(w, "every event answered exactly once", if ok { 1.0 } else { 0.0 });
-            rep.note(w, "every event answered exactly once", format!("round {round}, {rate}/s: {detail}"));
+            rep.bridge(
+                w,
+                "every event answered exactly once",
+                if ok { 1.0 } else { 0.0 },
+            );
+            rep.note(
+                w,
+                "every event answered exactly once",
+                format!("round {round}, {rate}/s: {detail}"),
+            );
         }
         if !floor {
-            log(format!("W1 bridge without the progress reaction: {} conns for {:?}", ctx.conns, ctx.duration));
+            log(format!(
+                "W1 bridge without the progress reaction: {} conns for {:?}",
+                ctx.conns, ctx.duration
+            ));
             let s = w1_measure(ctx, Who::Bridge, Mode::Closed, Some(String::new())).await?;
-            log(format!("W1 bridge, no reaction: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
-            rep.bridge(w, "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)", s.cpu_us);
+            log(format!(
+                "W1 bridge, no reaction: {:.0} req/s, {:.1} µs CPU/event",
+                s.load.rps(),
+                s.cpu_us
+            ));
+            rep.bridge(
+                w,
+                "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)",
+                s.cpu_us,
+            );
             if let Some((ok, detail)) = s.once {
-                rep.bridge(w, "every event answered exactly once", if ok { 1.0 } else { 0.0 });
-                rep.note(w, "every event answered exactly once", format!("round {round}, max load, no reaction: {detail}"));
+                rep.bridge(
+                    w,
+                    "every event answered exactly once",
+                    if ok { 1.0 } else { 0.0 },
+                );
+                rep.note(
+                    w,
+                    "every event answered exactly once",
+                    format!("round {round}, max load, no reaction: {detail}"),
+                );
             }
         }
     }
-    log(format!("W1 reference: {} conns for {:?}", ctx.conns, ctx.duration));
+    log(format!(
+        "W1 reference: {} conns for {:?}",
+        ctx.conns, ctx.duration
+    ));
     let s = w1_measure(ctx, Who::Reference, Mode::Closed, None).await?;
-    log(format!("W1 reference: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+    log(format!(
+        "W1 reference: {:.0} req/s, {:.1} µs CPU/event",
+        s.load.rps(),
+        s.cpu_us
+    ));
     rep.bridge(w, REF_W1_TPUT, s.load.rps());
     rep.bridge(w, REF_W1_CPU, s.cpu_us);
     if let Some((ok, detail)) = s.once {
-        rep.note(w, REF_W1_TPUT, format!("round {round}: answered exactly once: {ok} ({detail})"));
+        rep.note(
+            w,
+            REF_W1_TPUT,
+            format!("round {round}: answered exactly once: {ok} ({detail})"),
+        );
     }
-    log(format!("W1 reference with SQLite: {} conns for {:?}", ctx.conns, ctx.duration));
+    log(format!(
+        "W1 reference with SQLite: {} conns for {:?}",
+        ctx.conns, ctx.duration
+    ));
     let s = w1_measure(ctx, Who::ReferenceStore, Mode::Closed, None).await?;
-    log(format!("W1 reference with SQLite: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+    log(format!(
+        "W1 reference with SQLite: {:.0} req/s, {:.1} µs CPU/event",
+        s.load.rps(),
+        s.cpu_us
+    ));
     rep.bridge(w, REF_W1S_TPUT, s.load.rps());
     rep.bridge(w, REF_W1S_CPU, s.cpu_us);
     if let Some((ok, detail)) = s.once {
-        rep.note(w, REF_W1S_TPUT, format!("round {round}: answered exactly once: {ok} ({detail})"));
+        rep.note(
+            w,
+            REF_W1S_TPUT,
+            format!("round {round}: answered exactly once: {ok} ({detail})"),
+        );
     }
     Ok(())
 }
@@ -366,19 +587,40 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
 
 pub fn declare_w2(rep: &mut Report, ctx: &Ctx) {
     let w = "W2";
-    rep.declare(w, &format!("throughput ({} conns)", ctx.conns), "req/s", Some(Budget::RatioAtLeast(0.4)));
-    rep.declare(w, &format!("p50 @{}/s", ctx.w1_rate), "ms", Some(Budget::AddedAtMost(0.2)));
+    rep.declare(
+        w,
+        &format!("throughput ({} conns)", ctx.conns),
+        "req/s",
+        Some(Budget::RatioAtLeast(0.4)),
+    );
+    rep.declare(
+        w,
+        &format!("p50 @{}/s", ctx.w1_rate),
+        "ms",
+        Some(Budget::AddedAtMost(0.2)),
+    );
     rep.declare(w, &format!("p99 @{}/s", ctx.w1_rate), "ms", None);
-    rep.declare(w, "CPU per request at max load (floor: fake agent)", "µs", None);
+    rep.declare(
+        w,
+        "CPU per request at max load (floor: fake agent)",
+        "µs",
+        None,
+    );
     rep.declare(w, REF_W2_TPUT, "req/s", None);
     rep.declare(w, REF_W2_CPU, "µs", None);
 }
 
 fn w2_request(addr: std::net::SocketAddr, floor: bool, seq: u64) -> Request<Full<Bytes>> {
     let (path, body) = if floor {
-        ("/query", format!(r#"{{"query":"bench query {seq}","max_results":3,"personality_id":null}}"#))
+        (
+            "/query",
+            format!(r#"{{"query":"bench query {seq}","max_results":3,"personality_id":null}}"#),
+        )
     } else {
-        ("/agent-query", format!(r#"{{"query":"bench query {seq}"}}"#))
+        (
+            "/agent-query",
+            format!(r#"{{"query":"bench query {seq}"}}"#),
+        )
     };
     Request::post(path)
         .header(hyper::header::HOST, addr.to_string())
@@ -398,7 +640,11 @@ async fn w2_measure(ctx: &Ctx, who: Who, mode: Mode) -> Result<(LoadResult, f64)
             Some(procs::start_helper(&ctx.self_bin, "reference-proxy", &[&agent]).await?)
         }
         Who::Bridge => {
-            let cfg = BridgeCfg { echo: false, agent: Some(f.agent_addr), ..BridgeCfg::default() };
+            let cfg = BridgeCfg {
+                echo: false,
+                agent: Some(f.agent_addr),
+                ..BridgeCfg::default()
+            };
             Some(procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0)
         }
     };
@@ -406,7 +652,12 @@ async fn w2_measure(ctx: &Ctx, who: Who, mode: Mode) -> Result<(LoadResult, f64)
     let floor = who != Who::Bridge;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let addr = bridge.as_ref().map(|b| b.addr).unwrap_or(f.agent_addr);
-    let cpu = || bridge.as_ref().map(|b| b.cpu()).unwrap_or_else(|| f.cpu_secs());
+    let cpu = || {
+        bridge
+            .as_ref()
+            .map(|b| b.cpu())
+            .unwrap_or_else(|| f.cpu_secs())
+    };
     let cpu0 = cpu();
     let load = gen::run(Load {
         addr,
@@ -430,31 +681,80 @@ pub async fn w2(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     let w = "W2";
     let tput = format!("throughput ({} conns)", ctx.conns);
     let rate = ctx.w1_rate;
-    let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+    let order: [bool; 2] = if round.is_multiple_of(2) {
+        [true, false]
+    } else {
+        [false, true]
+    };
     for floor in order {
         let who = if floor { "floor" } else { "bridge" };
-        let push = |rep: &mut Report, m: &str, v: f64| if floor { rep.floor(w, m, v) } else { rep.bridge(w, m, v) };
-        log(format!("W2 {who}: {} conns for {:?}", ctx.conns, ctx.duration));
-        let (l, cpu_us) = w2_measure(ctx, if floor { Who::Floor } else { Who::Bridge }, Mode::Closed).await?;
-        log(format!("W2 {who}: {:.0} req/s, {:.1} µs CPU/req; {}", l.rps(), cpu_us, settings_note(&l)));
+        let push = |rep: &mut Report, m: &str, v: f64| {
+            if floor {
+                rep.floor(w, m, v)
+            } else {
+                rep.bridge(w, m, v)
+            }
+        };
+        log(format!(
+            "W2 {who}: {} conns for {:?}",
+            ctx.conns, ctx.duration
+        ));
+        let (l, cpu_us) = w2_measure(
+            ctx,
+            if floor { Who::Floor } else { Who::Bridge },
+            Mode::Closed,
+        )
+        .await?;
+        log(format!(
+            "W2 {who}: {:.0} req/s, {:.1} µs CPU/req; {}",
+            l.rps(),
+            cpu_us,
+            settings_note(&l)
+        ));
         push(rep, &tput, l.rps());
-        push(rep, "CPU per request at max load (floor: fake agent)", cpu_us);
+        push(
+            rep,
+            "CPU per request at max load (floor: fake agent)",
+            cpu_us,
+        );
         if floor {
             rep.floor(w, REF_W2_TPUT, l.rps());
             rep.floor(w, REF_W2_CPU, cpu_us);
         }
         if l.errors > 0 {
-            rep.note(w, &tput, format!("{who} round {round}: {}", settings_note(&l)));
+            rep.note(
+                w,
+                &tput,
+                format!("{who} round {round}: {}", settings_note(&l)),
+            );
         }
         log(format!("W2 {who}: {rate}/s for {:?}", ctx.duration));
-        let (l, _) = w2_measure(ctx, if floor { Who::Floor } else { Who::Bridge }, Mode::Rate(rate)).await?;
-        log(format!("W2 {who}: p50 {:.3} p99 {:.3} ms; {}", l.ms(0.5), l.ms(0.99), settings_note(&l)));
+        let (l, _) = w2_measure(
+            ctx,
+            if floor { Who::Floor } else { Who::Bridge },
+            Mode::Rate(rate),
+        )
+        .await?;
+        log(format!(
+            "W2 {who}: p50 {:.3} p99 {:.3} ms; {}",
+            l.ms(0.5),
+            l.ms(0.99),
+            settings_note(&l)
+        ));
         push(rep, &format!("p50 @{rate}/s"), l.ms(0.5));
         push(rep, &format!("p99 @{rate}/s"), l.ms(0.99));
     }
-    log(format!("W2 reference: {} conns for {:?}", ctx.conns, ctx.duration));
+    log(format!(
+        "W2 reference: {} conns for {:?}",
+        ctx.conns, ctx.duration
+    ));
     let (l, cpu_us) = w2_measure(ctx, Who::Reference, Mode::Closed).await?;
-    log(format!("W2 reference: {:.0} req/s, {:.1} µs CPU/req; {}", l.rps(), cpu_us, settings_note(&l)));
+    log(format!(
+        "W2 reference: {:.0} req/s, {:.1} µs CPU/req; {}",
+        l.rps(),
+        cpu_us,
+        settings_note(&l)
+    ));
     rep.bridge(w, REF_W2_TPUT, l.rps());
     rep.bridge(w, REF_W2_CPU, cpu_us);
     Ok(())
@@ -467,16 +767,50 @@ pub async fn w2(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
 pub fn declare_w3(rep: &mut Report, ctx: &Ctx) {
     let w = "W3";
     let r = ctx.w3_rate;
-    rep.declare(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), "ms", Some(Budget::Below(2.0)));
-    rep.declare(w, &format!("turn overhead p50, in + out @{r}/s"), "ms", None);
-    rep.declare(w, &format!("turn overhead p99.9, in + out @{r}/s"), "ms", None);
+    rep.declare(
+        w,
+        &format!("turn overhead p99, in + out @{r}/s, 200 convs"),
+        "ms",
+        Some(Budget::Below(2.0)),
+    );
+    rep.declare(
+        w,
+        &format!("turn overhead p50, in + out @{r}/s"),
+        "ms",
+        None,
+    );
+    rep.declare(
+        w,
+        &format!("turn overhead p99.9, in + out @{r}/s"),
+        "ms",
+        None,
+    );
     rep.declare(w, "in: event sent → agent call received, p99", "ms", None);
-    rep.declare(w, "out: agent answered → chat.postMessage received, p99", "ms", None);
-    rep.declare(w, "W3 without the progress reaction: p99, in + out", "ms", None);
+    rep.declare(
+        w,
+        "out: agent answered → chat.postMessage received, p99",
+        "ms",
+        None,
+    );
+    rep.declare(
+        w,
+        "W3 without the progress reaction: p99, in + out",
+        "ms",
+        None,
+    );
     rep.declare(w, "ack (Slack's 200) p99 during W3", "ms", None);
 }
 
-async fn w3_measure(ctx: &Ctx, reaction: Option<String>) -> Result<(Histogram<u64>, Histogram<u64>, Histogram<u64>, String, (f64, f64))> {
+async fn w3_measure(
+    ctx: &Ctx,
+    reaction: Option<String>,
+) -> Result<(
+    Histogram<u64>,
+    Histogram<u64>,
+    Histogram<u64>,
+    String,
+    (f64, f64),
+)> {
     let f = &ctx.fakes;
     f.reset();
     let cfg = BridgeCfg {
@@ -508,14 +842,22 @@ async fn w3_measure(ctx: &Ctx, reaction: Option<String>) -> Result<(Histogram<u6
     .await?;
     let done = wait_replies(f, load.ok, Duration::from_secs(60)).await;
     b.stop(Duration::from_secs(5));
-    let agent: std::collections::HashMap<u64, (u64, u64)> =
-        f.agent.w3.lock().unwrap().iter().map(|&(s, rx, tx)| (s, (rx, tx))).collect();
+    let agent: std::collections::HashMap<u64, (u64, u64)> = f
+        .agent
+        .w3
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&(s, rx, tx)| (s, (rx, tx)))
+        .collect();
     let posts = f.slack.w3.lock().unwrap().clone();
     let mk = || Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("hist");
     let (mut total, mut hin, mut hout) = (mk(), mk(), mk());
     let mut matched = 0;
     for (seq, post_rx) in posts {
-        let Some(&(a_rx, a_tx)) = agent.get(&seq) else { continue };
+        let Some(&(a_rx, a_tx)) = agent.get(&seq) else {
+            continue;
+        };
         let s = sent[seq as usize].load(Ordering::Relaxed);
         let din = a_rx.saturating_sub(s);
         let dout = post_rx.saturating_sub(a_tx);
@@ -529,7 +871,11 @@ async fn w3_measure(ctx: &Ctx, reaction: Option<String>) -> Result<(Histogram<u6
         "{} events sent, {} turns matched (agent call + post){}",
         load.ok,
         matched,
-        if done { "" } else { ", timed out waiting for replies" }
+        if done {
+            ""
+        } else {
+            ", timed out waiting for replies"
+        }
     );
     Ok((total, hin, hout, note, ack))
 }
@@ -541,20 +887,66 @@ pub async fn w3(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         return Ok(());
     }
     let r = ctx.w3_rate;
-    log(format!("W3: {r} turns/s over 200 conversations for {:?}", ctx.duration));
+    log(format!(
+        "W3: {r} turns/s over 200 conversations for {:?}",
+        ctx.duration
+    ));
     let (total, hin, hout, note, ack) = w3_measure(ctx, None).await?;
     let ms = |h: &Histogram<u64>, q| h.value_at_quantile(q) as f64 / 1e6;
-    log(format!("W3: p50 {:.3} p99 {:.3} ms (in p99 {:.3}, out p99 {:.3}); {note}", ms(&total, 0.5), ms(&total, 0.99), ms(&hin, 0.99), ms(&hout, 0.99)));
-    rep.bridge(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), ms(&total, 0.99));
-    rep.bridge(w, &format!("turn overhead p50, in + out @{r}/s"), ms(&total, 0.5));
-    rep.bridge(w, &format!("turn overhead p99.9, in + out @{r}/s"), ms(&total, 0.999));
-    rep.bridge(w, "in: event sent → agent call received, p99", ms(&hin, 0.99));
-    rep.bridge(w, "out: agent answered → chat.postMessage received, p99", ms(&hout, 0.99));
-    rep.note(w, &format!("turn overhead p99, in + out @{r}/s, 200 convs"), format!("round {round}: {note}; Slack only (no fake Discord gateway in the harness)"));
+    log(format!(
+        "W3: p50 {:.3} p99 {:.3} ms (in p99 {:.3}, out p99 {:.3}); {note}",
+        ms(&total, 0.5),
+        ms(&total, 0.99),
+        ms(&hin, 0.99),
+        ms(&hout, 0.99)
+    ));
+    rep.bridge(
+        w,
+        &format!("turn overhead p99, in + out @{r}/s, 200 convs"),
+        ms(&total, 0.99),
+    );
+    rep.bridge(
+        w,
+        &format!("turn overhead p50, in + out @{r}/s"),
+        ms(&total, 0.5),
+    );
+    rep.bridge(
+        w,
+        &format!("turn overhead p99.9, in + out @{r}/s"),
+        ms(&total, 0.999),
+    );
+    rep.bridge(
+        w,
+        "in: event sent → agent call received, p99",
+        ms(&hin, 0.99),
+    );
+    rep.bridge(
+        w,
+        "out: agent answered → chat.postMessage received, p99",
+        ms(&hout, 0.99),
+    );
+    rep.note(
+        w,
+        &format!("turn overhead p99, in + out @{r}/s, 200 convs"),
+        format!(
+            "round {round}: {note}; Slack only (W3 does not drive the fake Discord gateway yet)"
+        ),
+    );
     rep.bridge(w, "ack (Slack's 200) p99 during W3", ack.1);
-    rep.note(w, "ack (Slack's 200) p99 during W3", format!("round {round}: ack p50 {:.3} ms, p99 {:.3} ms (the figure is the p99)", ack.0, ack.1));
+    rep.note(
+        w,
+        "ack (Slack's 200) p99 during W3",
+        format!(
+            "round {round}: ack p50 {:.3} ms, p99 {:.3} ms (the figure is the p99)",
+            ack.0, ack.1
+        ),
+    );
     let (total, _, _, _, _) = w3_measure(ctx, Some(String::new())).await?;
-    rep.bridge(w, "W3 without the progress reaction: p99, in + out", ms(&total, 0.99));
+    rep.bridge(
+        w,
+        "W3 without the progress reaction: p99, in + out",
+        ms(&total, 0.99),
+    );
     Ok(())
 }
 
@@ -565,8 +957,18 @@ pub async fn w3(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
 pub fn declare_w4(rep: &mut Report, ctx: &Ctx) {
     let w = "W4";
     let n = ctx.w4_events;
-    rep.declare(w, &format!("deliveries/s, {n} events drained to a fast receiver (floor: direct posts)"), "1/s", Some(Budget::AtLeast(5000.0)));
-    rep.declare(w, &format!("events + deliveries end to end, {n} events"), "1/s", None);
+    rep.declare(
+        w,
+        &format!("deliveries/s, {n} events drained to a fast receiver (floor: direct posts)"),
+        "1/s",
+        Some(Budget::AtLeast(5000.0)),
+    );
+    rep.declare(
+        w,
+        &format!("events + deliveries end to end, {n} events"),
+        "1/s",
+        None,
+    );
     rep.declare(w, &format!("healthy endpoint p99 delivery latency, {} events @{}/s, with a hanging endpoint (floor: alone)", ctx.w4_lat_events, ctx.w4_rate), "ms", Some(Budget::AddedBelow(100.0)));
 }
 
@@ -584,9 +986,15 @@ async fn register(b: &Proc, url: &str) -> Result<(StatusCode, String)> {
 }
 
 fn w4_cfg(f: &Fakes, timeout_secs: Option<u64>) -> BridgeCfg {
-    let mut cfg = BridgeCfg { echo: true, webhooks_private: true, agent: Some(f.agent_addr), ..BridgeCfg::default() };
+    let mut cfg = BridgeCfg {
+        echo: true,
+        webhooks_private: true,
+        agent: Some(f.agent_addr),
+        ..BridgeCfg::default()
+    };
     if let Some(t) = timeout_secs {
-        cfg.extra.push(("WEBHOOK_TIMEOUT_SECS".into(), t.to_string()));
+        cfg.extra
+            .push(("WEBHOOK_TIMEOUT_SECS".into(), t.to_string()));
     }
     cfg
 }
@@ -596,7 +1004,9 @@ fn w4_request(addr: std::net::SocketAddr, seq: u64) -> Request<Full<Bytes>> {
         .header(hyper::header::HOST, addr.to_string())
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
-        .body(Full::new(Bytes::from(format!(r#"{{"query":"bench w4seq={seq}"}}"#))))
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"query":"bench w4seq={seq}"}}"#
+        ))))
         .expect("request")
 }
 
@@ -677,7 +1087,8 @@ pub async fn w4(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     let w = "W4";
     let f = &ctx.fakes;
     let n = ctx.w4_events;
-    let m_rate = format!("deliveries/s, {n} events drained to a fast receiver (floor: direct posts)");
+    let m_rate =
+        format!("deliveries/s, {n} events drained to a fast receiver (floor: direct posts)");
     let m_e2e = format!("events + deliveries end to end, {n} events");
     let m_lat = format!("healthy endpoint p99 delivery latency, {} events @{}/s, with a hanging endpoint (floor: alone)", ctx.w4_lat_events, ctx.w4_rate);
 
@@ -690,7 +1101,10 @@ pub async fn w4(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         match res {
             Ok((s, _)) if s.is_success() => {}
             Ok((s, body)) => {
-                let why = format!("POST /webhooks answered {s} {}", body.chars().take(80).collect::<String>());
+                let why = format!(
+                    "POST /webhooks answered {s} {}",
+                    body.chars().take(80).collect::<String>()
+                );
                 log(format!("W4 skipped: {why}"));
                 rep.skip(w, &why);
                 return Ok(());
@@ -703,7 +1117,7 @@ pub async fn w4(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     }
 
     // Floor: the receiver's own ceiling, posting webhook-shaped bodies directly.
-    let floor_first = round % 2 == 0;
+    let floor_first = round.is_multiple_of(2);
     let floor = || async {
         f.reset();
         let addr = f.hook_addr;
@@ -737,7 +1151,9 @@ pub async fn w4(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     }
 
     // Bridge: a backlog of n events behind a gated receiver, then released.
-    log(format!("W4: {n} events into the outbox behind a gated receiver"));
+    log(format!(
+        "W4: {n} events into the outbox behind a gated receiver"
+    ));
     f.reset();
     let (b, _) = procs::start_bridge(&ctx.bridge_bin, &w4_cfg(f, Some(300))).await?;
     register(&b, &format!("http://{}/hook", f.hook_addr)).await?;
@@ -778,8 +1194,15 @@ pub async fn w4(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     }
 
     // Latency: healthy alone vs. healthy + hanging.
-    for hanging in if floor_first { [false, true] } else { [true, false] } {
-        log(format!("W4: {} events at {}/s, hanging endpoint: {hanging}", ctx.w4_lat_events, ctx.w4_rate));
+    for hanging in if floor_first {
+        [false, true]
+    } else {
+        [true, false]
+    } {
+        log(format!(
+            "W4: {} events at {}/s, hanging endpoint: {hanging}",
+            ctx.w4_lat_events, ctx.w4_rate
+        ));
         let (p99, note) = w4_latency(ctx, hanging).await?;
         log(format!("W4: healthy p99 {p99:.2} ms; {note}"));
         if hanging {
@@ -787,7 +1210,11 @@ pub async fn w4(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
         } else {
             rep.floor(w, &m_lat, p99);
         }
-        rep.note(w, &m_lat, format!("round {round}, hanging {hanging}: {note}"));
+        rep.note(
+            w,
+            &m_lat,
+            format!("round {round}, hanging {hanging}: {note}"),
+        );
     }
     Ok(())
 }
@@ -797,9 +1224,27 @@ pub async fn w4(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
 // ---------------------------------------------------------------------------------
 
 pub fn declare_w5(rep: &mut Report, ctx: &Ctx) {
-    rep.declare("W5", "RSS idle after start (Slack on, echo agent)", "MiB", Some(Budget::AtMost(20.0)));
-    rep.declare("W5", &format!("RSS after {} conversations had one turn (Slack events route)", ctx.w5_convs), "MiB", Some(Budget::AtMost(150.0)));
-    rep.declare("W5", "CPU per turn while mapping them, replies included", "µs", None);
+    rep.declare(
+        "W5",
+        "RSS idle after start (Slack on, echo agent)",
+        "MiB",
+        Some(Budget::AtMost(20.0)),
+    );
+    rep.declare(
+        "W5",
+        &format!(
+            "RSS after {} conversations had one turn (Slack events route)",
+            ctx.w5_convs
+        ),
+        "MiB",
+        Some(Budget::AtMost(150.0)),
+    );
+    rep.declare(
+        "W5",
+        "CPU per turn while mapping them, replies included",
+        "µs",
+        None,
+    );
 }
 
 pub async fn w5(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
@@ -859,15 +1304,36 @@ pub async fn w5(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     let hwm = hwm_mib(b.pid);
     let (ok, detail) = exactly_once(f, &acks, load.ok + load.errors);
     b.stop(Duration::from_secs(5));
-    log(format!("W5: RSS {after:.1} MiB after {} turns ({:.0} turns/s), peak {hwm:.1}; {detail}", load.ok, load.ok as f64 / secs));
-    rep.bridge(w, &m_after, after);
-    rep.bridge(w, "CPU per turn while mapping them, replies included", cpu_us);
-    rep.note(w, &m_after, format!(
-        "round {round}: {} turns at {:.0}/s, peak RSS {hwm:.1} MiB; {detail}{}{}",
-        load.ok, load.ok as f64 / secs,
-        if ok { "" } else { " — NOT every event answered once" },
-        if done { "" } else { " (timed out waiting for replies)" }
+    log(format!(
+        "W5: RSS {after:.1} MiB after {} turns ({:.0} turns/s), peak {hwm:.1}; {detail}",
+        load.ok,
+        load.ok as f64 / secs
     ));
+    rep.bridge(w, &m_after, after);
+    rep.bridge(
+        w,
+        "CPU per turn while mapping them, replies included",
+        cpu_us,
+    );
+    rep.note(
+        w,
+        &m_after,
+        format!(
+            "round {round}: {} turns at {:.0}/s, peak RSS {hwm:.1} MiB; {detail}{}{}",
+            load.ok,
+            load.ok as f64 / secs,
+            if ok {
+                ""
+            } else {
+                " — NOT every event answered once"
+            },
+            if done {
+                ""
+            } else {
+                " (timed out waiting for replies)"
+            }
+        ),
+    );
     Ok(())
 }
 
@@ -876,8 +1342,21 @@ pub async fn w5(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
 // ---------------------------------------------------------------------------------
 
 pub fn declare_w6(rep: &mut Report, ctx: &Ctx) {
-    rep.declare("W6", &format!("start-up: spawn → /readyz 200, fresh SQLite, Slack on (median of {})", ctx.w6_starts), "ms", Some(Budget::AtMost(200.0)));
-    rep.declare("W6", "start-up without Slack (HTTP + store only)", "ms", None);
+    rep.declare(
+        "W6",
+        &format!(
+            "start-up: spawn → /readyz 200, fresh SQLite, Slack on (median of {})",
+            ctx.w6_starts
+        ),
+        "ms",
+        Some(Budget::AtMost(200.0)),
+    );
+    rep.declare(
+        "W6",
+        "start-up without Slack (HTTP + store only)",
+        "ms",
+        None,
+    );
 }
 
 pub async fn w6(ctx: &Ctx, rep: &mut Report, _round: usize) -> Result<()> {
@@ -885,7 +1364,14 @@ pub async fn w6(ctx: &Ctx, rep: &mut Report, _round: usize) -> Result<()> {
     for slack in [true, false] {
         let mut v = Vec::new();
         for _ in 0..ctx.w6_starts {
-            let cfg = if slack { slack_cfg(f) } else { BridgeCfg { echo: true, ..BridgeCfg::default() } };
+            let cfg = if slack {
+                slack_cfg(f)
+            } else {
+                BridgeCfg {
+                    echo: true,
+                    ..BridgeCfg::default()
+                }
+            };
             let (b, took) = procs::start_bridge(&ctx.bridge_bin, &cfg).await?;
             v.push(took.as_secs_f64() * 1e3);
             b.stop(Duration::from_secs(3));
@@ -893,7 +1379,14 @@ pub async fn w6(ctx: &Ctx, rep: &mut Report, _round: usize) -> Result<()> {
         let med = crate::util::median(&v).unwrap_or(f64::NAN);
         log(format!("W6 (slack {slack}): {v:.1?} ms → median {med:.1}"));
         if slack {
-            rep.bridge("W6", &format!("start-up: spawn → /readyz 200, fresh SQLite, Slack on (median of {})", ctx.w6_starts), med);
+            rep.bridge(
+                "W6",
+                &format!(
+                    "start-up: spawn → /readyz 200, fresh SQLite, Slack on (median of {})",
+                    ctx.w6_starts
+                ),
+                med,
+            );
         } else {
             rep.bridge("W6", "start-up without Slack (HTTP + store only)", med);
         }
