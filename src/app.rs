@@ -65,6 +65,7 @@ impl Core {
             edit_interval: cfg.conversation.edit_interval,
             max_reply_messages: cfg.conversation.max_reply_messages,
             feedback_buttons: cfg.conversation.feedback_buttons,
+            recovery_window: cfg.conversation.recovery_window,
             history_turns: cfg.agent.history_turns,
             history_chars: cfg.agent.history_chars,
             access: AccessSettings {
@@ -77,6 +78,7 @@ impl Core {
             conversations: store.clone(),
             transcripts: store.clone(),
             turns: store.clone(),
+            journal: store.clone(),
         };
         let relay = Relay::new(agent, ports, settings);
         relay.set_feedback_store(store.clone());

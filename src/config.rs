@@ -97,6 +97,9 @@ pub struct ConversationConfig {
     pub max_reply_messages: usize,
     /// `FEEDBACK_BUTTONS`, default `true`: 👍/👎 under the last message of each answer.
     pub feedback_buttons: bool,
+    /// `RECOVERY_WINDOW`, default `10m`: how old a turn left unanswered by a crash or
+    /// downtime may be and still be answered at the next start.
+    pub recovery_window: Duration,
 }
 
 /// `N/sec|min|hour|day`: at most `turns` turns per `per`.
@@ -485,6 +488,7 @@ impl Config {
             edit_interval: Duration::from_millis(number(&vars, &STREAM_EDIT_INTERVAL_MS)?),
             max_reply_messages: to_usize(number(&vars, &MAX_REPLY_MESSAGES)?),
             feedback_buttons: boolean(&vars, "FEEDBACK_BUTTONS", true)?,
+            recovery_window: recovery_window(&vars)?,
         };
         let discord_edit_interval = match vars.get(DISCORD_EDIT_INTERVAL_MS.var) {
             Some(_) => Some(Duration::from_millis(number(
@@ -613,6 +617,16 @@ impl Config {
 /// `m`, `h` or `d` (`500ms`, `5s`, `5m`, `2h`, `1d`); whitespace around and between the
 /// two is tolerated. `None` when malformed or too large for a [`Duration`]. Zero is
 /// accepted here; callers that need a positive delay check for it.
+/// `RECOVERY_WINDOW`: a duration such as `10m` (the default), `90s` or `1h`.
+fn recovery_window(vars: &Vars<'_>) -> Result<Duration, ConfigError> {
+    let value = vars.or("RECOVERY_WINDOW", "10m");
+    parse_duration(&value).ok_or_else(|| {
+        ConfigError(format!(
+            "RECOVERY_WINDOW: {value:?} is not a duration (e.g. 10m, 90s or 1h)"
+        ))
+    })
+}
+
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -1384,7 +1398,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 53] = [
+    const OPTIONAL_VARS: [&str; 54] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1438,6 +1452,7 @@ mod tests {
         "SLACK_SOCKET_CONNECTIONS",
         "SLACK_SUGGESTED_PROMPTS",
         "FEEDBACK_BUTTONS",
+        "RECOVERY_WINDOW",
     ];
 
     #[test]

@@ -124,6 +124,7 @@ where
             // The busy answer has already been printed through the sink.
             Err(Rejected::Busy) => {}
             Err(Rejected::ShuttingDown) => break,
+            Err(Rejected::Unavailable) => {}
         }
     }
     relay.drain(options.grace).await;

@@ -223,6 +223,10 @@ pub struct ReplyFailed {
     pub message_id: String,
     pub query: String,
     pub error: String,
+    /// `agent_error` (the agent failed: the user got `ERROR_REPLY`), `post_failed`
+    /// (the platform refused the answer), `abandoned` (a turn cut by a crash or
+    /// downtime, older than `RECOVERY_WINDOW` when the bridge came back).
+    pub reason: &'static str,
 }
 
 #[cfg(test)]

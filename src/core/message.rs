@@ -14,6 +14,42 @@ pub enum Platform {
     Console,
 }
 
+impl Inbound {
+    /// The journal's id of this message's turn: the same for every delivery of the
+    /// message (a Slack retry, the app_mention and message events of one post, a
+    /// Discord catch-up), so it is journaled — and answered — once. Only ASCII
+    /// letters, digits, `-`, `_` and `.` (Discord's `custom_id` and Slack's metadata
+    /// carry it).
+    pub fn turn_id(&self) -> String {
+        turn_id(
+            self.platform,
+            &self.workspace,
+            &self.channel,
+            &self.message_id,
+        )
+    }
+}
+
+/// [`Inbound::turn_id`] of the message `message_id` of `channel` (a platform that
+/// needs it where it has no `Inbound`, such as a sink).
+pub fn turn_id(platform: Platform, workspace: &str, channel: &str, message_id: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' => c,
+                _ => '_',
+            })
+            .collect()
+    };
+    format!(
+        "{}-{}-{}-{}",
+        platform.as_str(),
+        clean(workspace),
+        clean(channel),
+        clean(message_id)
+    )
+}
+
 impl Platform {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -30,6 +30,9 @@ pub struct Metrics {
     deliveries: DashMap<&'static str, AtomicU64>,
     /// Slack requests refused for a missing or bad signature.
     slack_signatures_refused: AtomicU64,
+    /// Journaled turns answered after a restart, and given up past `RECOVERY_WINDOW`.
+    turns_recovered: AtomicU64,
+    turns_abandoned: AtomicU64,
 }
 
 fn platform_index(platform: Platform) -> usize {
@@ -52,6 +55,14 @@ impl Metrics {
             .entry(kind.to_string())
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn turn_recovered(&self) {
+        self.turns_recovered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn turn_abandoned(&self) {
+        self.turns_abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn turn_ended(&self, outcome: TurnOutcome) {
@@ -136,6 +147,22 @@ impl Metrics {
             "bridge_slack_signatures_refused_total {}",
             self.slack_signatures_refused.load(Ordering::Relaxed)
         );
+        for (name, help, counter) in [
+            (
+                "bridge_turns_recovered_total",
+                "Turns a previous process accepted and this one answered.",
+                &self.turns_recovered,
+            ),
+            (
+                "bridge_turns_abandoned_total",
+                "Turns older than RECOVERY_WINDOW when the bridge came back, given up.",
+                &self.turns_abandoned,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+        }
         self.agent_latency
             .render(out, "bridge_agent_latency_seconds", "Agent call latency.");
     }

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::events::OutboxEvent;
-use super::message::{ConversationKey, Platform};
+use super::message::{ConversationKey, Inbound, Platform};
 
 // ---------------------------------------------------------------------------------
 // Agent
@@ -159,6 +159,30 @@ pub trait ChatSink: Send + Sync + 'static {
         let text = feed.finished().await;
         self.send(&text).await
     }
+    /// Where the answer goes, as the platform's [`Resume`] can rebuild a sink from it
+    /// after a restart (the journal keeps it). `None`: the turn is not journaled
+    /// (nothing could answer it in another process, like the console).
+    fn reply_to(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What a platform's [`Resume`] found for a journaled turn left unanswered by a
+/// previous process.
+pub enum Resumed {
+    /// Answer it through this sink.
+    Answer(Arc<dyn ChatSink>),
+    /// Its answer is already on the platform (posted before the crash, not recorded):
+    /// nothing to post again.
+    AlreadyAnswered,
+    /// Cannot be answered any more (the reply target is unreadable or gone).
+    Unanswerable(String),
+}
+
+/// A platform's way back to a journaled turn's conversation after a restart.
+#[async_trait]
+pub trait Resume: Send + Sync + 'static {
+    async fn resume(&self, turn: &JournalTurn) -> Resumed;
 }
 
 /// An answer as the relay hands it to a [`ChatSink`]: the text so far (agent
@@ -338,6 +362,13 @@ pub trait Conversations: Send + Sync + 'static {
 pub trait Transcripts: Send + Sync + 'static {
     /// Applies a [`Commit`] atomically.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    /// `commit` and the journal's move of turn `turn` to `state`, in one transaction.
+    async fn commit_turn(
+        &self,
+        commit: Commit,
+        turn: &str,
+        state: TurnState,
+    ) -> Result<(), StoreError>;
 
     /// `false` while the store knows that no enabled webhook endpoint would take an
     /// event, so a caller may skip building events a commit would drop anyway. A hint
@@ -426,4 +457,67 @@ pub struct RelayStore {
     pub conversations: Arc<dyn Conversations>,
     pub transcripts: Arc<dyn Transcripts>,
     pub turns: Arc<dyn TurnQueue>,
+    pub journal: Arc<dyn Journal>,
+}
+
+/// A turn as the journal holds it: the message, where its answer goes (the
+/// platform's own description, [`ChatSink::reply_to`]) and when it arrived.
+#[derive(Debug, Clone)]
+pub struct JournalTurn {
+    /// [`Inbound::turn_id`]: the same for every delivery of one message.
+    pub id: String,
+    pub msg: Inbound,
+    pub reply_to: String,
+    pub received: OffsetDateTime,
+}
+
+/// Where a journaled turn stands. Only the relay moves a turn: `Accepted` when it is
+/// taken (before the platform's acknowledgement), then `Answered` or `Failed` in the
+/// turn's own record (one transaction with its transcript and events), or
+/// `Abandoned` by recovery when it is older than `RECOVERY_WINDOW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnState {
+    Accepted,
+    Answered,
+    Failed,
+    Abandoned,
+}
+
+impl TurnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnState::Accepted => "accepted",
+            TurnState::Answered => "answered",
+            TurnState::Failed => "failed",
+            TurnState::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// The turn journal (SPEC §3): nothing accepted is lost.
+#[async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// Records an accepted turn; `false` when the message is journaled already (a
+    /// redelivery: answered, or being answered, once).
+    async fn accept_turn(&self, turn: &JournalTurn) -> Result<bool, StoreError>;
+    /// The turns of `platform` still `Accepted` and untouched since
+    /// `untouched_since` (left by a process that is gone), oldest first, at most
+    /// `limit`.
+    async fn open_turns(
+        &self,
+        platform: Platform,
+        untouched_since: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<JournalTurn>, StoreError>;
+    /// Takes such a turn for this process; `false` when another one took it first.
+    async fn claim_turn(
+        &self,
+        id: &str,
+        untouched_since: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Marks this replica's turns in flight as alive (a shared store: see
+    /// `claim_turn`).
+    async fn touch_turns(&self, ids: &[String]) -> Result<(), StoreError>;
+    /// Moves a turn on (with no record to go with it: a command, a recovery).
+    async fn end_turn(&self, id: &str, state: TurnState) -> Result<(), StoreError>;
 }

@@ -34,8 +34,8 @@ use super::message::{ConversationKey, Inbound, Platform, SessionScope};
 use super::metrics::Metrics;
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerFeed, AnswerStream, ChatSink,
-    Commit, Conversation, FeedbackClick, FeedbackEntry, FeedbackStore, HistoryTurn, RelayStore,
-    Role, StoreError, TranscriptEntry,
+    Commit, Conversation, FeedbackClick, FeedbackEntry, FeedbackStore, HistoryTurn, JournalTurn,
+    RelayStore, Resume, Resumed, Role, StoreError, TranscriptEntry, TurnState,
 };
 use super::sessions::SessionMap;
 
@@ -64,6 +64,16 @@ pub const STOPPED_NOTE: &str = " (stopped)";
 pub const NOTHING_TO_STOP: &str = "There is no answer being written here to stop.";
 
 /// The answer to `stop` that ended an answer.
+/// Journaled turns read per recovery: more than any crash leaves behind.
+const RECOVERY_BATCH: u32 = 10_000;
+
+/// With replicas sharing the store: a journaled turn untouched this long belongs to
+/// a replica that is gone (a live one touches its turns every [`TOUCH_EVERY`]).
+const TAKEOVER_AFTER: time::Duration = time::Duration::seconds(30);
+
+/// How often a replica touches its journaled turns in flight (shared store only).
+pub const TOUCH_EVERY: Duration = Duration::from_secs(10);
+
 pub const STOPPED_REPLY: &str = "Stopped.";
 
 /// A conversation is told about a rate limit or a busy bridge at most this often.
@@ -121,6 +131,9 @@ pub struct RelaySettings {
     /// keeps none.
     pub history_turns: usize,
     pub history_chars: usize,
+    /// `RECOVERY_WINDOW`: how old a journaled turn may be and still be answered by
+    /// [`Relay::recover`].
+    pub recovery_window: Duration,
 }
 
 impl RelaySettings {
@@ -138,6 +151,9 @@ pub enum Rejected {
     Busy,
     /// Shutdown has begun; the platform should let its peer retry elsewhere.
     ShuttingDown,
+    /// The turn could not be journaled (the store is down): the platform should let
+    /// its peer retry, since nothing was taken.
+    Unavailable,
 }
 
 /// How a turn ended.
@@ -175,9 +191,45 @@ pub struct Relay {
     inner: Arc<Inner>,
 }
 
+/// A turn's place in the journal.
+enum Journaling {
+    /// Not journaled: nothing could answer it in another process (the console, an
+    /// API reset).
+    Off,
+    /// To be journaled when it starts (Discord: no acknowledgement waits for it, and
+    /// its lane keeps the arrival order); a message journaled already is a duplicate.
+    Pending(JournalTurn),
+    /// Journaled before the platform was acknowledged (Slack), or by an earlier
+    /// process (a recovered turn).
+    Accepted(String),
+}
+
+impl Journaling {
+    fn for_message(msg: &Inbound, sink: &dyn ChatSink, received: OffsetDateTime) -> Self {
+        match sink.reply_to() {
+            Some(reply_to) => Journaling::Pending(JournalTurn {
+                id: msg.turn_id(),
+                msg: msg.clone(),
+                reply_to,
+                received,
+            }),
+            None => Journaling::Off,
+        }
+    }
+
+    /// The id of a turn already in the journal.
+    fn accepted(&self) -> Option<String> {
+        match self {
+            Journaling::Accepted(id) => Some(id.clone()),
+            _ => None,
+        }
+    }
+}
+
 struct Turn {
     key: ConversationKey,
     msg: Inbound,
+    journal: Journaling,
     sink: Arc<dyn ChatSink>,
     received: OffsetDateTime,
     /// Told how the turn ended; the receiver may be gone.
@@ -215,6 +267,12 @@ struct Inner {
     /// The answer being written in each conversation: cancelling it (`stop`, or the
     /// shutdown deadline) ends the answer with what was shown so far.
     in_flight: DashMap<ConversationKey, CancellationToken>,
+    /// When this relay started: journaled turns from before it were taken by
+    /// another process.
+    started: OffsetDateTime,
+    /// The journaled turns this process holds (queued or running), touched every
+    /// [`TOUCH_EVERY`] on a shared store so no other replica takes them over.
+    holding: DashMap<String, ()>,
     /// When each conversation was last told about a rate limit or a busy bridge:
     /// at most one such notice a minute per conversation (a flood gets one answer).
     notices: DashMap<ConversationKey, Instant>,
@@ -226,7 +284,7 @@ impl Relay {
     pub fn new(agent: Arc<dyn Agent>, store: RelayStore, mut settings: RelaySettings) -> Self {
         let max_concurrency = settings.max_concurrency.max(1);
         let capacity = max_concurrency.saturating_add(settings.queue_capacity);
-        Relay {
+        let relay = Relay {
             inner: Arc::new(Inner {
                 agent,
                 sessions: SessionMap::new(store.conversations.clone(), store.turns.is_shared()),
@@ -240,9 +298,15 @@ impl Relay {
                 accepting: AtomicBool::new(true),
                 in_flight: DashMap::new(),
                 notices: DashMap::new(),
+                started: OffsetDateTime::now_utc(),
+                holding: DashMap::new(),
                 feedback: std::sync::OnceLock::new(),
             }),
+        };
+        if relay.inner.store.turns.is_shared() {
+            tokio::spawn(touch_turns(Arc::downgrade(&relay.inner)));
         }
+        relay
     }
 
     /// Queues a message behind the earlier turns of its conversation and returns at
@@ -252,7 +316,8 @@ impl Relay {
             return Err(Rejected::ShuttingDown);
         }
         let (done, handle) = oneshot::channel();
-        self.inner.enqueue(msg, sink, done, false)?;
+        let journal = Journaling::for_message(&msg, &*sink, OffsetDateTime::now_utc());
+        self.inner.enqueue(msg, sink, done, false, journal)?;
         Ok(TurnHandle(handle))
     }
 
@@ -293,18 +358,164 @@ impl Relay {
             return Err(Rejected::ShuttingDown);
         }
         let (done, handle) = oneshot::channel();
+        // In the journal before the acknowledgement: from here on, a crash loses
+        // nothing (the next start answers it). A message journaled already is a
+        // redelivery.
+        let mut journal = Journaling::for_message(&msg, &*sink, OffsetDateTime::now_utc());
+        if let Journaling::Pending(turn) = &journal {
+            if inner.access.refusal(&msg).is_none() {
+                match inner.store.journal.accept_turn(turn).await {
+                    Ok(true) => {
+                        inner.holding.insert(turn.id.clone(), ());
+                        journal = Journaling::Accepted(turn.id.clone());
+                    }
+                    Ok(false) => {
+                        inner.lanes.release();
+                        inner.metrics.turn_ended(TurnOutcome::Duplicate);
+                        let _ = done.send(TurnOutcome::Duplicate);
+                        return Ok(TurnHandle(handle));
+                    }
+                    Err(e) => {
+                        inner.lanes.release();
+                        warn!(error = %e, "could not journal the turn; asking the platform to retry");
+                        return Err(Rejected::Unavailable);
+                    }
+                }
+            }
+        }
         let worker = inner.clone();
         inner.tracker.spawn(async move {
             if first.await {
                 // Never busy: the slot is already reserved.
-                let _ = worker.enqueue(msg, sink, done, true);
+                let _ = worker.enqueue(msg, sink, done, true, journal);
             } else {
+                // Answered already (the sighting says so).
+                worker.end_journal(journal.accepted(), TurnState::Answered);
                 worker.lanes.release();
                 worker.metrics.turn_ended(TurnOutcome::Duplicate);
                 let _ = done.send(TurnOutcome::Duplicate);
             }
         });
         Ok(TurnHandle(handle))
+    }
+
+    /// Answers the turns of `platform` a previous process accepted and never answered
+    /// (a crash, `kill -9`, downtime), oldest first, each in its conversation's lane;
+    /// one older than `window` is given up (`abandoned`: a `reply.failed` event and a
+    /// log line). `resume` rebuilds where each answer goes, and finds an answer that
+    /// was posted but not recorded. Returns (answered again, abandoned).
+    pub async fn recover(
+        &self,
+        platform: Platform,
+        resume: &dyn Resume,
+    ) -> Result<(usize, usize), StoreError> {
+        let inner = &self.inner;
+        let window = inner.settings.recovery_window;
+        let now = OffsetDateTime::now_utc();
+        // Never a turn of a live process: on a store of its own (SQLite) every turn
+        // from before this start was left by a process that is gone; replicas sharing
+        // the store touch their turns in flight (`touch_turns`), so one untouched for
+        // `TAKEOVER_AFTER` is left too.
+        let untouched_since = match inner.store.turns.is_shared() {
+            true => inner.started.min(now - TAKEOVER_AFTER),
+            false => inner.started,
+        };
+        let journal = &inner.store.journal;
+        let turns = journal
+            .open_turns(platform, untouched_since, RECOVERY_BATCH)
+            .await?;
+        let (mut recovered, mut abandoned) = (0, 0);
+        for turn in turns {
+            if !journal.claim_turn(&turn.id, untouched_since).await? {
+                continue;
+            }
+            inner.holding.insert(turn.id.clone(), ());
+            let age = now - turn.received;
+            if age > window {
+                warn!(turn = %turn.id, age_secs = age.whole_seconds(), "a turn older than RECOVERY_WINDOW is given up");
+                let key = ConversationKey::derive(inner.settings.scope, &turn.msg);
+                let msg = &turn.msg;
+                let at = conversation_ref(
+                    &key,
+                    msg.platform,
+                    &msg.workspace,
+                    &msg.channel,
+                    msg.thread.as_deref(),
+                );
+                let cause = "not answered before the bridge stopped; older than RECOVERY_WINDOW when it came back";
+                let event = reply_failed(&key, at, msg, &msg.text, cause, "abandoned", now);
+                let commit = Commit {
+                    events: vec![event],
+                    ..Commit::default()
+                };
+                inner
+                    .record(commit, Some(&turn.id), TurnState::Abandoned)
+                    .await;
+                inner.metrics.turn_abandoned();
+                abandoned += 1;
+                continue;
+            }
+            match resume.resume(&turn).await {
+                Resumed::Answer(sink) => {
+                    tracing::info!(turn = %turn.id, age_ms = age.whole_milliseconds(), "answering a turn the previous process did not");
+                    let (done, _handle) = oneshot::channel();
+                    let journal = Journaling::Accepted(turn.id.clone());
+                    if inner.enqueue(turn.msg, sink, done, false, journal).is_ok() {
+                        inner.metrics.turn_recovered();
+                        recovered += 1;
+                    }
+                }
+                Resumed::AlreadyAnswered => {
+                    tracing::info!(turn = %turn.id, "its answer was posted before the stop; not posting it again");
+                    inner
+                        .store
+                        .journal
+                        .end_turn(&turn.id, TurnState::Answered)
+                        .await?;
+                }
+                Resumed::Unanswerable(why) => {
+                    warn!(turn = %turn.id, reason = %why, "a turn cannot be answered after the restart");
+                    inner
+                        .store
+                        .journal
+                        .end_turn(&turn.id, TurnState::Failed)
+                        .await?;
+                }
+            }
+        }
+        Ok((recovered, abandoned))
+    }
+
+    /// [`Relay::recover`] now and, with replicas sharing the store, again every
+    /// [`TOUCH_EVERY`] × 3 (a replica that died leaves its turns to the others), until
+    /// shutdown begins. Logs what it did; runs on its own task.
+    pub fn keep_recovering(&self, platform: Platform, resume: Arc<dyn Resume>) {
+        let relay = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match relay.recover(platform, &*resume).await {
+                    Ok((0, 0)) => {}
+                    Ok((answered, abandoned)) => tracing::info!(
+                        %platform,
+                        answered,
+                        abandoned,
+                        "turns left by a stopped process recovered"
+                    ),
+                    Err(e) => warn!(
+                        %platform,
+                        error = %e,
+                        "could not read the turn journal; left turns wait for the next try"
+                    ),
+                }
+                if !relay.inner.store.turns.is_shared() {
+                    return;
+                }
+                tokio::time::sleep(TOUCH_EVERY * 3).await;
+                if !relay.is_accepting() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Resets every conversation using `agent_session` (`DELETE /sessions/{id}`);
@@ -534,10 +745,14 @@ impl Inner {
         sink: Arc<dyn ChatSink>,
         done: oneshot::Sender<TurnOutcome>,
         reserved: bool,
+        journal: Journaling,
     ) -> Result<(), Rejected> {
         let verdict = self.access.check(&msg);
         if reserved && verdict != Verdict::Allowed {
             self.lanes.release();
+        }
+        if verdict != Verdict::Allowed {
+            self.end_journal(journal.accepted(), TurnState::Failed);
         }
         match verdict {
             Verdict::Allowed => {}
@@ -568,6 +783,7 @@ impl Inner {
             if reserved {
                 self.lanes.release();
             }
+            self.end_journal(journal.accepted(), TurnState::Answered);
             let stopped = match self.in_flight.get(&key) {
                 Some(token) => {
                     token.cancel();
@@ -589,11 +805,16 @@ impl Inner {
             });
             return Ok(());
         }
+        let received = match &journal {
+            Journaling::Pending(turn) => turn.received,
+            _ => OffsetDateTime::now_utc(),
+        };
         let turn = Turn {
             key: key.clone(),
             msg,
+            journal,
             sink,
-            received: OffsetDateTime::now_utc(),
+            received,
             done,
             api_reset: false,
         };
@@ -609,6 +830,7 @@ impl Inner {
             Admission::Queued => Ok(()),
             Admission::Full(turn) => {
                 warn!(conversation = %key, pending = self.lanes.pending(), "queue full, answering busy");
+                self.end_journal(turn.journal.accepted(), TurnState::Failed);
                 self.answer_busy(&key, turn.sink, std::future::ready(true));
                 Err(Rejected::Busy)
             }
@@ -654,6 +876,7 @@ impl Inner {
                 message_id: String::new(),
                 text: String::new(),
             },
+            journal: Journaling::Off,
             sink: Arc::new(Silent),
             received: OffsetDateTime::now_utc(),
             done,
@@ -798,11 +1021,35 @@ impl Inner {
         let Turn {
             key,
             msg,
+            journal,
             sink,
             received,
             done,
             api_reset,
         } = turn;
+        // A Discord message is journaled as its turn starts; one journaled already
+        // (a catch-up read of a message answered live, another replica's delivery) is
+        // not answered again.
+        let journal = match journal {
+            Journaling::Pending(turn) => match self.store.journal.accept_turn(&turn).await {
+                Ok(true) => {
+                    self.holding.insert(turn.id.clone(), ());
+                    Some(turn.id)
+                }
+                Ok(false) => {
+                    tracing::debug!(turn = %turn.id, "journaled already; not answered again");
+                    self.metrics.turn_ended(TurnOutcome::Duplicate);
+                    let _ = done.send(TurnOutcome::Duplicate);
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not journal the turn; answering it anyway");
+                    None
+                }
+            },
+            Journaling::Accepted(id) => Some(id),
+            Journaling::Off => None,
+        };
         if api_reset {
             let outcome = match self.reset_by_api(&key).await {
                 Ok(()) => TurnOutcome::Command,
@@ -821,7 +1068,16 @@ impl Inner {
                 self.in_flight.insert(key.clone(), stop.clone());
                 let shown = AtomicBool::new(false);
                 let outcome = self
-                    .chat(&key, &msg, text, received, sink, &shown, &stop)
+                    .chat(
+                        &key,
+                        &msg,
+                        journal.as_deref(),
+                        text,
+                        received,
+                        sink,
+                        &shown,
+                        &stop,
+                    )
                     .await;
                 self.in_flight.remove(&key);
                 if shown.load(Ordering::Relaxed) {
@@ -829,7 +1085,11 @@ impl Inner {
                 }
                 outcome
             }
-            Parsed::Command(command) => self.command(&key, &msg, command, sink).await,
+            Parsed::Command(command) => {
+                let outcome = self.command(&key, &msg, command, sink).await;
+                self.end_journal(journal, TurnState::Answered);
+                outcome
+            }
         };
         self.metrics.turn_ended(outcome);
         // The submitter may have stopped listening; that is fine.
@@ -876,6 +1136,7 @@ impl Inner {
         &self,
         key: &ConversationKey,
         msg: &Inbound,
+        journal: Option<&str>,
         query: &str,
         received: OffsetDateTime,
         sink: &dyn ChatSink,
@@ -884,7 +1145,11 @@ impl Inner {
     ) -> TurnOutcome {
         let conv = match self.sessions.get(key, self.settings.scope, msg).await {
             Ok(conv) => conv,
-            Err(e) => return self.fail(key, msg, query, &e.to_string(), sink).await,
+            Err(e) => {
+                return self
+                    .fail(key, msg, journal, query, &e.to_string(), sink)
+                    .await
+            }
         };
         let history = match self.agent.wants_history() {
             true => self.history_of(&conv).await,
@@ -901,11 +1166,14 @@ impl Inner {
         // The permit is held for the whole answer: a streaming turn occupies its
         // slot until the last piece.
         let Ok(_permit) = self.permits.acquire().await else {
-            return self.fail(key, msg, query, "relay closed", sink).await;
+            return self
+                .fail(key, msg, journal, query, "relay closed", sink)
+                .await;
         };
         let (text_tx, text_rx) = watch::channel(String::new());
-        // Known before the answer is shown: its last message's buttons carry it.
-        let turn_id = Uuid::new_v4().to_string();
+        // Known before the answer is shown: its last message's buttons carry it, and
+        // (journaled) the same as the journal's, so a restart finds it again.
+        let turn_id = journal.map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
         let feed = AnswerFeed {
             text: text_rx,
             interval: self.settings.edit_interval,
@@ -948,7 +1216,9 @@ impl Inner {
                 if let Err(e) = &sent {
                     warn!(error = %e, "could not post the error reply");
                 }
-                return self.record_failure(key, msg, query, &e.to_string()).await;
+                return self
+                    .record_failure(key, msg, journal, query, &e.to_string())
+                    .await;
             }
             End::Failed(e) => {
                 warn!(error = %e, latency_ms, shown = written.text.len(), "agent failed mid-answer; keeping what was shown");
@@ -988,12 +1258,21 @@ impl Inner {
                 now,
             ));
         }
-        let outcome = match &sent {
-            Ok(_) => TurnOutcome::Answered,
+        let (outcome, state) = match &sent {
+            Ok(_) => (TurnOutcome::Answered, TurnState::Answered),
             Err(e) => {
                 warn!(error = %e, "could not post the answer");
-                events.push(reply_failed(key, at, msg, query, &e.to_string(), now));
-                TurnOutcome::Failed
+                let cause = e.to_string();
+                events.push(reply_failed(
+                    key,
+                    at,
+                    msg,
+                    query,
+                    &cause,
+                    "post_failed",
+                    now,
+                ));
+                (TurnOutcome::Failed, TurnState::Failed)
             }
         };
         let row = |role, content: &str, timestamp, message_id| TranscriptEntry {
@@ -1021,7 +1300,7 @@ impl Inner {
             ],
             events,
         };
-        self.commit(commit).await;
+        self.record(commit, journal, state).await;
         tracing::info!(session = %session, latency_ms, complete, "turn answered");
         self.sessions.put(updated);
         outcome
@@ -1260,6 +1539,7 @@ impl Inner {
         &self,
         key: &ConversationKey,
         msg: &Inbound,
+        journal: Option<&str>,
         query: &str,
         cause: &str,
         sink: &dyn ChatSink,
@@ -1267,7 +1547,7 @@ impl Inner {
         if let Err(e) = sink.send(&self.settings.error_reply).await {
             warn!(error = %e, "could not post the error reply");
         }
-        self.record_failure(key, msg, query, cause).await
+        self.record_failure(key, msg, journal, query, cause).await
     }
 
     /// Records a `reply.failed` event for a turn that got `ERROR_REPLY`.
@@ -1275,6 +1555,7 @@ impl Inner {
         &self,
         key: &ConversationKey,
         msg: &Inbound,
+        journal: Option<&str>,
         query: &str,
         cause: &str,
     ) -> TurnOutcome {
@@ -1287,13 +1568,40 @@ impl Inner {
             msg.thread.as_deref(),
         );
         let now = OffsetDateTime::now_utc();
-        let event = reply_failed(key, at, msg, query, cause, now);
-        self.commit(Commit {
+        let event = reply_failed(key, at, msg, query, cause, "agent_error", now);
+        let commit = Commit {
             events: vec![event],
             ..Commit::default()
-        })
-        .await;
+        };
+        self.record(commit, journal, TurnState::Failed).await;
         TurnOutcome::Failed
+    }
+
+    /// A turn's record, and its journal move when it is journaled, in one transaction.
+    async fn record(&self, commit: Commit, journal: Option<&str>, state: TurnState) {
+        let Some(turn) = journal else {
+            return self.commit(commit).await;
+        };
+        self.holding.remove(turn);
+        let transcripts = &self.store.transcripts;
+        if let Err(e) = transcripts.commit_turn(commit, turn, state).await {
+            tracing::error!(error = %e, turn, "could not record the turn");
+        }
+    }
+
+    /// Moves a journaled turn on with nothing else to record (a command, a turn that
+    /// was not relayed). In the background: nothing waits for it.
+    fn end_journal(&self, journal: Option<String>, state: TurnState) {
+        let Some(turn) = journal else {
+            return;
+        };
+        self.holding.remove(&turn);
+        let journal_store = self.store.journal.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = journal_store.end_turn(&turn, state).await {
+                warn!(error = %e, turn, "could not move the turn on in the journal");
+            }
+        });
     }
 
     /// A turn has already been answered when it commits; a store failure here loses
@@ -1301,6 +1609,24 @@ impl Inner {
     async fn commit(&self, commit: Commit) {
         if let Err(e) = self.store.transcripts.commit(commit).await {
             tracing::error!(error = %e, "could not record the turn");
+        }
+    }
+}
+
+/// Shared store only: every [`TOUCH_EVERY`], marks the journaled turns this replica
+/// holds as alive, so no other replica takes them over; ends with the relay.
+async fn touch_turns(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(TOUCH_EVERY).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let ids: Vec<String> = inner.holding.iter().map(|e| e.key().clone()).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = inner.store.journal.touch_turns(&ids).await {
+            warn!(error = %e, turns = ids.len(), "could not mark the turns in flight as alive");
         }
     }
 }
@@ -1387,6 +1713,7 @@ fn reply_failed(
     msg: &Inbound,
     query: &str,
     cause: &str,
+    reason: &'static str,
     now: OffsetDateTime,
 ) -> OutboxEvent {
     OutboxEvent::new(
@@ -1398,6 +1725,7 @@ fn reply_failed(
             message_id: msg.message_id.clone(),
             query: query.to_string(),
             error: cause.to_string(),
+            reason,
         },
         now,
     )

@@ -185,6 +185,7 @@ impl Handler {
             // The relay has already told the user through the sink.
             Err(Rejected::Busy) => debug!("turn refused: busy"),
             Err(Rejected::ShuttingDown) => debug!("turn refused: shutting down"),
+            Err(Rejected::Unavailable) => debug!("turn refused: store unavailable"),
         }
     }
 

@@ -33,7 +33,7 @@ use time::OffsetDateTime;
 use tracing::{debug, warn};
 
 use super::signature;
-use super::web_api::{Identity, ThreadSink};
+use super::web_api::{Identity, SlackReplyTo};
 use super::Shared;
 use crate::config::SlackRespondTo;
 use crate::core::{Inbound, Platform, Rejected};
@@ -517,21 +517,16 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
         .team_id
         .or(event.team)
         .unwrap_or_else(|| me.team_id.clone());
-    let sink = Arc::new(ThreadSink {
-        api: api.clone(),
-        channel: candidate.channel.clone(),
-        thread_ts: candidate.reply_thread.clone(),
-        message_ts: candidate.ts.clone(),
-        user: candidate.user.clone(),
-        team: workspace.clone(),
-        reaction: shared.progress_reaction.clone(),
-        reaction_after: shared.progress_reaction_delay,
-        progress: shared.progress,
-        status_text: shared.status_text.clone(),
-        streaming: shared.streaming,
-        threads: shared.threads.clone(),
-        reacted: Default::default(),
-    });
+    let sink = Arc::new(shared.thread_sink(
+        api.clone(),
+        SlackReplyTo {
+            channel: candidate.channel.clone(),
+            thread_ts: candidate.reply_thread.clone(),
+            message_ts: candidate.ts.clone(),
+            user: candidate.user.clone(),
+            team: workspace.clone(),
+        },
+    ));
     let inbound = Inbound {
         platform: Platform::Slack,
         workspace,
@@ -553,6 +548,7 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
         // The relay tells a first delivery it is busy, in the thread.
         Err(Rejected::Busy) => Intake::Taken,
         Err(Rejected::ShuttingDown) => Intake::Unavailable("shutting down"),
+        Err(Rejected::Unavailable) => Intake::Unavailable("the store is unavailable"),
     }
 }
 

@@ -44,7 +44,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 use crate::config::{SlackConfig, SlackProgress, SlackRespondTo, SlackStreaming, SocketModeConfig};
+use crate::core::message::Platform;
 use crate::core::ports::Sightings;
+use crate::core::ports::{JournalTurn, Resume, Resumed};
 use crate::core::retry::Backoff;
 use crate::core::Relay;
 
@@ -116,6 +118,29 @@ pub(crate) struct Refusals {
 pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Shared {
+    /// The sink of one answer, with this app's progress and streaming settings.
+    pub(crate) fn thread_sink(
+        &self,
+        api: Arc<WebApi>,
+        to: web_api::SlackReplyTo,
+    ) -> web_api::ThreadSink {
+        web_api::ThreadSink {
+            api,
+            channel: to.channel,
+            thread_ts: to.thread_ts,
+            message_ts: to.message_ts,
+            user: to.user,
+            team: to.team,
+            reaction: self.progress_reaction.clone(),
+            reaction_after: self.progress_reaction_delay,
+            progress: self.progress,
+            status_text: self.status_text.clone(),
+            streaming: self.streaming,
+            threads: self.threads.clone(),
+            reacted: Default::default(),
+        }
+    }
+
     /// Recomputes the readiness flags from their parts: who the bridge is (from
     /// `auth.test`) and, in Socket Mode, how many connections are open.
     pub(crate) fn refresh_ready(&self) {
@@ -284,6 +309,42 @@ fn authenticated(shared: &Arc<Shared>, identity: Identity, on_identity: OnIdenti
         let _ = shared.socket.set(mode);
     }
     shared.refresh_ready();
+    // Turns a stopped process took and never answered: now that replies can go out.
+    let resume = Arc::new(SlackResume {
+        shared: shared.clone(),
+    });
+    shared.relay.keep_recovering(Platform::Slack, resume);
+}
+
+/// Rebuilds where a journaled Slack turn's answer goes, and finds an answer that was
+/// posted but not recorded (its metadata names the turn).
+struct SlackResume {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl Resume for SlackResume {
+    async fn resume(&self, turn: &JournalTurn) -> Resumed {
+        let Some(api) = self.shared.api.clone() else {
+            return Resumed::Unanswerable("no Slack client".into());
+        };
+        let reply: web_api::SlackReplyTo = match serde_json::from_str(&turn.reply_to) {
+            Ok(reply) => reply,
+            Err(e) => return Resumed::Unanswerable(format!("unreadable reply target: {e}")),
+        };
+        match api
+            .turn_posted(&reply.channel, &reply.thread_ts, &turn.id)
+            .await
+        {
+            Ok(true) => return Resumed::AlreadyAnswered,
+            Ok(false) => {}
+            // Better a rare second answer than none.
+            Err(e) => {
+                warn!(error = %e, turn = %turn.id, "could not look for an earlier answer; answering")
+            }
+        }
+        Resumed::Answer(Arc::new(self.shared.thread_sink(api, reply)))
+    }
 }
 
 /// The public routes Slack needs (`POST /slack/events`), with their own state and

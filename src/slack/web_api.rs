@@ -30,6 +30,7 @@ use super::dedupe::AnsweredThreads;
 use super::mrkdwn;
 use crate::config::{SlackProgress, SlackStreaming};
 use crate::core::chunk::split_text;
+use crate::core::message::Platform;
 use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
 use crate::core::render::{final_parts, render, Shape, Surface};
 
@@ -127,6 +128,16 @@ pub const FEEDBACK_ACTION: &str = "feedback";
 /// A message's content: plain `text`, or with `feedback` its text as section blocks
 /// (a section holds at most 3,000 characters) and the buttons, `text` kept as the
 /// notification fallback Slack asks for.
+/// The `event_type` of the metadata on every answer (SPEC §3).
+pub const TURN_METADATA: &str = "agent_bridge_turn";
+
+fn turn_metadata(turn: &str) -> SlackMessageMetadata {
+    SlackMessageMetadata {
+        event_type: TURN_METADATA.to_owned(),
+        event_payload: Some([("turn_id".to_owned(), turn.to_owned())].into()),
+    }
+}
+
 fn content_with(text: &str, feedback: Option<&str>) -> SlackMessageContent {
     let content = SlackMessageContent::new().with_text(text.to_owned());
     let Some(turn_id) = feedback else {
@@ -242,24 +253,29 @@ impl WebApi {
         thread_ts: &str,
         text: &str,
     ) -> Result<String, SlackApiError> {
-        self.post_in_thread_with(channel, thread_ts, text, None)
+        self.post_in_thread_with(channel, thread_ts, text, None, None)
             .await
     }
 
     /// `chat.postMessage` in a thread; with `feedback` (a turn id) the message is
     /// blocks — its text, then the 👍/👎 buttons — with `text` as the notification.
+    /// With `turn`, the message carries it as metadata (`agent_bridge_turn`), so a
+    /// restarted bridge finds the answer it posted (SPEC §3).
     pub async fn post_in_thread_with(
         &self,
         channel: &str,
         thread_ts: &str,
         text: &str,
         feedback: Option<&str>,
+        turn: Option<&str>,
     ) -> Result<String, SlackApiError> {
-        let request = SlackApiChatPostMessageRequest::new(
-            SlackChannelId(channel.to_owned()),
-            content_with(text, feedback),
-        )
-        .with_thread_ts(SlackTs(thread_ts.to_owned()));
+        let mut content = content_with(text, feedback);
+        if let Some(turn) = turn {
+            content = content.with_metadata(turn_metadata(turn));
+        }
+        let request =
+            SlackApiChatPostMessageRequest::new(SlackChannelId(channel.to_owned()), content)
+                .with_thread_ts(SlackTs(thread_ts.to_owned()));
         let answer = self
             .call("chat.postMessage", || async {
                 self.client
@@ -269,6 +285,43 @@ impl WebApi {
             })
             .await?;
         Ok(answer.ts.0)
+    }
+
+    /// Whether the thread holds an answer carrying `turn` as metadata
+    /// (`conversations.replies` with `include_all_metadata`): a turn recovered after
+    /// a crash is looked up before it is posted again. Rare (only such turns), which
+    /// keeps it inside the method's tight limits; the first 200 replies are read.
+    pub async fn turn_posted(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        turn: &str,
+    ) -> Result<bool, SlackApiError> {
+        let params = [
+            ("channel", Some(channel)),
+            ("ts", Some(thread_ts)),
+            ("include_all_metadata", Some("true")),
+            ("limit", Some("200")),
+        ];
+        let answer: SlackApiConversationsRepliesResponse = self
+            .call("conversations.replies", || async {
+                self.client
+                    .open_session(&self.token)
+                    .http_session_api
+                    .http_get("conversations.replies", &params, None)
+                    .await
+            })
+            .await?;
+        Ok(answer.messages.iter().any(|m| {
+            m.content.metadata.as_ref().is_some_and(|meta| {
+                meta.event_type == TURN_METADATA
+                    && meta
+                        .event_payload
+                        .as_ref()
+                        .and_then(|p| p.get("turn_id"))
+                        .is_some_and(|id| id == turn)
+            })
+        }))
     }
 
     /// `chat.update`: replaces a message's text.
@@ -576,7 +629,22 @@ static STATUS_REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
 /// Least time between two `chat.appendStream` calls of one answer.
 const APPEND_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Where a Slack answer goes, as the journal keeps it (`ChatSink::reply_to`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SlackReplyTo {
+    pub channel: String,
+    pub thread_ts: String,
+    pub message_ts: String,
+    pub user: String,
+    pub team: String,
+}
+
 impl ThreadSink {
+    /// The journal's id of the turn this sink answers (`Inbound::turn_id`).
+    pub fn turn_id(&self) -> String {
+        crate::core::message::turn_id(Platform::Slack, &self.team, &self.channel, &self.message_ts)
+    }
+
     async fn add_reaction(&self) {
         let Some(name) = &self.reaction else { return };
         match self
@@ -614,7 +682,13 @@ impl ThreadSink {
             let buttons = feedback.filter(|_| i + 1 == parts.len());
             match self
                 .api
-                .post_in_thread_with(&self.channel, &self.thread_ts, part, buttons)
+                .post_in_thread_with(
+                    &self.channel,
+                    &self.thread_ts,
+                    part,
+                    buttons,
+                    Some(&self.turn_id()),
+                )
                 .await
             {
                 Ok(ts) => posted.push(ts),
@@ -857,7 +931,13 @@ impl Surface for ThreadSink {
     /// not per message (each mark is a store write).
     async fn post(&self, text: &str) -> Result<String, SinkError> {
         self.api
-            .post_in_thread(&self.channel, &self.thread_ts, text)
+            .post_in_thread_with(
+                &self.channel,
+                &self.thread_ts,
+                text,
+                None,
+                Some(&self.turn_id()),
+            )
             .await
             .map_err(|e| {
                 warn!(
@@ -883,6 +963,17 @@ impl Surface for ThreadSink {
 impl ChatSink for ThreadSink {
     fn progress_after(&self) -> Duration {
         self.reaction_after
+    }
+
+    fn reply_to(&self) -> Option<String> {
+        let reply_to = SlackReplyTo {
+            channel: self.channel.clone(),
+            thread_ts: self.thread_ts.clone(),
+            message_ts: self.message_ts.clone(),
+            user: self.user.clone(),
+            team: self.team.clone(),
+        };
+        serde_json::to_string(&reply_to).ok()
     }
 
     async fn working(&self) {

@@ -9,9 +9,10 @@ use super::exec::Arg;
 use super::ops::{self, Op};
 use super::{sql, to_ms, SqlStore};
 use crate::core::message::ConversationKey;
+use crate::core::message::Platform;
 use crate::core::ports::{
-    Commit, Conversation, Conversations, Sightings, StoreError, TranscriptEntry, Transcripts,
-    TurnQueue,
+    Commit, Conversation, Conversations, Journal, JournalTurn, Sightings, StoreError,
+    TranscriptEntry, Transcripts, TurnQueue, TurnState,
 };
 
 #[async_trait]
@@ -57,6 +58,23 @@ impl Transcripts for SqlStore {
             return Ok(());
         }
         self.write(Op::Commit(commit)).await?.done()
+    }
+
+    async fn commit_turn(
+        &self,
+        mut commit: Commit,
+        turn: &str,
+        state: TurnState,
+    ) -> Result<(), StoreError> {
+        if !self.wants_events() {
+            commit.events.clear();
+        }
+        let op = Op::CommitTurn {
+            commit,
+            turn: turn.to_owned(),
+            state,
+        };
+        self.write(op).await?.done()
     }
 
     fn wants_events(&self) -> bool {
@@ -169,5 +187,48 @@ impl TurnQueue for SqlStore {
 
     async fn turn_leave(&self, ticket: i64) -> Result<(), StoreError> {
         self.write(Op::TurnLeave(ticket)).await?.done()
+    }
+}
+
+#[async_trait]
+impl Journal for SqlStore {
+    async fn accept_turn(&self, turn: &JournalTurn) -> Result<bool, StoreError> {
+        self.write(Op::AcceptTurn(Box::new(turn.clone())))
+            .await?
+            .yes()
+    }
+
+    async fn open_turns(
+        &self,
+        platform: Platform,
+        untouched_since: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<JournalTurn>, StoreError> {
+        let mut db = self.reader().await?;
+        ops::open_turns(&mut db, platform, untouched_since, limit).await
+    }
+
+    async fn claim_turn(
+        &self,
+        id: &str,
+        untouched_since: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let op = Op::ClaimTurn {
+            turn: id.to_owned(),
+            untouched_since: to_ms(untouched_since),
+        };
+        self.write(op).await?.yes()
+    }
+
+    async fn touch_turns(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.write(Op::TouchTurns(ids.to_vec())).await.map(drop)
+    }
+
+    async fn end_turn(&self, id: &str, state: TurnState) -> Result<(), StoreError> {
+        let op = Op::EndTurn {
+            turn: id.to_owned(),
+            state,
+        };
+        self.write(op).await?.done()
     }
 }

@@ -12,9 +12,11 @@ use time::OffsetDateTime;
 use super::exec::{args, Cols, Exec};
 use super::sql::{self, Sql};
 use super::{from_ms, to_ms};
+use crate::core::message::Inbound;
 use crate::core::message::{ConversationKey, Platform};
 use crate::core::ports::{
-    Commit, Conversation, FeedbackClick, FeedbackEntry, Role, StoreError, TranscriptEntry,
+    Commit, Conversation, FeedbackClick, FeedbackEntry, JournalTurn, Role, StoreError,
+    TranscriptEntry, TurnState,
 };
 use crate::webhook::store::{
     AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryRecord, DeliveryResult, DeliveryStatus,
@@ -58,6 +60,24 @@ pub(crate) enum Op {
         id: String,
         secret: String,
         previous_expires_at: i64,
+    },
+    /// A turn's record and its journal move, in one transaction.
+    CommitTurn {
+        commit: Commit,
+        turn: String,
+        state: TurnState,
+    },
+    /// Answers whether the turn is new (not journaled yet).
+    AcceptTurn(Box<JournalTurn>),
+    TouchTurns(Vec<String>),
+    /// Answers whether this process took the left turn (see `sql::CLAIM_TURN`).
+    ClaimTurn {
+        turn: String,
+        untouched_since: i64,
+    },
+    EndTurn {
+        turn: String,
+        state: TurnState,
     },
     /// A 👍/👎 click; answers whether it was new or changed the user's value.
     Feedback(Box<FeedbackClick>),
@@ -154,6 +174,10 @@ impl Op {
             self,
             Op::Sighting { .. }
                 | Op::Feedback(_)
+                | Op::AcceptTurn(_)
+                | Op::ClaimTurn { .. }
+                | Op::TouchTurns(_)
+                | Op::EndTurn { .. }
                 | Op::PurgeTranscripts(_)
                 | Op::TurnEnter { .. }
                 | Op::TurnIsNext { .. }
@@ -181,7 +205,7 @@ impl Op {
 
     /// A commit with events to fan out.
     pub(crate) fn offers_events(&self) -> bool {
-        matches!(self, Op::Commit(c) if !c.events.is_empty())
+        matches!(self, Op::Commit(c) | Op::CommitTurn { commit: c, .. } if !c.events.is_empty())
     }
 }
 
@@ -191,6 +215,58 @@ pub(crate) async fn apply(db: &mut dyn Exec, op: &Op, events: bool) -> Result<Ou
     Ok(match op {
         Op::Commit(c) => {
             commit(db, c, events).await?;
+            Out::Done
+        }
+        Op::CommitTurn {
+            commit: c,
+            turn,
+            state,
+        } => {
+            commit(db, c, events).await?;
+            db.execute(&sql::END_TURN, args![turn, state.as_str(), now])
+                .await?;
+            Out::Done
+        }
+        Op::AcceptTurn(t) => {
+            let m = &t.msg;
+            let inserted = db
+                .execute(
+                    &sql::ACCEPT_TURN,
+                    args![
+                        &t.id,
+                        m.platform.as_str(),
+                        &m.workspace,
+                        &m.channel,
+                        &m.thread,
+                        &m.user,
+                        &m.message_id,
+                        &m.text,
+                        &t.reply_to,
+                        to_ms(t.received),
+                    ],
+                )
+                .await?;
+            Out::Yes(inserted > 0)
+        }
+        Op::TouchTurns(ids) => {
+            let statement = match db.is_sqlite() {
+                true => &sql::TOUCH_TURNS.sqlite,
+                false => &sql::TOUCH_TURNS.postgres,
+            };
+            Out::Count(db.execute(statement, args![ids.as_slice(), now]).await?)
+        }
+        Op::ClaimTurn {
+            turn,
+            untouched_since,
+        } => {
+            let taken = db
+                .execute(&sql::CLAIM_TURN, args![turn, now, *untouched_since])
+                .await?;
+            Out::Yes(taken > 0)
+        }
+        Op::EndTurn { turn, state } => {
+            db.execute(&sql::END_TURN, args![turn, state.as_str(), now])
+                .await?;
             Out::Done
         }
         Op::Feedback(click) => {
@@ -217,7 +293,9 @@ pub(crate) async fn apply(db: &mut dyn Exec, op: &Op, events: bool) -> Result<Ou
             Out::Yes(changed > 0)
         }
         Op::PurgeTranscripts(before) => {
-            Out::Count(db.execute(&sql::PURGE_TRANSCRIPTS, args![*before]).await?)
+            let rows = db.execute(&sql::PURGE_TRANSCRIPTS, args![*before]).await?;
+            let turns = db.execute(&sql::PURGE_TURN_JOURNAL, args![*before]).await?;
+            Out::Count(rows + turns)
         }
         Op::PurgeSightings(at) => {
             // Expired turn tickets are sightings of a kind too: a dead replica's.
@@ -586,6 +664,44 @@ pub(crate) async fn history_page(
         )
         .await?;
     rows.into_iter().map(decode_transcript).collect()
+}
+
+pub(crate) async fn open_turns(
+    db: &mut dyn Exec,
+    platform: Platform,
+    untouched_since: OffsetDateTime,
+    limit: u32,
+) -> Result<Vec<JournalTurn>, StoreError> {
+    let since = to_ms(untouched_since);
+    let rows = db
+        .fetch(
+            &sql::OPEN_TURNS,
+            args![platform.as_str(), since, i64::from(limit)],
+        )
+        .await?;
+    rows.into_iter()
+        .map(|mut r| {
+            let id = r.text()?;
+            let platform = r.text()?;
+            let platform = Platform::parse(&platform)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown platform {platform:?}")))?;
+            let msg = Inbound {
+                platform,
+                workspace: r.text()?,
+                channel: r.text()?,
+                thread: r.opt_text()?,
+                user: r.text()?,
+                message_id: r.text()?,
+                text: r.text()?,
+            };
+            Ok(JournalTurn {
+                id,
+                msg,
+                reply_to: r.text()?,
+                received: from_ms(r.int()?)?,
+            })
+        })
+        .collect()
 }
 
 pub(crate) async fn feedback_on(

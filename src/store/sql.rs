@@ -483,6 +483,56 @@ pub(crate) static SELECT_FEEDBACK: Dialects = Dialects {
     ),
 };
 
+// ---------------------------------------------------------------------------------
+// The turn journal
+// ---------------------------------------------------------------------------------
+
+/// A redelivered message (same turn id) inserts nothing: `0` rows says "journaled".
+pub(crate) static ACCEPT_TURN: Sql = Sql::new(
+    "INSERT INTO turn_journal \
+     (id, platform, workspace, channel, thread, user_id, message_id, body, reply_to, \
+      state, received_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'accepted', $10, $10) \
+     ON CONFLICT (id) DO NOTHING",
+);
+
+/// Only an `accepted` turn moves: an answered one is never reopened.
+pub(crate) static END_TURN: Sql = Sql::new(
+    "UPDATE turn_journal SET state = $2, updated_at = $3 \
+     WHERE id = $1 AND state = 'accepted'",
+);
+
+/// Turns nobody has touched since `$2`: left by a process that is gone.
+pub(crate) static OPEN_TURNS: Sql = Sql::new(
+    "SELECT id, platform, workspace, channel, thread, user_id, message_id, body, reply_to, \
+            received_at \
+     FROM turn_journal WHERE state = 'accepted' AND platform = $1 AND updated_at < $2 \
+     ORDER BY received_at, id LIMIT $3",
+);
+
+/// Takes a left turn for this process: only one of several recovering replicas wins
+/// (the row is touched, so it is no longer "untouched since `$3`").
+pub(crate) static CLAIM_TURN: Sql = Sql::new(
+    "UPDATE turn_journal SET updated_at = $2 \
+     WHERE id = $1 AND state = 'accepted' AND updated_at < $3",
+);
+
+/// A replica's turns in flight, touched so no other replica takes them over.
+pub(crate) static TOUCH_TURNS: Dialects = Dialects {
+    sqlite: Sql::new(
+        "UPDATE turn_journal SET updated_at = $2 \
+         WHERE state = 'accepted' AND id IN (SELECT value FROM json_each($1))",
+    ),
+    postgres: Sql::new(
+        "UPDATE turn_journal SET updated_at = $2 WHERE state = 'accepted' AND id = ANY($1)",
+    ),
+};
+
+/// Finished turns go with the transcript's retention; an `accepted` one that old is
+/// long past any recovery window too.
+pub(crate) static PURGE_TURN_JOURNAL: Sql =
+    Sql::new("DELETE FROM turn_journal WHERE updated_at < $1");
+
 #[cfg(test)]
 mod tests {
     use super::*;

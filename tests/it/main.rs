@@ -12,6 +12,7 @@ mod feedback;
 mod http_api;
 mod operate;
 mod public_port;
+mod recovery;
 mod relay;
 mod replicas;
 mod slack;

@@ -297,7 +297,7 @@ impl ChatSink for RecordingSink {
 /// Registers an endpoint subscribed to `*` straight in the store: the bridge stores
 /// an event only when some endpoint subscribes to it, and tests read the stored events
 /// (`stored_events`). The URL is the dead port, so deliveries simply fail.
-async fn subscribe_everything(db_url: &str) {
+pub async fn subscribe_everything(db_url: &str) {
     let store = agent_bridge::store::connect(db_url)
         .await
         .expect("open store");

@@ -84,6 +84,9 @@ struct Knobs {
     failures: HashMap<String, String>,
     /// Method → (calls still answered normally, then the error code for the rest).
     failures_after: HashMap<String, (u32, String)>,
+    /// How long `chat.postMessage` waits before it answers (the message is posted
+    /// at once): widens the window between a post and the bridge knowing of it.
+    post_delay: Duration,
 }
 
 struct Inner {
@@ -94,6 +97,9 @@ struct Inner {
     arrived: Notify,
     /// The next `chat.postMessage` ts, in microseconds.
     next_ts: AtomicU64,
+    /// Every posted message (with its `metadata`, when it had some), for
+    /// `conversations.replies`.
+    posted: Mutex<Vec<Value>>,
 }
 
 /// Aborts the server when the last handle goes away.
@@ -124,6 +130,7 @@ impl FakeSlack {
             calls: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             next_ts: AtomicU64::new(1_700_000_000_000_100),
+            posted: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let task = tokio::spawn(async move {
@@ -172,6 +179,24 @@ impl FakeSlack {
     }
 
     /// Answers `method` normally `n` times, then with `error` (a stream that expires).
+    /// `chat.postMessage` posts at once but answers only after `delay`.
+    pub fn delay_posts(&self, delay: Duration) {
+        self.inner.knobs.lock().unwrap().post_delay = delay;
+    }
+
+    /// Messages posted in `thread` of `channel`, as `conversations.replies` keeps
+    /// them (with their metadata).
+    pub fn thread_messages(&self, channel: &str, thread: &str) -> Vec<Value> {
+        self.inner
+            .posted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["channel"] == channel && m["thread_ts"] == thread)
+            .cloned()
+            .collect()
+    }
+
     pub fn fail_after(&self, method: &str, n: u32, error: &str) {
         self.inner
             .knobs
@@ -386,6 +411,22 @@ async fn handle(
             if let Some(thread) = call.param("thread_ts") {
                 message["thread_ts"] = Value::String(thread);
             }
+            let metadata = match call.params.get("metadata") {
+                // A form body carries it as JSON text.
+                Some(Value::String(s)) => serde_json::from_str(s).ok(),
+                Some(v @ Value::Object(_)) => Some(v.clone()),
+                _ => None,
+            };
+            if let Some(metadata) = metadata {
+                message["metadata"] = metadata;
+            }
+            let mut stored = message.clone();
+            stored["channel"] = Value::String(channel.clone());
+            inner.posted.lock().unwrap().push(stored);
+            let delay = inner.knobs.lock().unwrap().post_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             json_ok(json!({"ok": true, "channel": channel, "ts": ts, "message": message}))
         }
         "chat.update" => match (call.param("channel"), call.param("ts")) {
@@ -453,6 +494,30 @@ async fn handle(
                 return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
             }
             json_ok(json!({"ok": true}))
+        }
+        "conversations.replies" => {
+            let (Some(channel), Some(thread)) = (call.param("channel"), call.param("ts")) else {
+                return json_ok(json!({"ok": false, "error": "invalid_arguments"}));
+            };
+            let with_metadata = call.param("include_all_metadata").as_deref() == Some("true");
+            let messages: Vec<Value> = inner
+                .posted
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m["channel"] == channel.as_str() && m["thread_ts"] == thread.as_str())
+                .map(|m| {
+                    let mut m = m.clone();
+                    if let Some(o) = m.as_object_mut() {
+                        o.remove("channel");
+                        if !with_metadata {
+                            o.remove("metadata");
+                        }
+                    }
+                    m
+                })
+                .collect();
+            json_ok(json!({"ok": true, "messages": messages, "has_more": false}))
         }
         _ => json_ok(json!({"ok": false, "error": "unknown_method"})),
     }

@@ -1,0 +1,242 @@
+//! Nothing lost, nothing twice (SPEC §3), with the real binary killed for real: a
+//! mention acknowledged just before a `kill -9` is answered after the restart, once;
+//! an answer posted but not recorded before the kill is found (its metadata) and not
+//! posted again; a turn older than `RECOVERY_WINDOW` is given up with `reply.failed`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::support::agent::FakeAgent;
+use crate::support::slack::{signed, EventBuilder, FakeSlack, BOT_USER};
+use crate::support::{stored_events, TOKEN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent-bridge");
+const SIGNING_SECRET: &str = "signing-secret-5e4d3c2b1a09";
+const SLACK_TOKEN: &str = "xoxb-slack-token-9z8y7x6w5v";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The binary on a database file that outlives it, against the fakes.
+struct Bridge {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Bridge {
+    async fn start(
+        db_url: &str,
+        agent: &FakeAgent,
+        slack: &FakeSlack,
+        extra: &[(&str, &str)],
+    ) -> Bridge {
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("HTTP_BIND", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", db_url)
+            .env("AGENT_URL", agent.url())
+            .env("BRIDGE_API_TOKEN", TOKEN)
+            .env("SLACK_BOT_TOKEN", SLACK_TOKEN)
+            .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+            .env("SLACK_API_BASE", slack.api_base())
+            .env("SLACK_STREAMING", "update")
+            .env("SLACK_PROGRESS", "reaction")
+            .env("RUST_LOG", "warn");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let bridge = Bridge {
+            child: cmd.spawn().unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ready = bridge
+                .client
+                .get(format!("{}/readyz", bridge.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return bridge;
+            }
+            assert!(Instant::now() < deadline, "the bridge did not become ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn mention(&self, channel: &str, text: &str) -> (reqwest::StatusCode, String) {
+        let event = EventBuilder::app_mention(channel, &format!("<@{BOT_USER}> {text}"));
+        let ts = event.ts.clone();
+        let body = event.envelope().to_string();
+        let status = signed(
+            &self.client,
+            &format!("{}/slack/events", self.base),
+            SIGNING_SECRET,
+            &body,
+        )
+        .send()
+        .await
+        .unwrap()
+        .status();
+        (status, ts)
+    }
+
+    /// `kill -9`: no shutdown, no drain, nothing flushed.
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+fn answers(slack: &FakeSlack, channel: &str, thread: &str) -> Vec<Value> {
+    slack
+        .thread_messages(channel, thread)
+        .into_iter()
+        .filter(|m| {
+            m["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("answer to:"))
+        })
+        .collect()
+}
+
+async fn wait_answers(slack: &FakeSlack, channel: &str, thread: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = answers(slack, channel, thread);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} answer(s) never came: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_mention_acknowledged_just_before_kill_9_is_answered_once_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    // The agent is slow: the answer cannot be out when the process dies.
+    agent.set_delay(Duration::from_secs(30));
+    let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
+
+    let (status, ts) = bridge.mention("C-crash", "survive this").await;
+    assert_eq!(status, 200, "Slack got its acknowledgement");
+    agent.wait_for_requests_to("/conversation", 1, WAIT).await;
+    bridge.kill().await;
+    assert!(answers(&slack, "C-crash", &ts).is_empty());
+
+    agent.set_delay(Duration::ZERO);
+    let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
+    let got = wait_answers(&slack, "C-crash", &ts, 1).await;
+    assert_eq!(got[0]["text"], "answer to: survive this");
+    // The answer carries its turn, so another restart would find it.
+    assert_eq!(got[0]["metadata"]["event_type"], "agent_bridge_turn");
+    assert_eq!(
+        got[0]["metadata"]["event_payload"]["turn_id"],
+        format!("slack-T1-C_crash-{ts}"),
+        "{got:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(answers(&slack, "C-crash", &ts).len(), 1, "answered once");
+    bridge.kill().await;
+}
+
+#[tokio::test]
+async fn an_answer_posted_but_not_recorded_before_kill_9_is_not_posted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    // Slack takes the post at once but answers late: the bridge dies in between.
+    slack.delay_posts(Duration::from_secs(30));
+    let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
+
+    let (status, ts) = bridge.mention("C-posted", "only once").await;
+    assert_eq!(status, 200);
+    wait_answers(&slack, "C-posted", &ts, 1).await;
+    bridge.kill().await;
+
+    slack.delay_posts(Duration::ZERO);
+    let before = agent.requests_to("/conversation").len();
+    let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
+    // The restart looks the turn up (its answer carries the turn id) and leaves it.
+    let deadline = Instant::now() + WAIT;
+    while !slack
+        .calls()
+        .iter()
+        .any(|c| c.method == "conversations.replies")
+    {
+        assert!(Instant::now() < deadline, "the turn was never looked up");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        answers(&slack, "C-posted", &ts).len(),
+        1,
+        "not posted twice"
+    );
+    assert_eq!(
+        agent.requests_to("/conversation").len(),
+        before,
+        "no second agent call"
+    );
+    bridge.kill().await;
+}
+
+#[tokio::test]
+async fn a_turn_older_than_recovery_window_is_given_up_with_reply_failed_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    agent.set_delay(Duration::from_secs(30));
+    let window = [("RECOVERY_WINDOW", "1s")];
+    let bridge = Bridge::start(&db_url, &agent, &slack, &window).await;
+    // Something subscribes, so the event is stored.
+    crate::support::subscribe_everything(&db_url).await;
+    let (status, ts) = bridge.mention("C-late", "too late").await;
+    assert_eq!(status, 200);
+    agent.wait_for_requests_to("/conversation", 1, WAIT).await;
+    bridge.kill().await;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.set_delay(Duration::ZERO);
+    let bridge = Bridge::start(&db_url, &agent, &slack, &window).await;
+    let deadline = Instant::now() + WAIT;
+    let failed = loop {
+        let failed = stored_events(&db_url, "reply.failed").await;
+        if !failed.is_empty() {
+            break failed;
+        }
+        assert!(Instant::now() < deadline, "no reply.failed event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed[0]["data"]["reason"], "abandoned", "{failed:?}");
+    assert_eq!(failed[0]["data"]["message_id"], ts.as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(answers(&slack, "C-late", &ts).is_empty(), "not answered");
+    bridge.kill().await;
+}
