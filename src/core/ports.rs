@@ -515,6 +515,12 @@ pub trait Journal: Send + Sync + 'static {
         id: &str,
         untouched_since: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+    /// `(reply_to, message id)` of every turn of `platform` received since `since`.
+    async fn recent_turns(
+        &self,
+        platform: Platform,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Marks this replica's turns in flight as alive (a shared store: see
     /// `claim_turn`).
     async fn touch_turns(&self, ids: &[String]) -> Result<(), StoreError>;

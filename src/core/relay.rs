@@ -486,6 +486,16 @@ impl Relay {
         Ok((recovered, abandoned))
     }
 
+    /// `(reply_to, message id)` of the turns of `platform` within `RECOVERY_WINDOW`:
+    /// where a catch-up after downtime reads.
+    pub async fn recent_turns(
+        &self,
+        platform: Platform,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let since = OffsetDateTime::now_utc() - self.inner.settings.recovery_window;
+        self.inner.store.journal.recent_turns(platform, since).await
+    }
+
     /// [`Relay::recover`] now and, with replicas sharing the store, again every
     /// [`TOUCH_EVERY`] × 3 (a replica that died leaves its turns to the others), until
     /// shutdown begins. Logs what it did; runs on its own task.

@@ -16,18 +16,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serenity::all::{
-    CommandInteraction, ConnectionStage, Context, Event, EventHandler, Guild, GuildChannel, Http,
-    Interaction, Message, MessageType, PartialGuildChannel, RawEventHandler, Ready, ResumedEvent,
-    ShardStageUpdateEvent, UserId,
+    ChannelId, CommandInteraction, ConnectionStage, Context, Event, EventHandler, GetMessages,
+    Guild, GuildChannel, Http, Interaction, Message, MessageId, MessageType, PartialGuildChannel,
+    RawEventHandler, Ready, ResumedEvent, ShardStageUpdateEvent, UserId,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::channels::{is_thread, ChannelDirectory, ChannelKind};
-use super::sink::{EditBuckets, MessageSink, Target};
+use super::sink::{DiscordReplyTo, EditBuckets, MessageSink, Target};
 use super::slash::{self, InteractionSink};
 use super::{describe, text};
 use crate::config::DiscordReplyMode;
+use crate::core::ports::{JournalTurn, Resume, Resumed};
 use crate::core::{ChatSink, Inbound, Platform, Rejected, Relay};
 
 /// What an interaction shows when the bridge is shutting down: the deferred response
@@ -56,6 +57,8 @@ pub struct Handler {
     edit_buckets: Arc<EditBuckets>,
     /// Set once the slash commands were registered, so a re-identify does not repeat it.
     commands_registered: AtomicBool,
+    /// Set once recovery of the journal's left turns has started (at the first READY).
+    recovering: AtomicBool,
 }
 
 /// Where a message was written.
@@ -84,6 +87,53 @@ impl Handler {
             channels: Arc::new(ChannelDirectory::default()),
             edit_buckets: Arc::default(),
             commands_registered: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
+        }
+    }
+
+    /// After a new gateway session (READY, not RESUMED): Discord replays nothing, so
+    /// every channel that had a turn within `RECOVERY_WINDOW` is read after the last
+    /// message the bridge saw there, and what would have been answered live is
+    /// answered now, oldest first. A message answered already is in the journal and
+    /// is not answered again.
+    async fn catch_up(&self, http: &Arc<Http>) {
+        let turns = match self.relay.recent_turns(Platform::Discord).await {
+            Ok(turns) => turns,
+            Err(e) => {
+                warn!(error = %e, "could not read the turn journal; no catch-up");
+                return;
+            }
+        };
+        let mut last_seen: std::collections::HashMap<ChannelId, MessageId> = Default::default();
+        for (reply_to, message_id) in turns {
+            let (Ok(to), Ok(id)) = (
+                serde_json::from_str::<DiscordReplyTo>(&reply_to),
+                message_id.parse::<u64>(),
+            ) else {
+                continue;
+            };
+            let seen = last_seen
+                .entry(to.target.written_in())
+                .or_insert(MessageId::new(id.max(1)));
+            *seen = (*seen).max(MessageId::new(id.max(1)));
+        }
+        for (channel, after) in last_seen {
+            let request = GetMessages::new().after(after).limit(CATCH_UP_LIMIT);
+            let mut missed = match channel.messages(&**http, request).await {
+                Ok(missed) => missed,
+                Err(e) => {
+                    warn!(channel = %channel, error = %describe(&e), "catch-up could not read the channel");
+                    continue;
+                }
+            };
+            if missed.is_empty() {
+                continue;
+            }
+            missed.sort_by_key(|m| m.id);
+            info!(channel = %channel, messages = missed.len(), "catching up on messages sent while disconnected");
+            for msg in missed {
+                self.on_message(http, msg).await;
+            }
         }
     }
 
@@ -243,6 +293,17 @@ impl EventHandler for Handler {
             guilds = ready.guilds.len(),
             "connected to the Discord gateway"
         );
+        if !self.recovering.swap(true, Ordering::AcqRel) {
+            let resume = Arc::new(DiscordResume {
+                http: ctx.http.clone(),
+                channels: self.channels.clone(),
+                bot: ready.user.id,
+                edit_interval: self.edit_interval,
+                buckets: self.edit_buckets.clone(),
+            });
+            self.relay.keep_recovering(Platform::Discord, resume);
+        }
+        self.catch_up(&ctx.http).await;
         if self.commands_registered.load(Ordering::Acquire) {
             return;
         }
@@ -389,4 +450,60 @@ fn log_undecodable(kind: &str, value: &serde_json::Value) {
         error = %reason.map_or_else(|| "unknown".to_owned(), |e| e.to_string()),
         "a Discord event could not be decoded; it is not answered"
     );
+}
+
+/// Messages read per channel by a catch-up (Discord's page): a longer outage than
+/// that in one busy channel leaves the oldest unanswered.
+const CATCH_UP_LIMIT: u8 = 50;
+
+/// Rebuilds where a journaled Discord turn's answer goes; a reply that is already in
+/// the channel (posted before a crash, not recorded) is not posted again. Posts carry
+/// the turn's nonce too, so a repeat within Discord's window returns the first.
+struct DiscordResume {
+    http: Arc<Http>,
+    channels: Arc<ChannelDirectory>,
+    bot: UserId,
+    edit_interval: Option<Duration>,
+    buckets: Arc<EditBuckets>,
+}
+
+#[async_trait]
+impl Resume for DiscordResume {
+    async fn resume(&self, turn: &JournalTurn) -> Resumed {
+        let to: DiscordReplyTo = match serde_json::from_str(&turn.reply_to) {
+            Ok(to) => to,
+            Err(e) => return Resumed::Unanswerable(format!("unreadable reply target: {e}")),
+        };
+        if let Target::Reply {
+            channel, message, ..
+        } = &to.target
+        {
+            let request = GetMessages::new().after(*message).limit(CATCH_UP_LIMIT);
+            match channel.messages(&*self.http, request).await {
+                Ok(after) => {
+                    let replied = after.iter().any(|m| {
+                        m.author.id == self.bot
+                            && m.message_reference.as_ref().and_then(|r| r.message_id)
+                                == Some(*message)
+                    });
+                    if replied {
+                        return Resumed::AlreadyAnswered;
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %describe(&e), "could not look for an earlier reply; answering")
+                }
+            }
+        }
+        let sink = MessageSink::new(
+            self.http.clone(),
+            to.target,
+            to.answering,
+            self.channels.clone(),
+            self.bot,
+        )
+        .with_edit_interval(self.edit_interval)
+        .with_buckets(self.buckets.clone());
+        Resumed::Answer(Arc::new(sink))
+    }
 }

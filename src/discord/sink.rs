@@ -98,7 +98,7 @@ pub fn no_pings() -> CreateAllowedMentions {
 }
 
 /// Where the answer to a message belongs, as decided by the handler.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     /// Reply to the user's message where it was written (a channel, a DM or a thread).
     Reply {
@@ -126,6 +126,24 @@ enum Destination {
         guild: Option<GuildId>,
     },
     Channel(ChannelId),
+}
+
+impl Target {
+    /// The channel the user's message was written in (where catch-up reads).
+    pub fn written_in(&self) -> ChannelId {
+        match self {
+            Target::Reply { channel, .. } => *channel,
+            Target::NewThread { parent, .. } => *parent,
+            Target::InThread { thread } => *thread,
+        }
+    }
+}
+
+/// Where a Discord answer goes, as the journal keeps it (`ChatSink::reply_to`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct DiscordReplyTo {
+    pub target: Target,
+    pub answering: MessageId,
 }
 
 impl Destination {
@@ -348,6 +366,14 @@ impl ChatSink for MessageSink {
             }
         }
         Ok(ids)
+    }
+
+    fn reply_to(&self) -> Option<String> {
+        let reply_to = DiscordReplyTo {
+            target: self.target.clone(),
+            answering: self.answering,
+        };
+        serde_json::to_string(&reply_to).ok()
     }
 
     async fn stream(&self, mut feed: AnswerFeed) -> Result<Vec<String>, SinkError> {

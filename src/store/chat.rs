@@ -220,6 +220,14 @@ impl Journal for SqlStore {
         self.write(op).await?.yes()
     }
 
+    async fn recent_turns(
+        &self,
+        platform: Platform,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        ops::recent_turns(&mut self.reader().await?, platform, since).await
+    }
+
     async fn touch_turns(&self, ids: &[String]) -> Result<(), StoreError> {
         self.write(Op::TouchTurns(ids.to_vec())).await.map(drop)
     }

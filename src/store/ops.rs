@@ -704,6 +704,19 @@ pub(crate) async fn open_turns(
         .collect()
 }
 
+pub(crate) async fn recent_turns(
+    db: &mut dyn Exec,
+    platform: Platform,
+    since: OffsetDateTime,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = db
+        .fetch(&sql::RECENT_TURNS, args![platform.as_str(), to_ms(since)])
+        .await?;
+    rows.into_iter()
+        .map(|mut r| Ok((r.text()?, r.text()?)))
+        .collect()
+}
+
 pub(crate) async fn feedback_on(
     db: &mut dyn Exec,
     channel: &str,

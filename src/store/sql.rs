@@ -517,6 +517,13 @@ pub(crate) static CLAIM_TURN: Sql = Sql::new(
      WHERE id = $1 AND state = 'accepted' AND updated_at < $3",
 );
 
+/// Where the recent turns of a platform were answered, with their message ids: the
+/// channels a Discord catch-up reads.
+pub(crate) static RECENT_TURNS: Sql = Sql::new(
+    "SELECT reply_to, message_id FROM turn_journal \
+     WHERE platform = $1 AND received_at >= $2",
+);
+
 /// A replica's turns in flight, touched so no other replica takes them over.
 pub(crate) static TOUCH_TURNS: Dialects = Dialects {
     sqlite: Sql::new(

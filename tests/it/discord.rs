@@ -792,3 +792,63 @@ async fn only_allowed_channels_are_answered_and_blocked_users_never() {
     assert_eq!(app.agent.requests_to("/conversation").len(), 1);
     app.shutdown().await;
 }
+
+/// A Discord app on `db_url`, as a restarted process would open it.
+async fn start_on(fake: &FakeDiscord, db_url: &str) -> TestApp {
+    let app = TestApp::builder()
+        .var("DISCORD_TOKEN", "test-token")
+        .var("DISCORD_API_BASE", &fake.url())
+        .database(db_url)
+        .start()
+        .await;
+    fake.wait_live(WAIT).await;
+    app
+}
+
+#[tokio::test]
+async fn a_mention_sent_while_the_bridge_was_down_is_answered_once_after_it_comes_back() {
+    let (_keep, db_url) = crate::support::db::sqlite_file_url().await;
+    let fake = FakeDiscord::start().await;
+    let app = start_on(&fake, &db_url).await;
+    let first = fake
+        .guild_message("2740", USER, &format!("{} first", fake.mention()))
+        .await;
+    fake.wait_messages(1, WAIT).await;
+    app.shutdown().await;
+
+    // Written while the bridge was away: Discord replays none of it.
+    let missed = fake.missed_message(
+        "2740",
+        USER,
+        &format!("{} while you were away", fake.mention()),
+    );
+    fake.missed_message("2740", USER, "not for the bot");
+    let app = start_on(&fake, &db_url).await;
+
+    let posts = fake.wait_messages(2, WAIT).await;
+    assert_eq!(posts[1].content(), "answer to: while you were away");
+    assert_eq!(
+        posts[1].body["message_reference"]["message_id"],
+        missed.as_str()
+    );
+    assert!(
+        fake.calls()
+            .iter()
+            .any(|c| c.method == "GET" && c.path == "/channels/2740/messages"),
+        "the channel was read"
+    );
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        fake.messages().len(),
+        2,
+        "the first message is not answered again"
+    );
+    assert_ne!(first, missed);
+    app.shutdown().await;
+
+    // A third start reads the channel again and answers nothing twice.
+    let app = start_on(&fake, &db_url).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(fake.messages().len(), 2);
+    app.shutdown().await;
+}

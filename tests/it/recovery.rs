@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::support::agent::FakeAgent;
+use crate::support::discord::FakeDiscord;
 use crate::support::slack::{signed, EventBuilder, FakeSlack, BOT_USER};
 use crate::support::{stored_events, TOKEN};
 
@@ -238,5 +239,44 @@ async fn a_turn_older_than_recovery_window_is_given_up_with_reply_failed_abandon
     assert_eq!(failed[0]["data"]["message_id"], ts.as_str());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(answers(&slack, "C-late", &ts).is_empty(), "not answered");
+    bridge.kill().await;
+}
+
+#[tokio::test]
+async fn a_discord_mention_cut_by_kill_9_is_answered_once_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    let discord = FakeDiscord::start().await;
+    agent.set_delay(Duration::from_secs(30));
+    let vars = [
+        ("DISCORD_TOKEN", "discord-token-QQ11.RR22.SS33"),
+        ("DISCORD_API_BASE", &discord.url()),
+    ];
+    let bridge = Bridge::start(&db_url, &agent, &slack, &vars).await;
+    discord.wait_live(WAIT).await;
+    let id = discord
+        .guild_message(
+            "2750",
+            "3000000000000000001",
+            &format!("{} hold on", discord.mention()),
+        )
+        .await;
+    agent.wait_for_requests_to("/conversation", 1, WAIT).await;
+    bridge.kill().await;
+    assert!(discord.messages().is_empty());
+
+    agent.set_delay(Duration::ZERO);
+    let bridge = Bridge::start(&db_url, &agent, &slack, &vars).await;
+    let posts = discord.wait_messages(1, WAIT).await;
+    assert_eq!(posts[0].content(), "answer to: hold on");
+    assert_eq!(
+        posts[0].body["message_reference"]["message_id"],
+        id.as_str()
+    );
+    assert_eq!(posts[0].body["nonce"], format!("{id}.0"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(discord.messages().len(), 1, "answered once");
     bridge.kill().await;
 }
