@@ -156,13 +156,14 @@ fn run(args: &[String]) -> Result<()> {
         &'static str,
         fn(&mut Report, &Ctx),
     );
-    let decls: [Step; 6] = [
+    let decls: [Step; 7] = [
         ("W1", workloads::declare_w1),
         ("W2", workloads::declare_w2),
         ("W3", workloads::declare_w3),
         ("W4", workloads::declare_w4),
         ("W5", workloads::declare_w5),
         ("W6", workloads::declare_w6),
+        ("W8", workloads::declare_w8),
     ];
     for (w, d) in decls {
         if want(w) {
@@ -172,7 +173,7 @@ fn run(args: &[String]) -> Result<()> {
     rt.block_on(async {
         for round in offset..offset + rounds {
             eprintln!("=== round {} of {rounds} (load avg {}) ===", round - offset + 1, util::loadavg());
-            for w in ["W1", "W2", "W3", "W4", "W5", "W6"] {
+            for w in ["W1", "W2", "W3", "W4", "W5", "W6", "W8"] {
                 if !want(w) {
                     continue;
                 }
@@ -182,6 +183,7 @@ fn run(args: &[String]) -> Result<()> {
                     "W3" => workloads::w3(&ctx, &mut rep, round).await,
                     "W4" => workloads::w4(&ctx, &mut rep, round).await,
                     "W5" => workloads::w5(&ctx, &mut rep, round).await,
+                    "W8" => workloads::w8(&ctx, &mut rep, round).await,
                     _ => workloads::w6(&ctx, &mut rep, round).await,
                 };
                 if let Err(e) = res {
