@@ -120,6 +120,8 @@ pub fn w7_seq_of_msg_ts(ts: &str) -> Option<u64> {
 }
 
 pub struct FakeSlack {
+    /// W8: where `apps.connections.open` points (set once the socket server binds).
+    pub socket_url: Mutex<String>,
     pub stats: SlackStats,
     /// W7: record every call in `w7` (off otherwise: W1 pays nothing).
     pub record: AtomicBool,
@@ -143,6 +145,7 @@ pub const SCOPES: &str = "app_mentions:read,channels:history,chat:write,groups:h
 impl FakeSlack {
     pub fn new() -> Self {
         FakeSlack {
+            socket_url: Mutex::new(String::new()),
             stats: SlackStats::default(),
             per_seq: counters(MAX_SEQ),
             w3: Mutex::new(Vec::new()),
@@ -329,6 +332,10 @@ impl FakeSlack {
                 }
                 let body = serde_json::json!({"ok": true, "channel": channel, "ts": ts, "message": message}).to_string();
                 json(StatusCode::OK, body)
+            }
+            "apps.connections.open" => {
+                let url = self.socket_url.lock().unwrap().clone();
+                json(StatusCode::OK, serde_json::json!({"ok": true, "url": url}).to_string())
             }
             "reactions.add" | "reactions.remove" => {
                 if method == "reactions.add" {
@@ -782,7 +789,89 @@ pub struct HangingHook {
 
 // ---------------------------------------------------------------------------------
 
+/// W8: Socket Mode. One WebSocket connection at a time (the bridge runs with
+/// `SLACK_SOCKET_CONNECTIONS=1`): `hello` on connect, then whatever the workload
+/// sends through [`FakeSocket::send`]; acknowledgements (`{"envelope_id": "e{seq}"}`)
+/// are counted per seq.
+pub struct FakeSocket {
+    conn: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    pub acked: Vec<AtomicU8>,
+    pub acks: AtomicU64,
+    pub changed: tokio::sync::Notify,
+}
+
+impl FakeSocket {
+    fn new() -> Self {
+        FakeSocket {
+            conn: Mutex::new(None),
+            acked: counters(MAX_SEQ),
+            acks: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn reset(&self) {
+        *self.conn.lock().unwrap() = None;
+        for c in &self.acked {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.acks.store(0, Ordering::Relaxed);
+    }
+
+    pub fn connected(&self) -> bool {
+        self.conn.lock().unwrap().is_some()
+    }
+
+    /// Sends a text frame on the open connection; `false` when there is none.
+    pub fn send(&self, text: String) -> bool {
+        match self.conn.lock().unwrap().as_ref() {
+            Some(tx) => tx.send(text).is_ok(),
+            None => false,
+        }
+    }
+
+    async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+        let (mut out, mut incoming) = ws.split();
+        let hello = r#"{"type":"hello","num_connections":1,"debug_info":{"host":"bench"},"connection_info":{"app_id":"A0BENCH01"}}"#;
+        if out.send(Message::text(hello)).await.is_err() {
+            return;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        *self.conn.lock().unwrap() = Some(tx);
+        self.changed.notify_waiters();
+        loop {
+            tokio::select! {
+                frame = incoming.next() => match frame {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Some(seq) = find_num(t.as_bytes(), b"\"envelope_id\":\"e") {
+                            if let Some(c) = self.acked.get(seq as usize) {
+                                c.store(1, Ordering::Relaxed);
+                            }
+                            self.acks.fetch_add(1, Ordering::Relaxed);
+                            self.changed.notify_waiters();
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                text = rx.recv() => match text {
+                    Some(text) => {
+                        if out.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
 pub struct Fakes {
+    pub socket: Arc<FakeSocket>,
     pub slack: Arc<FakeSlack>,
     pub agent: Arc<FakeAgent>,
     pub hook: Arc<FakeHook>,
@@ -819,6 +908,18 @@ impl Fakes {
             Ok(TcpListener::from_std(std)?)
         };
         let (ls, la, lh, lg) = (bind(&rt)?, bind(&rt)?, bind(&rt)?, bind(&rt)?);
+        let socket = Arc::new(FakeSocket::new());
+        let lw = bind(&rt)?;
+        *slack.socket_url.lock().unwrap() = format!("ws://{}/link/?ticket=bench", lw.local_addr()?);
+        {
+            let w = socket.clone();
+            rt.spawn(async move {
+                loop {
+                    let Ok((stream, _)) = lw.accept().await else { continue };
+                    tokio::spawn(w.clone().serve(stream));
+                }
+            });
+        }
         let (slack_addr, agent_addr, hook_addr, hang_addr) = (
             ls.local_addr()?,
             la.local_addr()?,
@@ -858,6 +959,7 @@ impl Fakes {
             });
         }
         Ok(Fakes {
+            socket,
             slack,
             agent,
             hook,
@@ -876,6 +978,7 @@ impl Fakes {
 
     pub fn reset(&self) {
         self.slack.reset();
+        self.socket.reset();
         self.agent.reset();
         self.hook.reset();
         self.openai.reset();

@@ -176,7 +176,7 @@ fn run(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     type Step = (&'static str, fn(&mut Report, &Ctx));
-    let decls: [Step; 7] = [
+    let decls: [Step; 8] = [
         ("W1", workloads::declare_w1),
         ("W2", workloads::declare_w2),
         ("W3", workloads::declare_w3),
@@ -184,6 +184,7 @@ fn run(args: &[String]) -> Result<()> {
         ("W5", workloads::declare_w5),
         ("W6", workloads::declare_w6),
         ("W7", w7::declare_w7),
+        ("W8", workloads::declare_w8),
     ];
     for (w, d) in decls {
         if want(w) {
@@ -197,7 +198,7 @@ fn run(args: &[String]) -> Result<()> {
                 round - offset + 1,
                 util::loadavg()
             );
-            for w in ["W1", "W2", "W3", "W4", "W5", "W6", "W7"] {
+            for w in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"] {
                 if !want(w) {
                     continue;
                 }
@@ -208,6 +209,7 @@ fn run(args: &[String]) -> Result<()> {
                     "W4" => workloads::w4(&ctx, &mut rep, round).await,
                     "W5" => workloads::w5(&ctx, &mut rep, round).await,
                     "W6" => workloads::w6(&ctx, &mut rep, round).await,
+                    "W8" => workloads::w8(&ctx, &mut rep, round).await,
                     _ => w7::w7(&ctx, &mut rep, round).await,
                 };
                 if let Err(e) = res {

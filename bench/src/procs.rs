@@ -64,6 +64,7 @@ fn strip_ansi(s: &str) -> String {
 
 pub const SIGNING_SECRET: &str = "bench-signing-secret-8f14e45fceea167a5a36dedd4bea2543";
 pub const BOT_TOKEN: &str = "xoxb-bench-0000-token";
+pub const APP_TOKEN: &str = "xapp-1-A0BENCH01-bench";
 pub const API_TOKEN: &str = "bench-admin-token-1f0e3dad99908345";
 pub const OPENAI_KEY: &str = "sk-bench-0000";
 pub const DISCORD_TOKEN: &str = "bench.discord.token";
@@ -145,6 +146,9 @@ pub struct BridgeCfg {
     pub openai: Option<SocketAddr>,
     /// Discord on, against the fake Discord (REST + gateway) at this address (W7).
     pub discord: Option<SocketAddr>,
+    /// W8: Slack over Socket Mode only (`SLACK_APP_TOKEN`, one connection, no
+    /// signing secret).
+    pub socket: bool,
     pub extra: Vec<(String, String)>,
 }
 
@@ -174,7 +178,12 @@ impl BridgeCfg {
         }
         if let Some(s) = self.slack {
             v.push(("SLACK_BOT_TOKEN".into(), BOT_TOKEN.into()));
-            v.push(("SLACK_SIGNING_SECRET".into(), SIGNING_SECRET.into()));
+            if self.socket {
+                v.push(("SLACK_APP_TOKEN".into(), APP_TOKEN.into()));
+                v.push(("SLACK_SOCKET_CONNECTIONS".into(), "1".into()));
+            } else {
+                v.push(("SLACK_SIGNING_SECRET".into(), SIGNING_SECRET.into()));
+            }
             v.push(("SLACK_API_BASE".into(), format!("http://{s}/api")));
             if let Some(r) = &self.reaction {
                 v.push(("SLACK_PROGRESS_REACTION".into(), r.clone()));

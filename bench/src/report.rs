@@ -10,6 +10,8 @@ use crate::util::median;
 pub enum Budget {
     /// median over rounds of bridge/floor ≥ x
     RatioAtLeast(f64),
+    /// median over rounds of bridge/floor ≤ x (a cost against a baseline: W8)
+    RatioAtMost(f64),
     /// median bridge ≤ x
     AtMost(f64),
     /// median bridge < x
@@ -28,6 +30,7 @@ impl Budget {
     pub fn describe(&self, unit: &str) -> String {
         match self {
             Budget::RatioAtLeast(x) => format!("≥ {x}× floor"),
+            Budget::RatioAtMost(x) => format!("≤ {x}× floor"),
             Budget::AtMost(x) => format!("≤ {x} {unit}"),
             Budget::Below(x) => format!("< {x} {unit}"),
             Budget::AtLeast(x) => format!("≥ {x} {unit}"),
@@ -297,6 +300,7 @@ pub fn finish_row(r: &mut Row) {
     } else {
         match (r.budget, r.bridge_median, r.relative) {
             (Some(Budget::RatioAtLeast(x)), _, Some(rel)) => Some(rel >= x),
+            (Some(Budget::RatioAtMost(x)), _, Some(rel)) => Some(rel <= x),
             (Some(Budget::AddedAtMost(x)), _, Some(rel)) => Some(rel <= x),
             (Some(Budget::AddedBelow(x)), _, Some(rel)) => Some(rel < x),
             (Some(Budget::AtMost(x)), Some(b), _) => Some(b <= x),

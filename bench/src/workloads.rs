@@ -1393,3 +1393,123 @@ pub async fn w6(ctx: &Ctx, rep: &mut Report, _round: usize) -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------
+// W8: Slack over Socket Mode
+// ---------------------------------------------------------------------------------
+
+/// Envelopes sent but not yet acknowledged, at most: the socket's stand-in for W1's
+/// 50 keep-alive connections (Slack itself sends without waiting for acks).
+const W8_WINDOW: u64 = 50;
+
+const W8_TPUT: &str = "events/s over one Socket Mode connection (floor: W1's HTTP path, same run)";
+const W8_CPU: &str = "CPU per event, replies included (floor: W1's HTTP path, same run)";
+const W8_ONCE: &str = "every acknowledged envelope answered exactly once";
+
+pub fn declare_w8(rep: &mut Report, _ctx: &Ctx) {
+    let w = "W8";
+    rep.declare(w, W8_TPUT, "ev/s", None);
+    rep.declare(w, W8_CPU, "µs", Some(Budget::RatioAtMost(1.2)));
+    rep.declare(w, W8_ONCE, "ok", Some(Budget::AllOk));
+}
+
+/// W1's events as `events_api` envelopes over one connection, closed loop with
+/// [`W8_WINDOW`] unacknowledged at most, for `--duration`; then every acknowledged
+/// event must get its one `chat.postMessage`. CPU per event is read once the replies
+/// are in, as W1 does.
+async fn w8_socket(ctx: &Ctx) -> Result<Side> {
+    let f = &ctx.fakes;
+    f.reset();
+    let cfg = BridgeCfg { socket: true, ..slack_cfg(f) };
+    let (proc, _) = procs::start_bridge(&ctx.bridge_bin, &cfg).await?;
+    let connected = Instant::now();
+    while !f.socket.connected() {
+        if connected.elapsed() > Duration::from_secs(10) {
+            let tail = proc.log_tail();
+            proc.stop(Duration::from_secs(3));
+            return Err(anyhow!("the bridge opened no Socket Mode connection: {tail}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let maker = EventMaker::new(SIGNING_SECRET, ctx.w1_channels, "", proc.addr);
+    let sampler = RssSampler::start(proc.pid);
+    let cpu0 = proc.cpu();
+    let ctx0 = crate::util::ctx_switches(proc.pid);
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let limit = MAX_SEQ as u64 - 10;
+    while started.elapsed() < ctx.duration && sent < limit {
+        let notified = f.socket.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let acked = f.socket.acks.load(Ordering::Relaxed);
+        while sent < limit && sent - acked.min(sent) < W8_WINDOW {
+            let envelope = format!(
+                r#"{{"envelope_id":"e{sent}","type":"events_api","payload":{},"accepts_response_payload":false,"retry_attempt":0,"retry_reason":""}}"#,
+                maker.body(sent)
+            );
+            if !f.socket.send(envelope) {
+                break;
+            }
+            sent += 1;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+    }
+    let elapsed = started.elapsed();
+    // The last envelopes' acks.
+    let drain = Instant::now();
+    while f.socket.acks.load(Ordering::Relaxed) < sent && drain.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let acked = f.socket.acks.load(Ordering::Relaxed);
+    let done = wait_replies(f, acked, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ok, mut detail) = exactly_once(f, &f.socket.acked, sent);
+    if !done {
+        detail.push_str(" (timed out waiting for the replies)");
+    }
+    let cpu1 = proc.cpu();
+    let ctx_per_req = crate::util::ctx_switches(proc.pid).saturating_sub(ctx0) as f64 / acked.max(1) as f64;
+    let rss_peak = sampler.finish().max(hwm_mib(proc.pid));
+    let cpu_us = (cpu1 - cpu0) / acked.max(1) as f64 * 1e6;
+    proc.stop(Duration::from_secs(5));
+    let load = LoadResult {
+        ok: acked,
+        errors: sent - acked,
+        statuses: Default::default(),
+        elapsed,
+        hist: Histogram::new(3)?,
+        max_dispatch_lag_ns: 0,
+    };
+    Ok(Side { gen_cpu_us: 0.0, ctx_per_req, load, cpu_us, rss_peak, once: Some((ok && done, detail)) })
+}
+
+pub async fn w8(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
+    let w = "W8";
+    let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+    for http in order {
+        if http {
+            log(format!("W8 HTTP path (W1's bridge): {} conns for {:?}", ctx.conns, ctx.duration));
+            let s = w1_measure(ctx, Who::Bridge, Mode::Closed, None).await?;
+            log(format!("W8 HTTP path: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+            rep.floor(w, W8_TPUT, s.load.rps());
+            rep.floor(w, W8_CPU, s.cpu_us);
+            if let Some((ok, detail)) = s.once {
+                rep.note(w, W8_ONCE, format!("round {round}, HTTP path: {ok}: {detail}"));
+            }
+        } else {
+            log(format!("W8 Socket Mode: one connection, window {W8_WINDOW}, for {:?}", ctx.duration));
+            let s = w8_socket(ctx).await?;
+            log(format!("W8 Socket Mode: {:.0} ev/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+            rep.bridge(w, W8_TPUT, s.load.rps());
+            rep.bridge(w, W8_CPU, s.cpu_us);
+            rep.note(w, W8_CPU, format!("round {round}: socket {:.2} context switches per event, peak RSS {:.1} MiB", s.ctx_per_req, s.rss_peak));
+            if let Some((ok, detail)) = s.once {
+                rep.bridge(w, W8_ONCE, if ok { 1.0 } else { 0.0 });
+                rep.note(w, W8_ONCE, format!("round {round}, socket: {detail}"));
+            }
+        }
+    }
+    Ok(())
+}

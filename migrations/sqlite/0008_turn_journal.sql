@@ -4,6 +4,11 @@
 -- left `accepted` by a crash is answered at the next start, or given up
 -- (`abandoned`) past RECOVERY_WINDOW. `reply_to` is the platform's own description
 -- of where the answer goes, so a restarted process can rebuild it. Additive.
+--
+-- One B-tree keyed by the turn id (WITHOUT ROWID), and no second index: a turn costs
+-- one insert and one in-place update on the hot path, and the rare reads (recovery
+-- at start-up, a Discord catch-up, the hourly purge) scan. Ids start with the
+-- message's time-ordered id, so new rows land at the end of the tree.
 CREATE TABLE turn_journal (
     id          TEXT NOT NULL PRIMARY KEY,
     platform    TEXT NOT NULL,
@@ -17,5 +22,4 @@ CREATE TABLE turn_journal (
     state       TEXT NOT NULL,
     received_at BIGINT NOT NULL,
     updated_at  BIGINT NOT NULL
-);
-CREATE INDEX turn_journal_open ON turn_journal (state, received_at);
+) WITHOUT ROWID;

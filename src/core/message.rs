@@ -41,12 +41,14 @@ pub fn turn_id(platform: Platform, workspace: &str, channel: &str, message_id: &
             })
             .collect()
     };
+    // The message's id first: Slack's `ts` and Discord's snowflakes grow with time,
+    // so new journal rows land together at the end of its index.
     format!(
         "{}-{}-{}-{}",
         platform.as_str(),
+        clean(message_id),
         clean(workspace),
-        clean(channel),
-        clean(message_id)
+        clean(channel)
     )
 }
 

@@ -323,10 +323,12 @@ impl Relay {
 
     /// For a platform that acknowledges a message before working on it (Slack): waits
     /// up to [`INTAKE_WAIT`] for room among the accepted turns — so an overloaded
-    /// bridge slows its acknowledgements down instead of piling up work — then runs
-    /// `first` (typically the store's dedupe write) in the background and queues the
-    /// turn as [`Relay::submit`] does only if it is a first delivery; a duplicate
-    /// ends as [`TurnOutcome::Duplicate`]. Still no room: a first delivery gets
+    /// bridge slows its acknowledgements down instead of piling up work — then
+    /// journals the turn (awaited: the acknowledgement follows the journal; a message
+    /// journaled already is a duplicate). A turn the sink cannot journal runs `first`
+    /// (the platform's own dedupe write) in the background instead. Either way the
+    /// turn is queued as [`Relay::submit`] does only if it is a first delivery; a
+    /// duplicate ends as [`TurnOutcome::Duplicate`]. Still no room: a first delivery gets
     /// [`BUSY_REPLY`]. A message taken here is not refused by a shutdown that begins
     /// later: the drain waits for it like for any turn.
     pub async fn submit_once<F>(
@@ -385,7 +387,10 @@ impl Relay {
         }
         let worker = inner.clone();
         inner.tracker.spawn(async move {
-            if first.await {
+            // A journaled turn was deduplicated by the journal itself (its id is the
+            // message's): `first` — the platform's own dedupe write — is not needed.
+            let journaled = matches!(journal, Journaling::Accepted(_));
+            if journaled || first.await {
                 // Never busy: the slot is already reserved.
                 let _ = worker.enqueue(msg, sink, done, true, journal);
             } else {

@@ -16,19 +16,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serenity::all::{
-    ChannelId, CommandInteraction, ConnectionStage, Context, Event, EventHandler, GetMessages,
-    Guild, GuildChannel, Http, Interaction, Message, MessageId, MessageType, PartialGuildChannel,
-    RawEventHandler, Ready, ResumedEvent, ShardStageUpdateEvent, UserId,
+    ChannelId, CommandInteraction, ComponentInteraction, ConnectionStage, Context,
+    CreateInteractionResponse, Event, EventHandler, GetMessages, Guild, GuildChannel, Http,
+    Interaction, Message, MessageId, MessageType, PartialGuildChannel, RawEventHandler, Ready,
+    ResumedEvent, ShardStageUpdateEvent, UserId,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::channels::{is_thread, ChannelDirectory, ChannelKind};
-use super::sink::{DiscordReplyTo, EditBuckets, MessageSink, Target};
+use super::sink::{self, DiscordReplyTo, EditBuckets, MessageSink, Target};
 use super::slash::{self, InteractionSink};
 use super::{describe, text};
 use crate::config::DiscordReplyMode;
-use crate::core::ports::{JournalTurn, Resume, Resumed};
+use crate::core::ports::{FeedbackClick, JournalTurn, Resume, Resumed};
 use crate::core::{ChatSink, Inbound, Platform, Rejected, Relay};
 
 /// What an interaction shows when the bridge is shutting down: the deferred response
@@ -239,6 +240,51 @@ impl Handler {
         }
     }
 
+    /// A click on one of the bridge's buttons: the feedback buttons
+    /// (`feedback:{turn_id}:up|down`), acknowledged at once (type 6, the message stays
+    /// as it is) and recorded in the background.
+    async fn on_component(&self, http: &Arc<Http>, component: ComponentInteraction) {
+        let Some((turn_id, positive)) = sink::parse_feedback(&component.data.custom_id) else {
+            debug!(custom_id = %component.data.custom_id, "not one of our buttons; ignored");
+            return;
+        };
+        if let Err(e) = component
+            .create_response(&**http, CreateInteractionResponse::Acknowledge)
+            .await
+        {
+            warn!(error = %describe(&e), "could not acknowledge a feedback click");
+        }
+        // Keyed like the turn: a thread's answers belong to its parent channel.
+        let (channel, thread) = match component.guild_id {
+            None => (component.channel_id, None),
+            Some(_) => match self.channels.kind(http, component.channel_id).await {
+                ChannelKind::Thread { parent, .. } => {
+                    (parent, Some(component.channel_id.to_string()))
+                }
+                ChannelKind::Plain => (component.channel_id, None),
+            },
+        };
+        let click = FeedbackClick {
+            turn_id,
+            platform: Platform::Discord,
+            workspace: component
+                .guild_id
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+            channel: channel.to_string(),
+            thread,
+            user: component.user.id.to_string(),
+            message_id: component.message.id.to_string(),
+            positive,
+        };
+        let relay = self.relay.clone();
+        self.relay.spawn(async move {
+            if let Err(e) = relay.feedback(click).await {
+                warn!(error = %e, "could not record feedback");
+            }
+        });
+    }
+
     async fn on_command(&self, http: &Arc<Http>, command: CommandInteraction) {
         let Some(text) = slash::to_text(&command) else {
             debug!(command = %command.data.name, "not one of our commands; ignored");
@@ -339,8 +385,10 @@ impl EventHandler for Handler {
         self.relay
             .metrics()
             .event_received(Platform::Discord, "INTERACTION_CREATE");
-        if let Interaction::Command(command) = interaction {
-            self.on_command(&ctx.http, command).await;
+        match interaction {
+            Interaction::Command(command) => self.on_command(&ctx.http, command).await,
+            Interaction::Component(component) => self.on_component(&ctx.http, component).await,
+            _ => {}
         }
     }
 

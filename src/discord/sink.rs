@@ -14,9 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use serenity::all::{
-    ChannelId, CreateAllowedMentions, CreateMessage, CreateThread, EditMessage, GuildId, Http,
-    HttpError, LightMethod, MessageId, MessageReference, MessageReferenceKind, Nonce, Request,
-    Route, StatusCode, UserId,
+    ButtonStyle, ChannelId, CreateActionRow, CreateAllowedMentions, CreateButton, CreateMessage,
+    CreateThread, EditMessage, GuildId, Http, HttpError, LightMethod, MessageId, MessageReference,
+    MessageReferenceKind, Nonce, ReactionType, Request, Route, StatusCode, UserId,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -90,6 +90,31 @@ fn post_nonce(answering: MessageId, i: usize) -> String {
 
 fn is_rate_limited(e: &serenity::Error) -> bool {
     matches!(e, serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) if r.status_code == StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// The prefix of the feedback buttons' `custom_id`: `feedback:{turn_id}:up|down`.
+pub const FEEDBACK_PREFIX: &str = "feedback:";
+
+/// 👍 and 👎 in one action row, their `custom_id`s naming the turn.
+pub fn feedback_row(turn_id: &str) -> CreateActionRow {
+    let button = |vote: &str, emoji: &str| {
+        CreateButton::new(format!("{FEEDBACK_PREFIX}{turn_id}:{vote}"))
+            .style(ButtonStyle::Secondary)
+            .emoji(ReactionType::Unicode(emoji.to_owned()))
+    };
+    CreateActionRow::Buttons(vec![button("up", "👍"), button("down", "👎")])
+}
+
+/// `feedback:{turn_id}:up|down` → the turn and whether the vote is positive.
+pub fn parse_feedback(custom_id: &str) -> Option<(String, bool)> {
+    let rest = custom_id.strip_prefix(FEEDBACK_PREFIX)?;
+    let (turn, vote) = rest.rsplit_once(':')?;
+    let positive = match vote {
+        "up" => true,
+        "down" => false,
+        _ => return None,
+    };
+    (!turn.is_empty()).then(|| (turn.to_owned(), positive))
 }
 
 /// Allowed mentions that allow nothing, not even the ping of a reply's author.
@@ -214,6 +239,7 @@ impl MessageSink {
         destination: Destination,
         i: usize,
         part: &str,
+        feedback: Option<&str>,
     ) -> Result<MessageId, serenity::Error> {
         // The same answer posted again (a retry, a turn answered again after a crash)
         // carries the same nonce, and Discord returns the first message instead of
@@ -223,6 +249,9 @@ impl MessageSink {
             .allowed_mentions(no_pings())
             .nonce(Nonce::String(post_nonce(self.answering, i)))
             .enforce_nonce(true);
+        if let Some(turn_id) = feedback {
+            message = message.components(vec![feedback_row(turn_id)]);
+        }
         if let (
             0,
             Destination::Reply {
@@ -360,7 +389,7 @@ impl ChatSink for MessageSink {
         let total = parts.len();
         let mut ids = Vec::with_capacity(total);
         for (i, part) in parts.iter().enumerate() {
-            match self.post_part(destination, i, part).await {
+            match self.post_part(destination, i, part, None).await {
                 Ok(id) => ids.push(id.to_string()),
                 Err(e) => return Err(part_failed(i, total, &e)),
             }
@@ -384,6 +413,7 @@ impl ChatSink for MessageSink {
             sink: self,
             destination: self.destination().await,
             posted: AtomicUsize::new(0),
+            feedback: feed.feedback.clone(),
         };
         let identity = |text: &str| text.to_string();
         let shape = Shape {
@@ -400,27 +430,40 @@ struct Surface<'a> {
     destination: Destination,
     /// Messages posted so far: the first is the reply to the user's message.
     posted: AtomicUsize,
+    /// The turn id the last message's 👍/👎 buttons carry (`FEEDBACK_BUTTONS`).
+    feedback: Option<String>,
 }
 
-#[async_trait]
-impl render::Surface for Surface<'_> {
-    async fn post(&self, text: &str) -> Result<String, SinkError> {
+impl Surface<'_> {
+    async fn post_with(&self, text: &str, feedback: Option<&str>) -> Result<String, SinkError> {
         // The first text ends "typing…"; a renewal after it would show it again.
         self.sink.stop_typing();
         let i = self.posted.fetch_add(1, Ordering::Relaxed);
-        match self.sink.post_part(self.destination, i, text).await {
+        match self
+            .sink
+            .post_part(self.destination, i, text, feedback)
+            .await
+        {
             Ok(id) => Ok(id.to_string()),
             Err(e) => Err(part_failed(i, i + 1, &e)),
         }
     }
 
-    async fn edit(&self, id: &str, text: &str) -> Result<(), SinkError> {
+    async fn edit_with(
+        &self,
+        id: &str,
+        text: &str,
+        feedback: Option<&str>,
+    ) -> Result<(), SinkError> {
         let id: u64 = id
             .parse()
             .map_err(|_| SinkError(format!("not a Discord message id: {id}")))?;
-        let edit = EditMessage::new()
+        let mut edit = EditMessage::new()
             .content(text)
             .allowed_mentions(no_pings());
+        if let Some(turn_id) = feedback {
+            edit = edit.components(vec![feedback_row(turn_id)]);
+        }
         let body = serde_json::to_vec(&edit).map_err(|e| SinkError(format!("edit: {e}")))?;
         let channel = self.destination.channel();
         let buckets = &self.sink.buckets;
@@ -448,6 +491,30 @@ impl render::Surface for Surface<'_> {
                 Ok(())
             }
             Err(e) => Err(SinkError(format!("edit: {}", describe(&e)))),
+        }
+    }
+}
+
+#[async_trait]
+impl render::Surface for Surface<'_> {
+    async fn post(&self, text: &str) -> Result<String, SinkError> {
+        self.post_with(text, None).await
+    }
+
+    async fn edit(&self, id: &str, text: &str) -> Result<(), SinkError> {
+        self.edit_with(id, text, None).await
+    }
+
+    /// The answer's last message carries the 👍/👎 action row: in its post when the
+    /// answer came in one piece, else in its last edit.
+    async fn post_last(&self, text: &str) -> Result<String, SinkError> {
+        self.post_with(text, self.feedback.as_deref()).await
+    }
+
+    async fn finish_last(&self, id: &str, text: &str, changed: bool) -> Result<(), SinkError> {
+        match (changed, self.feedback.as_deref()) {
+            (false, None) => Ok(()),
+            (_, feedback) => self.edit_with(id, text, feedback).await,
         }
     }
 }
@@ -481,4 +548,24 @@ pub(super) fn part_failed(i: usize, total: usize, e: &serenity::Error) -> SinkEr
     } else {
         cause
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feedback_custom_ids_name_the_turn_and_the_vote() {
+        assert_eq!(
+            parse_feedback("feedback:t-1:up"),
+            Some(("t-1".into(), true))
+        );
+        assert_eq!(
+            parse_feedback("feedback:t-1:down"),
+            Some(("t-1".into(), false))
+        );
+        assert_eq!(parse_feedback("feedback::up"), None);
+        assert_eq!(parse_feedback("feedback:t-1:maybe"), None);
+        assert_eq!(parse_feedback("other:t-1:up"), None);
+    }
 }

@@ -16,10 +16,10 @@ use serenity::all::{
     CreateInteractionResponseMessage, EditInteractionResponse, Http,
 };
 
-use super::sink::{no_pings, part_failed};
+use super::sink::{feedback_row, no_pings, part_failed};
 use super::MESSAGE_LIMIT;
 use crate::core::chunk::split_text;
-use crate::core::ports::{ChatSink, SinkError};
+use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
 
 /// What a deferred response shows when the core's answer is empty: an edit must carry
 /// something, and "thinking…" must not stay forever.
@@ -111,6 +111,24 @@ impl InteractionSink {
 #[async_trait]
 impl ChatSink for InteractionSink {
     async fn send(&self, text: &str) -> Result<Vec<String>, SinkError> {
+        self.send_with(text, None).await
+    }
+
+    /// Waits for the whole answer (an interaction response is edited once), then
+    /// posts it with the 👍/👎 row on its last message when `FEEDBACK_BUTTONS` is on.
+    async fn stream(&self, feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
+        let feedback = feed.feedback.clone();
+        let text = feed.finished().await;
+        self.send_with(&text, feedback.as_deref()).await
+    }
+}
+
+impl InteractionSink {
+    async fn send_with(
+        &self,
+        text: &str,
+        feedback: Option<&str>,
+    ) -> Result<Vec<String>, SinkError> {
         let mut parts = split_text(text, MESSAGE_LIMIT);
         if parts.is_empty() {
             parts.push(EMPTY_ANSWER.to_string());
@@ -118,17 +136,26 @@ impl ChatSink for InteractionSink {
         let total = parts.len();
         let mut ids = Vec::with_capacity(total);
         for (i, part) in parts.into_iter().enumerate() {
+            let row = feedback
+                .filter(|_| i + 1 == total)
+                .map(|turn_id| vec![feedback_row(turn_id)]);
             let posted = if i == 0 {
-                let edit = EditInteractionResponse::new()
+                let mut edit = EditInteractionResponse::new()
                     .content(part)
                     .allowed_mentions(no_pings());
+                if let Some(row) = row {
+                    edit = edit.components(row);
+                }
                 self.http
                     .edit_original_interaction_response(&self.token, &edit, Vec::new())
                     .await
             } else {
-                let follow = CreateInteractionResponseFollowup::new()
+                let mut follow = CreateInteractionResponseFollowup::new()
                     .content(part)
                     .allowed_mentions(no_pings());
+                if let Some(row) = row {
+                    follow = follow.components(row);
+                }
                 self.http
                     .create_followup_message(&self.token, &follow, Vec::new())
                     .await

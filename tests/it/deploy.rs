@@ -171,3 +171,94 @@ fn both_slack_manifests_ask_for_exactly_the_scopes_and_events_the_bridge_uses() 
         "Socket Mode needs no request URL"
     );
 }
+
+/// Every Slack Web API method the code calls, with the bot scope it needs (`None`:
+/// no bot scope — `auth.test`, and `apps.connections.open`, which takes the app-level
+/// token's `connections:write`). A new call fails the test below until it is added
+/// here, and so in `check::SLACK_SCOPES` and both manifests.
+const METHOD_SCOPES: &[(&str, Option<&str>)] = &[
+    ("apps.connections.open", None),
+    ("auth.test", None),
+    ("chat.postMessage", Some("chat:write")),
+    ("chat.update", Some("chat:write")),
+    ("chat.startStream", Some("chat:write")),
+    ("chat.appendStream", Some("chat:write")),
+    ("chat.stopStream", Some("chat:write")),
+    // Accepted with chat:write since 2026-03-05 (PLATFORM-NOTES).
+    ("assistant.threads.setStatus", Some("chat:write")),
+    (
+        "assistant.threads.setSuggestedPrompts",
+        Some("assistant:write"),
+    ),
+    ("assistant.threads.setTitle", Some("assistant:write")),
+    // A recovered turn's earlier answer is looked up (SPEC §3); the *:history scopes
+    // the message events need already cover it.
+    ("conversations.replies", Some("channels:history")),
+    ("reactions.add", Some("reactions:write")),
+    ("reactions.remove", Some("reactions:write")),
+];
+
+/// Every event subscription, with the scope it needs and the event `type` the code
+/// must handle.
+const EVENT_SCOPES: &[(&str, &str, Option<&str>)] = &[
+    ("app_mention", "app_mention", Some("app_mentions:read")),
+    ("message.channels", "message", Some("channels:history")),
+    ("message.groups", "message", Some("groups:history")),
+    ("message.im", "message", Some("im:history")),
+    ("message.mpim", "message", Some("mpim:history")),
+    (
+        "assistant_thread_started",
+        "assistant_thread_started",
+        Some("assistant:write"),
+    ),
+    ("app_home_opened", "app_home_opened", None),
+];
+
+#[test]
+fn the_slack_scopes_are_exactly_those_the_code_calls_and_subscribes_to() {
+    let dir = root().join("src/slack");
+    let mut code = String::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        code.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    // `self.call("method", …)` is how every Web API call is made (web_api.rs).
+    let called: BTreeSet<String> = code
+        .split(".call(\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect();
+    assert!(called.contains("chat.postMessage"), "{called:?}");
+    let mut needed = BTreeSet::new();
+    for method in &called {
+        let Some((_, scope)) = METHOD_SCOPES.iter().find(|(m, _)| m == method) else {
+            panic!("the code calls {method}: add it and its scope to METHOD_SCOPES");
+        };
+        needed.extend(scope.map(str::to_owned));
+    }
+    for (method, _) in METHOD_SCOPES {
+        assert!(
+            called.contains(*method),
+            "{method} is in METHOD_SCOPES but never called"
+        );
+    }
+    let subscribed: BTreeSet<&str> = agent_bridge::check::SLACK_EVENTS.iter().copied().collect();
+    for event in &subscribed {
+        let Some((_, kind, scope)) = EVENT_SCOPES.iter().find(|(e, _, _)| e == event) else {
+            panic!("the bridge subscribes to {event}: add it and its scope to EVENT_SCOPES");
+        };
+        assert!(
+            code.contains(&format!("\"{kind}\"")),
+            "{event} is subscribed but no code handles `{kind}`"
+        );
+        needed.extend(scope.map(str::to_owned));
+    }
+    let declared: BTreeSet<String> = agent_bridge::check::SLACK_SCOPES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        declared, needed,
+        "check::SLACK_SCOPES (and so both manifests) must be exactly the scopes used"
+    );
+}

@@ -656,6 +656,15 @@ async fn slash_ask_is_deferred_then_answered_by_editing_the_response() {
     assert_eq!(edit.content(), "answer to: what is up?");
     assert_eq!(edit.body["allowed_mentions"], no_pings());
     assert!(callback.at <= edit.at);
+    // An answer, so it ends with the feedback buttons.
+    let buttons = &edit.body["components"][0]["components"];
+    assert!(
+        buttons[0]["custom_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("feedback:") && id.ends_with(":up")),
+        "{}",
+        edit.body
+    );
     assert_eq!(app.agent.requests_to("/conversation").len(), 1);
     app.shutdown().await;
 }

@@ -316,3 +316,86 @@ async fn the_feedback_store_keeps_one_value_per_user_and_answer_on_both_back_end
     store.close().await;
     pg.remove().await;
 }
+
+#[tokio::test]
+async fn a_discord_answer_carries_the_buttons_and_a_click_is_acknowledged_and_recorded() {
+    use crate::support::discord::FakeDiscord;
+    const USER: &str = "3000000000000000001";
+    let fake = FakeDiscord::start().await;
+    let app = TestApp::builder()
+        .var("DISCORD_TOKEN", "test-token")
+        .var("DISCORD_API_BASE", &fake.url())
+        .start()
+        .await;
+    fake.wait_ready(WAIT).await;
+
+    fake.guild_message("2001", USER, &format!("{} rate this", fake.mention()))
+        .await;
+    let posts = fake.wait_messages(1, WAIT).await;
+    let row = &posts[0].body["components"][0];
+    assert_eq!(row["type"], 1, "an action row: {}", posts[0].body);
+    let ids: Vec<&str> = row["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["custom_id"].as_str().unwrap())
+        .collect();
+    let up = ids[0].to_owned();
+    let turn_id = up
+        .strip_prefix("feedback:")
+        .and_then(|r| r.strip_suffix(":up"))
+        .expect("feedback:{turn_id}:up")
+        .to_owned();
+    assert_eq!(ids[1], format!("feedback:{turn_id}:down"));
+    let answer_id = fake.bot_message_ids()[0].clone();
+
+    let sent = fake
+        .button_click("2001", &answer_id, "3000000000000000002", &up)
+        .await;
+    let callback = fake
+        .wait_call(
+            "POST",
+            &format!("/interactions/{}/{}/callback", sent.id, sent.token),
+            WAIT,
+        )
+        .await;
+    assert_eq!(
+        callback.body["type"], 6,
+        "acknowledged without a new message"
+    );
+    let events = feedback_events(&app, 1).await;
+    let data = &events[0]["data"];
+    assert_eq!(data["turn_id"], turn_id.as_str());
+    assert_eq!(data["user"], "3000000000000000002");
+    assert_eq!(data["value"], "positive");
+    assert_eq!(data["platform"], "discord");
+
+    // The same user once more, then the other way: one record, changed.
+    fake.button_click("2001", &answer_id, "3000000000000000002", &up)
+        .await;
+    fake.button_click(
+        "2001",
+        &answer_id,
+        "3000000000000000002",
+        &format!("feedback:{turn_id}:down"),
+    )
+    .await;
+    let events = feedback_events(&app, 2).await;
+    assert_eq!(events[1]["data"]["value"], "negative");
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(stored_events(&app.db_url, "feedback").await.len(), 2);
+    let session = data["session_id"].as_str().unwrap().to_owned();
+    let history = history(&app, &session).await;
+    let answer = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        answer["feedback"],
+        json!([{"user_id": "3000000000000000002", "value": "negative"}])
+    );
+    app.shutdown().await;
+}

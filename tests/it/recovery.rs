@@ -157,7 +157,7 @@ async fn a_mention_acknowledged_just_before_kill_9_is_answered_once_after_the_re
     assert_eq!(got[0]["metadata"]["event_type"], "agent_bridge_turn");
     assert_eq!(
         got[0]["metadata"]["event_payload"]["turn_id"],
-        format!("slack-T1-C_crash-{ts}"),
+        format!("slack-{ts}-T1-C_crash"),
         "{got:?}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -290,6 +290,17 @@ impl FakeDiscord {
             .collect()
     }
 
+    /// The ids of the bot's messages, in posting order.
+    pub fn bot_message_ids(&self) -> Vec<String> {
+        self.inner
+            .bot_messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// The bot's messages as a user sees them now: each post with its edits applied.
     pub fn final_texts(&self) -> Vec<String> {
         self.inner
@@ -581,6 +592,55 @@ impl FakeDiscord {
                 "mute": false,
                 "flags": 0,
             },
+            "token": token,
+            "version": 1,
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "context": 0,
+            "attachment_size_limit": 8_388_608,
+        });
+        self.dispatch("INTERACTION_CREATE", payload).await;
+        SentInteraction { id, token }
+    }
+}
+
+impl FakeDiscord {
+    /// A click by `user` on a button (`custom_id`) of the bot's message `message_id`
+    /// in the guild channel `channel` (an INTERACTION_CREATE of type 3).
+    pub async fn button_click(
+        &self,
+        channel: &str,
+        message_id: &str,
+        user: &str,
+        custom_id: &str,
+    ) -> SentInteraction {
+        let id = self.new_id();
+        let token = format!("interaction-token-{id}");
+        let message = message_json(
+            message_id,
+            channel,
+            Some(GUILD_ID),
+            user_json(BOT_ID, true),
+            "the answer",
+        );
+        let payload = json!({
+            "id": id,
+            "application_id": APP_ID,
+            "type": 3,
+            "data": {"custom_id": custom_id, "component_type": 2},
+            "guild_id": GUILD_ID,
+            "channel_id": channel,
+            "channel": {"id": channel, "type": 0, "name": "general"},
+            "member": {
+                "user": user_json(user, false),
+                "roles": [],
+                "joined_at": TIMESTAMP,
+                "deaf": false,
+                "mute": false,
+                "flags": 0,
+            },
+            "message": message,
             "token": token,
             "version": 1,
             "locale": "en-US",
