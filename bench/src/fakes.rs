@@ -335,7 +335,10 @@ impl FakeSlack {
             }
             "apps.connections.open" => {
                 let url = self.socket_url.lock().unwrap().clone();
-                json(StatusCode::OK, serde_json::json!({"ok": true, "url": url}).to_string())
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"ok": true, "url": url}).to_string(),
+                )
             }
             "reactions.add" | "reactions.remove" => {
                 if method == "reactions.add" {
@@ -833,7 +836,9 @@ impl FakeSocket {
     async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) {
         use futures_util::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
-        let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+        let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
+        };
         let (mut out, mut incoming) = ws.split();
         let hello = r#"{"type":"hello","num_connections":1,"debug_info":{"host":"bench"},"connection_info":{"app_id":"A0BENCH01"}}"#;
         if out.send(Message::text(hello)).await.is_err() {
@@ -915,7 +920,9 @@ impl Fakes {
             let w = socket.clone();
             rt.spawn(async move {
                 loop {
-                    let Ok((stream, _)) = lw.accept().await else { continue };
+                    let Ok((stream, _)) = lw.accept().await else {
+                        continue;
+                    };
                     tokio::spawn(w.clone().serve(stream));
                 }
             });

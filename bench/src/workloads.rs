@@ -1420,14 +1420,19 @@ pub fn declare_w8(rep: &mut Report, _ctx: &Ctx) {
 async fn w8_socket(ctx: &Ctx) -> Result<Side> {
     let f = &ctx.fakes;
     f.reset();
-    let cfg = BridgeCfg { socket: true, ..slack_cfg(f) };
+    let cfg = BridgeCfg {
+        socket: true,
+        ..slack_cfg(f)
+    };
     let (proc, _) = procs::start_bridge(&ctx.bridge_bin, &cfg).await?;
     let connected = Instant::now();
     while !f.socket.connected() {
         if connected.elapsed() > Duration::from_secs(10) {
             let tail = proc.log_tail();
             proc.stop(Duration::from_secs(3));
-            return Err(anyhow!("the bridge opened no Socket Mode connection: {tail}"));
+            return Err(anyhow!(
+                "the bridge opened no Socket Mode connection: {tail}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -1459,7 +1464,8 @@ async fn w8_socket(ctx: &Ctx) -> Result<Side> {
     let elapsed = started.elapsed();
     // The last envelopes' acks.
     let drain = Instant::now();
-    while f.socket.acks.load(Ordering::Relaxed) < sent && drain.elapsed() < Duration::from_secs(10) {
+    while f.socket.acks.load(Ordering::Relaxed) < sent && drain.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let acked = f.socket.acks.load(Ordering::Relaxed);
@@ -1470,7 +1476,8 @@ async fn w8_socket(ctx: &Ctx) -> Result<Side> {
         detail.push_str(" (timed out waiting for the replies)");
     }
     let cpu1 = proc.cpu();
-    let ctx_per_req = crate::util::ctx_switches(proc.pid).saturating_sub(ctx0) as f64 / acked.max(1) as f64;
+    let ctx_per_req =
+        crate::util::ctx_switches(proc.pid).saturating_sub(ctx0) as f64 / acked.max(1) as f64;
     let rss_peak = sampler.finish().max(hwm_mib(proc.pid));
     let cpu_us = (cpu1 - cpu0) / acked.max(1) as f64 * 1e6;
     proc.stop(Duration::from_secs(5));
@@ -1482,29 +1489,65 @@ async fn w8_socket(ctx: &Ctx) -> Result<Side> {
         hist: Histogram::new(3)?,
         max_dispatch_lag_ns: 0,
     };
-    Ok(Side { gen_cpu_us: 0.0, ctx_per_req, load, cpu_us, rss_peak, once: Some((ok && done, detail)) })
+    Ok(Side {
+        gen_cpu_us: 0.0,
+        ctx_per_req,
+        load,
+        cpu_us,
+        rss_peak,
+        once: Some((ok && done, detail)),
+    })
 }
 
 pub async fn w8(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     let w = "W8";
-    let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+    let order: [bool; 2] = if round % 2 == 0 {
+        [true, false]
+    } else {
+        [false, true]
+    };
     for http in order {
         if http {
-            log(format!("W8 HTTP path (W1's bridge): {} conns for {:?}", ctx.conns, ctx.duration));
+            log(format!(
+                "W8 HTTP path (W1's bridge): {} conns for {:?}",
+                ctx.conns, ctx.duration
+            ));
             let s = w1_measure(ctx, Who::Bridge, Mode::Closed, None).await?;
-            log(format!("W8 HTTP path: {:.0} req/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+            log(format!(
+                "W8 HTTP path: {:.0} req/s, {:.1} µs CPU/event",
+                s.load.rps(),
+                s.cpu_us
+            ));
             rep.floor(w, W8_TPUT, s.load.rps());
             rep.floor(w, W8_CPU, s.cpu_us);
             if let Some((ok, detail)) = s.once {
-                rep.note(w, W8_ONCE, format!("round {round}, HTTP path: {ok}: {detail}"));
+                rep.note(
+                    w,
+                    W8_ONCE,
+                    format!("round {round}, HTTP path: {ok}: {detail}"),
+                );
             }
         } else {
-            log(format!("W8 Socket Mode: one connection, window {W8_WINDOW}, for {:?}", ctx.duration));
+            log(format!(
+                "W8 Socket Mode: one connection, window {W8_WINDOW}, for {:?}",
+                ctx.duration
+            ));
             let s = w8_socket(ctx).await?;
-            log(format!("W8 Socket Mode: {:.0} ev/s, {:.1} µs CPU/event", s.load.rps(), s.cpu_us));
+            log(format!(
+                "W8 Socket Mode: {:.0} ev/s, {:.1} µs CPU/event",
+                s.load.rps(),
+                s.cpu_us
+            ));
             rep.bridge(w, W8_TPUT, s.load.rps());
             rep.bridge(w, W8_CPU, s.cpu_us);
-            rep.note(w, W8_CPU, format!("round {round}: socket {:.2} context switches per event, peak RSS {:.1} MiB", s.ctx_per_req, s.rss_peak));
+            rep.note(
+                w,
+                W8_CPU,
+                format!(
+                    "round {round}: socket {:.2} context switches per event, peak RSS {:.1} MiB",
+                    s.ctx_per_req, s.rss_peak
+                ),
+            );
             if let Some((ok, detail)) = s.once {
                 rep.bridge(w, W8_ONCE, if ok { 1.0 } else { 0.0 });
                 rep.note(w, W8_ONCE, format!("round {round}, socket: {detail}"));
