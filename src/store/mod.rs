@@ -61,7 +61,7 @@ mod writer;
 pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `wal_autocheckpoint` of the write connection, in pages (4 KiB): a fallback only
-/// (the checkpointer runs every 200 ms).
+/// (the checkpointer runs every 50 ms).
 pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 
 /// How long a caller waits for a pooled connection before the store reports itself

@@ -44,8 +44,11 @@ const MAX_BATCH: usize = 256;
 /// How long "no endpoint is enabled" is trusted after it was read.
 const NO_ENDPOINTS_FOR: Duration = Duration::from_secs(1);
 
-/// How often the checkpointer copies the WAL back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How often the checkpointer copies the WAL back into the database file. While a
+/// checkpoint copies, the writer's transactions wait on the disk — and a Slack
+/// acknowledgement waits for the writer (the journal) — so checkpoints are kept small
+/// and frequent: measured, a 1 s interval made W1's p99 ack 5× worse than 200 ms.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
 type Reply = oneshot::Sender<Result<Out, StoreError>>;
 
@@ -177,7 +180,7 @@ fn open(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection
     // Every catalogue statement the writer runs stays prepared.
     db.set_prepared_statement_cache_capacity(64);
     db.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
-    // The checkpointer copies the WAL back every 200 ms; the writer only checkpoints
+    // The checkpointer copies the WAL back every 50 ms; the writer only checkpoints
     // itself past ~64 MiB of WAL, should that connection ever fall behind or fail.
     db.execute_batch(&format!(
         "PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous}; \
