@@ -348,6 +348,8 @@ async fn a_discord_answer_carries_the_buttons_and_a_click_is_acknowledged_and_re
         .to_owned();
     assert_eq!(ids[1], format!("feedback:{turn_id}:down"));
     let answer_id = fake.bot_message_ids()[0].clone();
+    // The turn is recorded just after its post; a click before that has no session.
+    events_of(&app, "conversation", 1).await;
 
     let sent = fake
         .button_click("2001", &answer_id, "3000000000000000002", &up)
