@@ -177,6 +177,8 @@ impl App {
         let webhook_wake = webhook_worker.waker();
         let flush_wake = webhook_worker.waker();
         tasks.spawn(webhook_worker.run(background.clone()));
+        // Async queries a stopped process answered 202 and never recorded.
+        tokio::spawn(http::agent_query::recover(core.relay.clone()));
         let backlog_store: Arc<dyn WebhookStore> = core.store.clone();
         readiness.register_gauge(
             "bridge_webhook_outbox_backlog",

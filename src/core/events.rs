@@ -180,6 +180,9 @@ pub struct QueryFailed {
     pub query: String,
     pub session_id: Option<String>,
     pub error: String,
+    /// As [`ReplyFailed::reason`]: `agent_error`, or `abandoned` for a query cut by a
+    /// crash and older than `RECOVERY_WINDOW` when the bridge came back.
+    pub reason: &'static str,
 }
 
 /// `personality_change`.

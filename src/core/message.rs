@@ -12,6 +12,9 @@ pub enum Platform {
     Discord,
     Slack,
     Console,
+    /// An async `/agent-query`: journaled like a chat message (nothing answered 202 is
+    /// lost), never a conversation.
+    Api,
 }
 
 impl Inbound {
@@ -58,6 +61,7 @@ impl Platform {
             Platform::Discord => "discord",
             Platform::Slack => "slack",
             Platform::Console => "console",
+            Platform::Api => "api",
         }
     }
 
@@ -66,6 +70,7 @@ impl Platform {
             "discord" => Some(Platform::Discord),
             "slack" => Some(Platform::Slack),
             "console" => Some(Platform::Console),
+            "api" => Some(Platform::Api),
             _ => None,
         }
     }

@@ -39,7 +39,7 @@ fn platform_index(platform: Platform) -> usize {
     match platform {
         Platform::Discord => 0,
         Platform::Slack => 1,
-        Platform::Console => 2,
+        Platform::Console | Platform::Api => 2,
     }
 }
 

@@ -491,6 +491,81 @@ impl Relay {
         Ok((recovered, abandoned))
     }
 
+    /// Journals an async `/agent-query` before its 202: `body` is what recovery needs
+    /// to ask again (the request, as the HTTP layer writes it). Returns its turn id.
+    pub async fn journal_query(
+        &self,
+        request_id: &str,
+        body: String,
+    ) -> Result<String, StoreError> {
+        let msg = Inbound {
+            platform: Platform::Api,
+            workspace: String::new(),
+            channel: "agent-query".into(),
+            thread: None,
+            user: String::new(),
+            message_id: request_id.to_owned(),
+            text: body,
+        };
+        let turn = JournalTurn {
+            id: msg.turn_id(),
+            msg,
+            reply_to: String::new(),
+            received: OffsetDateTime::now_utc(),
+        };
+        self.inner.store.journal.accept_turn(&turn).await?;
+        self.inner.holding.insert(turn.id.clone(), ());
+        Ok(turn.id)
+    }
+
+    /// The async queries a stopped process answered 202 and never recorded, claimed
+    /// for this one, oldest first: `(turn id, body, received)`. Taken as
+    /// [`Relay::recover`] takes chat turns.
+    pub async fn left_queries(&self) -> Result<Vec<(String, String, OffsetDateTime)>, StoreError> {
+        let inner = &self.inner;
+        let now = OffsetDateTime::now_utc();
+        let untouched_since = match inner.store.turns.is_shared() {
+            true => inner.started.min(now - TAKEOVER_AFTER),
+            false => inner.started,
+        };
+        let journal = &inner.store.journal;
+        let mut left = Vec::new();
+        for turn in journal
+            .open_turns(Platform::Api, untouched_since, RECOVERY_BATCH)
+            .await?
+        {
+            if journal.claim_turn(&turn.id, untouched_since).await? {
+                inner.holding.insert(turn.id.clone(), ());
+                left.push((turn.id, turn.msg.text, turn.received));
+            }
+        }
+        Ok(left)
+    }
+
+    /// A journaled query's events and its move to `state`, in one transaction.
+    pub async fn finish_query(
+        &self,
+        turn: &str,
+        events: Vec<OutboxEvent>,
+        state: TurnState,
+    ) -> Result<(), StoreError> {
+        self.inner.holding.remove(turn);
+        let commit = Commit {
+            events,
+            ..Commit::default()
+        };
+        self.inner
+            .store
+            .transcripts
+            .commit_turn(commit, turn, state)
+            .await
+    }
+
+    /// `RECOVERY_WINDOW`.
+    pub fn recovery_window(&self) -> Duration {
+        self.inner.settings.recovery_window
+    }
+
     /// `(reply_to, message id)` of the turns of `platform` within `RECOVERY_WINDOW`:
     /// where a catch-up after downtime reads.
     pub async fn recent_turns(

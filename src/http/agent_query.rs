@@ -22,7 +22,7 @@ use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::core::events::{EventKind, OutboxEvent, QueryAnswered, QueryFailed};
-use crate::core::ports::{AgentAnswer, AgentError, AgentRequest, AnswerEvent};
+use crate::core::ports::{AgentAnswer, AgentError, AgentRequest, AnswerEvent, TurnState};
 use crate::core::Relay;
 
 /// `metadata` above this, serialized, is refused with 422.
@@ -83,19 +83,22 @@ pub async fn agent_query(
     };
     let relay = state.relay.clone();
     if body.asynchronous {
-        let id = request_id.clone();
-        state.relay.spawn(async move {
-            let result = relay.ask(&request).await;
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, request_id = %id, "async agent query failed");
-            }
-            if let Err(e) = relay
-                .record(events_for(&id, &request, metadata, &result))
-                .await
-            {
-                tracing::error!(error = %e, request_id = %id, "could not record the query event");
-            }
-        });
+        // In the journal before the 202: a crash after it loses nothing (the next
+        // start asks again and delivers the `query` event).
+        let left = LeftQuery {
+            request_id: request_id.clone(),
+            query: request.query.clone(),
+            session_id: request.session_id.clone(),
+            personality_id: request.personality_id.clone(),
+            max_results: request.max_results,
+            metadata,
+        };
+        let journaled = serde_json::to_string(&left).map_err(ApiError::internal)?;
+        let turn = relay
+            .journal_query(&request_id, journaled)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        state.relay.spawn(answer_left(relay, turn, left));
         let body = json!({ "status": "processing", "request_id": request_id });
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
@@ -220,6 +223,92 @@ where
     Sse::new(deltas.chain(end).map(Ok)).keep_alive(KeepAlive::default())
 }
 
+/// An async query as the journal keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeftQuery {
+    request_id: String,
+    query: String,
+    session_id: Option<String>,
+    personality_id: Option<String>,
+    max_results: Option<u32>,
+    metadata: Option<Value>,
+}
+
+impl LeftQuery {
+    fn request(&self) -> AgentRequest {
+        AgentRequest {
+            query: self.query.clone(),
+            session_id: self.session_id.clone(),
+            personality_id: self.personality_id.clone(),
+            max_results: self.max_results,
+            ..AgentRequest::default()
+        }
+    }
+}
+
+/// Asks the agent for a journaled async query and records its events with the
+/// journal's move, in one transaction.
+async fn answer_left(relay: Relay, turn: String, left: LeftQuery) {
+    let request = left.request();
+    let id = left.request_id;
+    let result = relay.ask(&request).await;
+    let state = match &result {
+        Ok(_) => TurnState::Answered,
+        Err(e) => {
+            tracing::warn!(error = %e, request_id = %id, "async agent query failed");
+            TurnState::Failed
+        }
+    };
+    let outcome = result.map_err(|e| (e.to_string(), "agent_error"));
+    let events = events_for(&id, &request, left.metadata, &outcome);
+    if let Err(e) = relay.finish_query(&turn, events, state).await {
+        tracing::error!(error = %e, request_id = %id, "could not record the query event");
+    }
+}
+
+/// At start-up: the async queries a stopped process answered 202 and never
+/// recorded are asked again (their `query` event delivered after all); one older
+/// than `RECOVERY_WINDOW` is given up (`reply.failed`, `abandoned`).
+pub async fn recover(relay: Relay) {
+    let left = match relay.left_queries().await {
+        Ok(left) => left,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the turn journal; left async queries wait for the next start");
+            return;
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    for (turn, body, received) in left {
+        let Ok(query) = serde_json::from_str::<LeftQuery>(&body) else {
+            tracing::warn!(turn, "an unreadable journaled query is given up");
+            let _ = relay
+                .finish_query(&turn, Vec::new(), TurnState::Failed)
+                .await;
+            continue;
+        };
+        if now - received > relay.recovery_window() {
+            tracing::warn!(request_id = %query.request_id, "an async query older than RECOVERY_WINDOW is given up");
+            let cause = "not answered before the bridge stopped; older than RECOVERY_WINDOW when it came back";
+            let outcome = Err((cause.to_owned(), "abandoned"));
+            let events = events_for(
+                &query.request_id,
+                &query.request(),
+                query.metadata,
+                &outcome,
+            );
+            if let Err(e) = relay
+                .finish_query(&turn, events, TurnState::Abandoned)
+                .await
+            {
+                tracing::error!(error = %e, "could not record the abandoned query");
+            }
+            continue;
+        }
+        tracing::info!(request_id = %query.request_id, "asking again an async query the previous process did not answer");
+        relay.spawn(answer_left(relay.clone(), turn, query));
+    }
+}
+
 async fn record(
     relay: &Relay,
     request_id: &str,
@@ -230,8 +319,12 @@ async fn record(
     if !relay.wants_events() {
         return Ok(());
     }
+    let outcome = match result {
+        Ok(answer) => Ok(answer.clone()),
+        Err(e) => Err((e.to_string(), "agent_error")),
+    };
     relay
-        .record(events_for(request_id, request, metadata, result))
+        .record(events_for(request_id, request, metadata, &outcome))
         .await
         .map_err(ApiError::from)
 }
@@ -241,7 +334,7 @@ fn events_for(
     request_id: &str,
     request: &AgentRequest,
     metadata: Option<Value>,
-    result: &Result<AgentAnswer, AgentError>,
+    result: &Result<AgentAnswer, (String, &'static str)>,
 ) -> Vec<OutboxEvent> {
     let now = OffsetDateTime::now_utc();
     let (response, session_id, error) = match result {
@@ -250,7 +343,11 @@ fn events_for(
             a.session_id.clone().or(request.session_id.clone()),
             None,
         ),
-        Err(e) => (None, request.session_id.clone(), Some(e.to_string())),
+        Err((e, _)) => (None, request.session_id.clone(), Some(e.clone())),
+    };
+    let reason = match result {
+        Err((_, reason)) => *reason,
+        Ok(_) => "agent_error",
     };
     let ordering = session_id.clone();
     let mut events = vec![OutboxEvent::new(
@@ -275,6 +372,7 @@ fn events_for(
                 query: request.query.clone(),
                 session_id,
                 error,
+                reason,
             },
             now,
         ));

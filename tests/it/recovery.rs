@@ -280,3 +280,47 @@ async fn a_discord_mention_cut_by_kill_9_is_answered_once_after_the_restart() {
     assert_eq!(discord.messages().len(), 1, "answered once");
     bridge.kill().await;
 }
+
+#[tokio::test]
+async fn an_async_agent_query_answered_202_before_kill_9_is_answered_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
+    let agent = FakeAgent::start().await;
+    let slack = FakeSlack::start().await;
+    agent.set_delay(Duration::from_secs(30));
+    let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
+    crate::support::subscribe_everything(&db_url).await;
+    let resp = bridge
+        .client
+        .post(format!("{}/agent-query", bridge.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"query": "keep me", "async": true, "metadata": {"ticket": 7}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let accepted: Value = resp.json().await.unwrap();
+    let request_id = accepted["request_id"].as_str().unwrap().to_owned();
+    agent.wait_for_requests(1, WAIT).await;
+    bridge.kill().await;
+    assert!(stored_events(&db_url, "query").await.is_empty());
+
+    agent.set_delay(Duration::ZERO);
+    let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
+    let deadline = Instant::now() + WAIT;
+    let events = loop {
+        let events = stored_events(&db_url, "query").await;
+        if !events.is_empty() {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "the query event never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let data = &events[0]["data"];
+    assert_eq!(data["request_id"], request_id.as_str());
+    assert_eq!(data["response"], "answer to: keep me");
+    assert_eq!(data["metadata"]["ticket"], 7);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored_events(&db_url, "query").await.len(), 1, "once");
+    bridge.kill().await;
+}
