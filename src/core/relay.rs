@@ -566,6 +566,16 @@ impl Relay {
         self.inner.settings.recovery_window
     }
 
+    /// How often a replica sharing the store looks for another's left turns; `None`
+    /// on a store of its own (only the start-up has any).
+    pub fn takeover_every(&self) -> Option<Duration> {
+        self.inner
+            .store
+            .turns
+            .is_shared()
+            .then_some(TOUCH_EVERY * 3)
+    }
+
     /// `(reply_to, message id)` of the turns of `platform` within `RECOVERY_WINDOW`:
     /// where a catch-up after downtime reads.
     pub async fn recent_turns(
@@ -597,10 +607,10 @@ impl Relay {
                         "could not read the turn journal; left turns wait for the next try"
                     ),
                 }
-                if !relay.inner.store.turns.is_shared() {
+                let Some(every) = relay.takeover_every() else {
                     return;
-                }
-                tokio::time::sleep(TOUCH_EVERY * 3).await;
+                };
+                tokio::time::sleep(every).await;
                 if !relay.is_accepting() {
                     return;
                 }

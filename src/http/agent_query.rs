@@ -266,10 +266,24 @@ async fn answer_left(relay: Relay, turn: String, left: LeftQuery) {
     }
 }
 
-/// At start-up: the async queries a stopped process answered 202 and never
-/// recorded are asked again (their `query` event delivered after all); one older
-/// than `RECOVERY_WINDOW` is given up (`reply.failed`, `abandoned`).
+/// At start-up (and, with replicas sharing the store, every 30 s until shutdown):
+/// the async queries a stopped process answered 202 and never recorded are asked
+/// again (their `query` event delivered after all); one older than
+/// `RECOVERY_WINDOW` is given up (`reply.failed`, `abandoned`).
 pub async fn recover(relay: Relay) {
+    loop {
+        recover_once(&relay).await;
+        let Some(every) = relay.takeover_every() else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        if !relay.is_accepting() {
+            return;
+        }
+    }
+}
+
+async fn recover_once(relay: &Relay) {
     let left = match relay.left_queries().await {
         Ok(left) => left,
         Err(e) => {
@@ -281,9 +295,12 @@ pub async fn recover(relay: Relay) {
     for (turn, body, received) in left {
         let Ok(query) = serde_json::from_str::<LeftQuery>(&body) else {
             tracing::warn!(turn, "an unreadable journaled query is given up");
-            let _ = relay
+            if let Err(e) = relay
                 .finish_query(&turn, Vec::new(), TurnState::Failed)
-                .await;
+                .await
+            {
+                tracing::warn!(error = %e, turn, "could not give the query up");
+            }
             continue;
         };
         if now - received > relay.recovery_window() {
