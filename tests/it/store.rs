@@ -286,6 +286,93 @@ async fn store_contract(s: &SqlStore) {
     concurrent_sightings_of_one_key_have_exactly_one_winner(s).await;
     seen_reads_a_live_sighting_without_writing(s).await;
     the_turn_queue_is_ordered_by_arrival_and_skips_expired_tickets(s).await;
+    the_turn_journal_takes_a_message_once_and_hands_a_left_turn_to_one_claimer(s).await;
+}
+
+/// SPEC §3: a message is journaled once; a turn left `accepted` and untouched since a
+/// moment is open to recovery, claimed by exactly one process; a touched, answered
+/// or failed one is not; the purge removes old rows.
+async fn the_turn_journal_takes_a_message_once_and_hands_a_left_turn_to_one_claimer(s: &SqlStore) {
+    use agent_bridge::core::ports::{Journal, JournalTurn, TurnState};
+    let at = |secs: i64| OffsetDateTime::now_utc() - Duration::seconds(secs);
+    let turn = |ts: &str, received| {
+        let mut msg = crate::support::msg("C-journal", "journal me");
+        msg.message_id = ts.into();
+        JournalTurn {
+            id: msg.turn_id(),
+            msg,
+            reply_to: "{\"where\":\"here\"}".into(),
+            received,
+        }
+    };
+    let (a, b, c) = (
+        turn("100.1", at(60)),
+        turn("100.2", at(50)),
+        turn("100.3", at(40)),
+    );
+    assert!(s.accept_turn(&a).await.unwrap());
+    assert!(
+        !s.accept_turn(&a).await.unwrap(),
+        "a redelivery is journaled once"
+    );
+    assert!(s.accept_turn(&b).await.unwrap());
+    assert!(s.accept_turn(&c).await.unwrap());
+    // b is answered with its record, c fails: only a stays open.
+    s.commit_turn(Commit::default(), &b.id, TurnState::Answered)
+        .await
+        .unwrap();
+    s.end_turn(&c.id, TurnState::Failed).await.unwrap();
+    // Left turns: untouched since `cut` (a's row was last written 60 s ago).
+    let cut = OffsetDateTime::now_utc();
+    let open = s.open_turns(Platform::Slack, cut, 100).await.unwrap();
+    let ids: Vec<&str> = open.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [a.id.as_str()], "{ids:?}");
+    assert_eq!(open[0].msg.text, "journal me");
+    assert_eq!(open[0].msg.channel, "C-journal");
+    assert_eq!(open[0].reply_to, a.reply_to);
+    assert_eq!(
+        open[0].received.unix_timestamp(),
+        a.received.unix_timestamp()
+    );
+    // One claimer of a left turn wins; the claim touches it.
+    let (first, second) = tokio::join!(s.claim_turn(&a.id, cut), s.claim_turn(&a.id, cut));
+    assert!(first.unwrap() ^ second.unwrap(), "exactly one claim wins");
+    assert!(!s.claim_turn(&a.id, cut).await.unwrap());
+    assert!(s
+        .open_turns(Platform::Slack, cut, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // A live replica's touch keeps its turn from being left.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let later = OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(
+        s.open_turns(Platform::Slack, later, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    s.touch_turns(std::slice::from_ref(&a.id)).await.unwrap();
+    assert!(s
+        .open_turns(Platform::Slack, later, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!s.claim_turn(&a.id, later).await.unwrap());
+    // A recent turn is where a catch-up reads.
+    let recent = s.recent_turns(Platform::Slack, at(120)).await.unwrap();
+    assert_eq!(recent.len(), 3, "{recent:?}");
+    // The purge (with the transcripts' retention) removes them.
+    s.purge_transcripts(OffsetDateTime::now_utc() + Duration::seconds(5))
+        .await
+        .unwrap();
+    assert!(s
+        .recent_turns(Platform::Slack, at(120))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn seen_reads_a_live_sighting_without_writing(s: &SqlStore) {
