@@ -2047,6 +2047,21 @@ mod tests {
     }
 
     #[test]
+    fn recovery_window_is_a_duration() {
+        assert_eq!(
+            ok(&[]).conversation.recovery_window,
+            Duration::from_secs(600)
+        );
+        let cfg = ok(&[("RECOVERY_WINDOW", "90s")]);
+        assert_eq!(cfg.conversation.recovery_window, Duration::from_secs(90));
+        let msg = err(&[("RECOVERY_WINDOW", "soon")]);
+        assert!(
+            msg.starts_with("RECOVERY_WINDOW: ") && msg.contains("e.g. 10m"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn bridge_secret_key_is_32_bytes_of_base64() {
         let raw = [0x5au8; 32];
         use base64::Engine;

@@ -99,10 +99,43 @@ impl Bridge {
         (status, ts)
     }
 
+    async fn metrics(&self) -> String {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(TOKEN);
+        resp.send().await.unwrap().text().await.unwrap()
+    }
+
     /// `kill -9`: no shutdown, no drain, nothing flushed.
     async fn kill(mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
+    }
+}
+
+/// A database file that outlives each process, and the peers every test needs.
+async fn peers() -> (tempfile::TempDir, String, FakeAgent, FakeSlack) {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
+    (
+        dir,
+        db_url,
+        FakeAgent::start().await,
+        FakeSlack::start().await,
+    )
+}
+
+/// The stored events of `kind`, once there is one.
+async fn wait_events(db_url: &str, kind: &str) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events = stored_events(db_url, kind).await;
+        if !events.is_empty() {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "no {kind} event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -135,10 +168,7 @@ async fn wait_answers(slack: &FakeSlack, channel: &str, thread: &str, n: usize) 
 
 #[tokio::test]
 async fn a_mention_acknowledged_just_before_kill_9_is_answered_once_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
-    let agent = FakeAgent::start().await;
-    let slack = FakeSlack::start().await;
+    let (_dir, db_url, agent, slack) = peers().await;
     // The agent is slow: the answer cannot be out when the process dies.
     agent.set_delay(Duration::from_secs(30));
     let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
@@ -162,15 +192,17 @@ async fn a_mention_acknowledged_just_before_kill_9_is_answered_once_after_the_re
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(answers(&slack, "C-crash", &ts).len(), 1, "answered once");
+    let metrics = bridge.metrics().await;
+    assert!(
+        metrics.contains("bridge_turns_recovered_total 1"),
+        "{metrics}"
+    );
     bridge.kill().await;
 }
 
 #[tokio::test]
 async fn an_answer_posted_but_not_recorded_before_kill_9_is_not_posted_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
-    let agent = FakeAgent::start().await;
-    let slack = FakeSlack::start().await;
+    let (_dir, db_url, agent, slack) = peers().await;
     // Slack takes the post at once but answers late: the bridge dies in between.
     slack.delay_posts(Duration::from_secs(30));
     let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
@@ -209,10 +241,7 @@ async fn an_answer_posted_but_not_recorded_before_kill_9_is_not_posted_again() {
 
 #[tokio::test]
 async fn a_turn_older_than_recovery_window_is_given_up_with_reply_failed_abandoned() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
-    let agent = FakeAgent::start().await;
-    let slack = FakeSlack::start().await;
+    let (_dir, db_url, agent, slack) = peers().await;
     agent.set_delay(Duration::from_secs(30));
     let window = [("RECOVERY_WINDOW", "1s")];
     let bridge = Bridge::start(&db_url, &agent, &slack, &window).await;
@@ -226,28 +255,22 @@ async fn a_turn_older_than_recovery_window_is_given_up_with_reply_failed_abandon
     tokio::time::sleep(Duration::from_millis(1500)).await;
     agent.set_delay(Duration::ZERO);
     let bridge = Bridge::start(&db_url, &agent, &slack, &window).await;
-    let deadline = Instant::now() + WAIT;
-    let failed = loop {
-        let failed = stored_events(&db_url, "reply.failed").await;
-        if !failed.is_empty() {
-            break failed;
-        }
-        assert!(Instant::now() < deadline, "no reply.failed event");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let failed = wait_events(&db_url, "reply.failed").await;
     assert_eq!(failed[0]["data"]["reason"], "abandoned", "{failed:?}");
     assert_eq!(failed[0]["data"]["message_id"], ts.as_str());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(answers(&slack, "C-late", &ts).is_empty(), "not answered");
+    let metrics = bridge.metrics().await;
+    assert!(
+        metrics.contains("bridge_turns_abandoned_total 1"),
+        "{metrics}"
+    );
     bridge.kill().await;
 }
 
 #[tokio::test]
 async fn a_discord_mention_cut_by_kill_9_is_answered_once_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
-    let agent = FakeAgent::start().await;
-    let slack = FakeSlack::start().await;
+    let (_dir, db_url, agent, slack) = peers().await;
     let discord = FakeDiscord::start().await;
     agent.set_delay(Duration::from_secs(30));
     let vars = [
@@ -283,10 +306,7 @@ async fn a_discord_mention_cut_by_kill_9_is_answered_once_after_the_restart() {
 
 #[tokio::test]
 async fn an_async_agent_query_answered_202_before_kill_9_is_answered_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/bridge.db", dir.path().display());
-    let agent = FakeAgent::start().await;
-    let slack = FakeSlack::start().await;
+    let (_dir, db_url, agent, slack) = peers().await;
     agent.set_delay(Duration::from_secs(30));
     let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
     crate::support::subscribe_everything(&db_url).await;
@@ -307,15 +327,7 @@ async fn an_async_agent_query_answered_202_before_kill_9_is_answered_after_the_r
 
     agent.set_delay(Duration::ZERO);
     let bridge = Bridge::start(&db_url, &agent, &slack, &[]).await;
-    let deadline = Instant::now() + WAIT;
-    let events = loop {
-        let events = stored_events(&db_url, "query").await;
-        if !events.is_empty() {
-            break events;
-        }
-        assert!(Instant::now() < deadline, "the query event never came");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let events = wait_events(&db_url, "query").await;
     let data = &events[0]["data"];
     assert_eq!(data["request_id"], request_id.as_str());
     assert_eq!(data["response"], "answer to: keep me");
