@@ -417,14 +417,7 @@ impl Relay {
         let inner = &self.inner;
         let window = inner.settings.recovery_window;
         let now = OffsetDateTime::now_utc();
-        // Never a turn of a live process: on a store of its own (SQLite) every turn
-        // from before this start was left by a process that is gone; replicas sharing
-        // the store touch their turns in flight (`touch_turns`), so one untouched for
-        // `TAKEOVER_AFTER` is left too.
-        let untouched_since = match inner.store.turns.is_shared() {
-            true => inner.started.min(now - TAKEOVER_AFTER),
-            false => inner.started,
-        };
+        let untouched_since = inner.left_since(now);
         let journal = &inner.store.journal;
         let turns = journal
             .open_turns(platform, untouched_since, RECOVERY_BATCH)
@@ -523,11 +516,7 @@ impl Relay {
     /// [`Relay::recover`] takes chat turns.
     pub async fn left_queries(&self) -> Result<Vec<(String, String, OffsetDateTime)>, StoreError> {
         let inner = &self.inner;
-        let now = OffsetDateTime::now_utc();
-        let untouched_since = match inner.store.turns.is_shared() {
-            true => inner.started.min(now - TAKEOVER_AFTER),
-            false => inner.started,
-        };
+        let untouched_since = inner.left_since(OffsetDateTime::now_utc());
         let journal = &inner.store.journal;
         let mut left = Vec::new();
         for turn in journal
@@ -836,6 +825,17 @@ impl Relay {
 }
 
 impl Inner {
+    /// A journaled turn untouched since this was left by a process that is gone.
+    /// Never a turn of a live process: on a store of its own (SQLite) every turn
+    /// from before this start; replicas sharing the store touch their turns in
+    /// flight (`touch_turns`), so one untouched for `TAKEOVER_AFTER` is left too.
+    fn left_since(&self, now: OffsetDateTime) -> OffsetDateTime {
+        match self.store.turns.is_shared() {
+            true => self.started.min(now - TAKEOVER_AFTER),
+            false => self.started,
+        }
+    }
+
     /// Access checks, then the conversation's lane (or the busy reply). `reserved`:
     /// the caller holds a lane slot already (`Lanes::try_reserve`), used or given back
     /// here.

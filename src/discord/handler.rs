@@ -105,18 +105,21 @@ impl Handler {
                 return;
             }
         };
+        // The newest journaled message of each channel: where its catch-up starts.
         let mut last_seen: std::collections::HashMap<ChannelId, MessageId> = Default::default();
         for (reply_to, message_id) in turns {
-            let (Ok(to), Ok(id)) = (
+            let (Ok(to), Some(id)) = (
                 serde_json::from_str::<DiscordReplyTo>(&reply_to),
-                message_id.parse::<u64>(),
+                message_id
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .map(MessageId::new),
             ) else {
                 continue;
             };
-            let seen = last_seen
-                .entry(to.target.written_in())
-                .or_insert(MessageId::new(id.max(1)));
-            *seen = (*seen).max(MessageId::new(id.max(1)));
+            let seen = last_seen.entry(to.target.written_in()).or_insert(id);
+            *seen = (*seen).max(id);
         }
         for (channel, after) in last_seen {
             let request = GetMessages::new().after(after).limit(CATCH_UP_LIMIT);

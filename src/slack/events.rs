@@ -320,29 +320,35 @@ pub(crate) async fn precheck(
     next.run(req).await
 }
 
-/// The handler of `POST /slack/events`.
-pub(crate) async fn handle(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+/// The body of a signed Slack request (`/slack/events`, `/slack/interactivity`):
+/// read under the limit (413), then its v0 signature checked on those exact bytes
+/// (401, counted and logged at most once a minute); the answer to send otherwise.
+pub(crate) fn verified_body(
+    shared: &Shared,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Bytes, ApiError> {
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-                .into_response();
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+            ));
         }
         Err(rejection) => {
-            return ApiError::bad_request(format!("could not read the body: {rejection}"))
-                .into_response();
+            return Err(ApiError::bad_request(format!(
+                "could not read the body: {rejection}"
+            )));
         }
     };
-
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    // The route is mounted only with a signing secret; without one nothing verifies.
+    // The routes are mounted only with a signing secret; without one nothing verifies.
     let Some(secret) = shared.signing_secret.as_ref() else {
-        return ApiError::new(StatusCode::NOT_FOUND, "the Events API is not enabled")
-            .into_response();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the Events API is not enabled",
+        ));
     };
     if let Err(e) = signature::verify(
         secret.expose_secret().as_bytes(),
@@ -352,8 +358,22 @@ pub(crate) async fn handle(
         OffsetDateTime::now_utc().unix_timestamp(),
     ) {
         shared.signature_refused(&e.to_string());
-        return ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()));
     }
+    Ok(body)
+}
+
+/// The handler of `POST /slack/events`.
+pub(crate) async fn handle(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match verified_body(&shared, &headers, body) {
+        Ok(body) => body,
+        Err(refused) => return refused.into_response(),
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
 
     let envelope: Envelope = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,

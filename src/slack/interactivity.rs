@@ -12,12 +12,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
-use time::OffsetDateTime;
 use tracing::{debug, warn};
 
-use super::signature;
 use super::web_api::FEEDBACK_ACTION;
 use super::Shared;
 use crate::core::ports::FeedbackClick;
@@ -70,32 +67,10 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match super::events::verified_body(&shared, &headers, body) {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-                .into_response();
-        }
-        Err(rejection) => {
-            return ApiError::bad_request(format!("could not read the body: {rejection}"))
-                .into_response();
-        }
+        Err(refused) => return refused.into_response(),
     };
-    let Some(secret) = shared.signing_secret.as_ref() else {
-        return ApiError::new(StatusCode::NOT_FOUND, "the Events API is not enabled")
-            .into_response();
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(e) = signature::verify(
-        secret.expose_secret().as_bytes(),
-        header("x-slack-request-timestamp"),
-        header("x-slack-signature"),
-        &body,
-        OffsetDateTime::now_utc().unix_timestamp(),
-    ) {
-        shared.signature_refused(&e.to_string());
-        return ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
-    }
     let Some(payload) = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "payload")
         .map(|(_, v)| v.into_owned())
