@@ -8,9 +8,16 @@
 //!   channel lookups, command registration, interaction callbacks and follow-ups. A
 //!   test can script one failure for a route (`fail_next`).
 //! - The gateway sends HELLO, answers IDENTIFY with a complete READY, heartbeats with
-//!   ACK, RESUME with RESUMED, and lets a test inject dispatches (MESSAGE_CREATE,
-//!   INTERACTION_CREATE) with increasing `s`, drop the TCP connection, or close with a
-//!   code. Like Discord, it echoes the bot's own messages back as MESSAGE_CREATE.
+//!   ACK, RESUME of a shard's latest session with RESUMED, and lets a test inject
+//!   dispatches (MESSAGE_CREATE, INTERACTION_CREATE) with increasing `s`, drop the TCP
+//!   connection, or close with a code. Like Discord, it echoes the bot's own messages
+//!   back as MESSAGE_CREATE.
+//! - Sharding: `start_sharded(n)` recommends `n` shards (`start` is one). Each IDENTIFY
+//!   names its `[shard, total]` and gets a session of its own (id, `s`, READY listing
+//!   that shard's guilds). Any number of sessions may be live at once; a dispatch goes
+//!   to every live session of its guild's shard, `(guild_id >> 22) % n` (DMs: shard
+//!   0), so two sessions of one shard both get it, as on Discord. `guild_for_shard`
+//!   and the `*_in` helpers put messages in other guilds than GUILD_ID.
 //!
 //! One TCP port serves both: each accepted connection is peeked, `GET /gateway` goes
 //! to the WebSocket side (tokio-tungstenite), anything else to the axum router.
@@ -25,7 +32,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -47,8 +54,12 @@ pub const BOT_ID: &str = "1100000000000000001";
 /// The application id; deliberately not the bot's, so a path built from the wrong one
 /// shows up.
 pub const APP_ID: &str = "1200000000000000002";
-/// The one guild every guild message belongs to.
+/// The guild every guild message belongs to unless a test names another.
 pub const GUILD_ID: &str = "1300000000000000003";
+
+/// Where the ids of the guilds `guild_for_shard` makes start: above GUILD_ID, far
+/// below the ids `new_id` hands out.
+const MADE_GUILDS_FROM: u64 = 1_310_000_000_000_000_000;
 
 /// How long the fake waits for the bot to (re)connect before a test's dispatch fails.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -105,16 +116,28 @@ struct Failure {
     message: String,
 }
 
-/// A command for the live gateway connection.
+/// A command for a live gateway connection.
 enum Command {
     Dispatch(String, Value),
     Close(u16),
     Drop,
 }
 
-/// The connection the bot is currently identified (or resumed) on.
+/// A gateway session: its id and the last `s` sent in it (shared by the connection
+/// that identified it and any that resumed it).
+#[derive(Clone)]
+struct Session {
+    id: String,
+    seq: Arc<AtomicU64>,
+}
+
+/// A connection with a session up on it (after READY or RESUMED).
 #[derive(Clone)]
 struct Live {
+    /// The connection, unique per accepted WebSocket.
+    conn: u64,
+    shard: u32,
+    session_id: String,
     tx: mpsc::UnboundedSender<Command>,
 }
 
@@ -133,11 +156,23 @@ struct Inner {
     resumes: AtomicUsize,
     /// The `d` of every IDENTIFY, in order.
     identify_payloads: Mutex<Vec<Value>>,
-    /// `Some` while a session is up on a connection; dispatches wait for it.
-    live: watch::Sender<Option<Live>>,
-    /// The last `s` sent in the current session.
-    seq: AtomicU64,
-    session_id: Mutex<String>,
+    /// The shard count `GET /gateway/bot` recommends; dispatches are routed by it.
+    shards: u32,
+    /// `session_start_limit.max_concurrency` of `GET /gateway/bot`.
+    max_concurrency: AtomicU32,
+    /// Every connection with a session up now, of any shard; a dispatch goes to all
+    /// of its shard's, waiting for one if there is none.
+    live: watch::Sender<Vec<Live>>,
+    next_conn: AtomicU64,
+    /// Per shard, the latest session IDENTIFY started: the one RESUME may continue.
+    sessions: Mutex<HashMap<u32, Session>>,
+    /// Per shard, the most sessions ever live at once.
+    max_live: Mutex<HashMap<u32, usize>>,
+    /// The shard of every IDENTIFY and when it arrived, in order.
+    identify_log: Mutex<Vec<(u32, Instant)>>,
+    /// The guilds the fake knows (GUILD_ID, those made for a shard, those a test
+    /// wrote in), listed in the READY of their shard.
+    guilds: Mutex<Vec<String>>,
     /// Threads by id (opened by the bot, or declared by a test).
     threads: Mutex<HashMap<String, Thread>>,
     /// Which guild each channel a test wrote in belongs to (`None`: a DM).
@@ -193,13 +228,22 @@ pub struct SentInteraction {
 }
 
 impl FakeDiscord {
-    /// Binds 127.0.0.1:0 and serves REST and the gateway until the last handle drops.
+    /// Binds 127.0.0.1:0 and serves REST and the gateway until the last handle drops;
+    /// one shard.
     pub async fn start() -> FakeDiscord {
+        Self::start_sharded(1).await
+    }
+
+    /// Like `start`, but `GET /gateway/bot` recommends `shards` shards and dispatches
+    /// are routed to the sessions of their guild's shard, `(guild_id >> 22) % shards`
+    /// (shard 0 for DMs).
+    pub async fn start_sharded(shards: u32) -> FakeDiscord {
+        assert!(shards >= 1, "a bot has at least one shard");
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake discord");
         let addr = listener.local_addr().expect("fake discord address");
-        let (live, _) = watch::channel(None);
+        let (live, _) = watch::channel(Vec::new());
         let inner = Arc::new(Inner {
             port: addr.port(),
             calls: Mutex::new(Vec::new()),
@@ -208,9 +252,14 @@ impl FakeDiscord {
             identifies: AtomicUsize::new(0),
             resumes: AtomicUsize::new(0),
             identify_payloads: Mutex::new(Vec::new()),
+            shards,
+            max_concurrency: AtomicU32::new(1),
             live,
-            seq: AtomicU64::new(0),
-            session_id: Mutex::new(String::new()),
+            next_conn: AtomicU64::new(1),
+            sessions: Mutex::new(HashMap::new()),
+            max_live: Mutex::new(HashMap::new()),
+            identify_log: Mutex::new(Vec::new()),
+            guilds: Mutex::new(vec![GUILD_ID.into()]),
             threads: Mutex::new(HashMap::new()),
             channel_guilds: Mutex::new(HashMap::new()),
             failures: Mutex::new(VecDeque::new()),
@@ -436,6 +485,49 @@ impl FakeDiscord {
         self.inner.identify_payloads.lock().unwrap().clone()
     }
 
+    /// The shard of every IDENTIFY so far (`d.shard[0]`, 0 when absent) and when it
+    /// arrived, in order.
+    pub fn identify_log(&self) -> Vec<(u32, Instant)> {
+        self.inner.identify_log.lock().unwrap().clone()
+    }
+
+    /// The shard count the fake recommends and routes dispatches by.
+    pub fn shards(&self) -> u32 {
+        self.inner.shards
+    }
+
+    /// Sets `session_start_limit.max_concurrency` of `GET /gateway/bot` (1 unless set).
+    pub fn set_max_concurrency(&self, n: u32) {
+        self.inner.max_concurrency.store(n, Ordering::SeqCst);
+    }
+
+    /// The shard Discord sends a guild's events on: `(guild_id >> 22) % shards`; 0 for
+    /// an id that is not a number.
+    pub fn shard_of(&self, guild: &str) -> u32 {
+        shard_of(guild, self.inner.shards)
+    }
+
+    /// How many sessions of `shard` are live now.
+    pub fn live_sessions(&self, shard: u32) -> usize {
+        self.inner
+            .live
+            .borrow()
+            .iter()
+            .filter(|l| l.shard == shard)
+            .count()
+    }
+
+    /// The most sessions of `shard` ever live at the same moment.
+    pub fn max_concurrent_sessions(&self, shard: u32) -> usize {
+        self.inner
+            .max_live
+            .lock()
+            .unwrap()
+            .get(&shard)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Waits until a counter reaches `n`.
     pub async fn wait_count(
         &self,
@@ -471,43 +563,109 @@ impl FakeDiscord {
         self.wait_live(timeout).await;
     }
 
-    /// Waits until a session is up (after READY or RESUMED).
+    /// Waits until a session of any shard is up (after READY or RESUMED).
     pub async fn wait_live(&self, timeout: Duration) {
         let mut rx = self.inner.live.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+        tokio::time::timeout(timeout, rx.wait_for(|all| !all.is_empty()))
             .await
             .expect("the bot connects to the fake gateway in time")
             .expect("fake gateway state is alive");
     }
 
-    /// Sends a dispatch on the live session (waiting for one if the bot is
-    /// reconnecting).
+    /// Waits until at least one session of `shard` is up; panics after `timeout`
+    /// saying which shards were live.
+    pub async fn wait_shard_live(&self, shard: u32, timeout: Duration) {
+        let mut rx = self.inner.live.subscribe();
+        let up = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|all| all.iter().any(|l| l.shard == shard)),
+        )
+        .await;
+        if up.is_err() {
+            let live: Vec<u32> = self.inner.live.borrow().iter().map(|l| l.shard).collect();
+            panic!(
+                "fake discord: no session of shard {shard} live within {timeout:?}; \
+                 live sessions' shards: {live:?}; IDENTIFY shards so far: {:?}",
+                self.identify_log()
+                    .iter()
+                    .map(|(s, _)| *s)
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// Sends a dispatch to every live session of its shard (the shard of `d.guild_id`,
+    /// 0 without one), waiting for one if none is up.
     pub async fn dispatch(&self, event: &str, d: Value) {
         self.inner.dispatch(event, d).await;
     }
 
-    /// Cuts the TCP connection without a close frame, as a network failure would.
+    /// Cuts the TCP connection of every live session (waiting for one if none is
+    /// up) without a close frame, as a network failure would.
     pub async fn drop_connection(&self) {
-        self.inner.take_live().await.tx.send(Command::Drop).ok();
+        for live in self.inner.take_live(|_| true).await {
+            live.tx.send(Command::Drop).ok();
+        }
     }
 
-    /// Closes the gateway connection with `code` (e.g. 4014, 4004).
+    /// Cuts, as `drop_connection` does, only the connections of `shard`'s sessions
+    /// (waiting for one if none is up).
+    pub async fn drop_shard(&self, shard: u32) {
+        for live in self.inner.take_live(|l| l.shard == shard).await {
+            live.tx.send(Command::Drop).ok();
+        }
+    }
+
+    /// Closes every live session's connection with `code` (e.g. 4014, 4004), waiting
+    /// for one if none is up.
     pub async fn close_with(&self, code: u16) {
-        self.inner
-            .take_live()
-            .await
-            .tx
-            .send(Command::Close(code))
-            .ok();
+        for live in self.inner.take_live(|_| true).await {
+            live.tx.send(Command::Close(code)).ok();
+        }
     }
 
     // -- injected messages and interactions -----------------------------------------
 
+    /// A guild whose events Discord sends on `shard`: a known one (GUILD_ID when it
+    /// maps there), else a new snowflake-like id the fake then knows (listed in that
+    /// shard's READY). The same shard gets the same guild.
+    pub fn guild_for_shard(&self, shard: u32) -> String {
+        let total = self.inner.shards;
+        assert!(shard < total, "shard {shard} of {total}");
+        let mut guilds = self.inner.guilds.lock().unwrap();
+        if let Some(guild) = guilds.iter().find(|g| shard_of(g, total) == shard) {
+            return guild.clone();
+        }
+        let mut high = (MADE_GUILDS_FROM >> 22) + guilds.len() as u64 * u64::from(total);
+        loop {
+            let id = ((high << 22) | 3).to_string();
+            if high % u64::from(total) == u64::from(shard) && !guilds.contains(&id) {
+                guilds.push(id.clone());
+                return id;
+            }
+            high += 1;
+        }
+    }
+
     /// A person's message in a guild channel; returns its id.
     pub async fn guild_message(&self, channel: &str, user: &str, content: &str) -> String {
+        self.guild_message_in(GUILD_ID, channel, user, content)
+            .await
+    }
+
+    /// A person's message in `channel` of `guild`: the channel belongs to that guild
+    /// from now on (`GET /channels`, the bot's posts in it and their echo), and the
+    /// message goes to the guild's shard. Returns its id.
+    pub async fn guild_message_in(
+        &self,
+        guild: &str,
+        channel: &str,
+        user: &str,
+        content: &str,
+    ) -> String {
         self.message(
             channel,
-            Some(GUILD_ID),
+            Some(guild),
             user_json(user, false),
             content,
             |_| {},
@@ -531,11 +689,7 @@ impl FakeDiscord {
         content: &str,
         edit: impl FnOnce(&mut Value),
     ) -> String {
-        self.inner
-            .channel_guilds
-            .lock()
-            .unwrap()
-            .insert(channel.into(), guild.map(Into::into));
+        self.inner.place(channel, guild);
         let id = self.new_id();
         let mut payload = message_json(&id, channel, guild, author, content);
         edit(&mut payload);
@@ -548,19 +702,20 @@ impl FakeDiscord {
     /// in the channel's history (`GET /channels/{id}/messages`) but never dispatched,
     /// as Discord does not replay it on a new session. Returns its id.
     pub fn missed_message(&self, channel: &str, user: &str, content: &str) -> String {
-        self.inner
-            .channel_guilds
-            .lock()
-            .unwrap()
-            .insert(channel.into(), Some(GUILD_ID.into()));
+        self.missed_message_in(GUILD_ID, channel, user, content)
+    }
+
+    /// `missed_message` in `channel` of `guild` (which the channel then belongs to).
+    pub fn missed_message_in(
+        &self,
+        guild: &str,
+        channel: &str,
+        user: &str,
+        content: &str,
+    ) -> String {
+        self.inner.place(channel, Some(guild));
         let id = self.new_id();
-        let payload = message_json(
-            &id,
-            channel,
-            Some(GUILD_ID),
-            user_json(user, false),
-            content,
-        );
+        let payload = message_json(&id, channel, Some(guild), user_json(user, false), content);
         self.inner.log(channel, &payload);
         id
     }
@@ -753,39 +908,99 @@ impl Inner {
         self.changed.notify_waiters();
     }
 
-    fn set_live(&self, live: Option<Live>) {
-        self.live.send_replace(live);
+    /// Records that `channel` is in `guild` (`None`: a DM), and knows the guild.
+    fn place(&self, channel: &str, guild: Option<&str>) {
+        self.channel_guilds
+            .lock()
+            .unwrap()
+            .insert(channel.into(), guild.map(Into::into));
+        if let Some(guild) = guild {
+            let mut guilds = self.guilds.lock().unwrap();
+            if !guilds.iter().any(|g| g == guild) {
+                guilds.push(guild.into());
+            }
+        }
+    }
+
+    /// The shard a dispatch goes to: its `guild_id`'s, 0 without one (a DM).
+    fn shard_of_payload(&self, d: &Value) -> u32 {
+        d["guild_id"]
+            .as_str()
+            .map_or(0, |guild| shard_of(guild, self.shards))
+    }
+
+    /// `live` is up on its connection, in place of any earlier connection of the same
+    /// session (a RESUME takes the session over).
+    fn go_live(&self, live: Live) {
+        let shard = live.shard;
+        self.live.send_modify(|all| {
+            all.retain(|l| l.conn != live.conn && l.session_id != live.session_id);
+            all.push(live);
+            let now = all.iter().filter(|l| l.shard == shard).count();
+            let mut max = self.max_live.lock().unwrap();
+            let most = max.entry(shard).or_default();
+            *most = (*most).max(now);
+        });
         self.changed.notify_waiters();
     }
 
-    async fn wait_live(&self) -> Live {
+    /// Connection `conn` has no live session any more.
+    fn leave(&self, conn: u64) {
+        self.live.send_if_modified(|all| {
+            let before = all.len();
+            all.retain(|l| l.conn != conn);
+            all.len() != before
+        });
+        self.changed.notify_waiters();
+    }
+
+    /// The live sessions `which` picks, waiting (up to CONNECT_WAIT) for at least one.
+    async fn wait_live(&self, what: &str, which: impl Fn(&Live) -> bool) -> Vec<Live> {
         let mut rx = self.live.subscribe();
-        let live = tokio::time::timeout(CONNECT_WAIT, rx.wait_for(Option::is_some))
+        let live = tokio::time::timeout(CONNECT_WAIT, rx.wait_for(|all| all.iter().any(&which)))
             .await
-            .expect("the bot is connected to the fake gateway")
+            .unwrap_or_else(|_| {
+                panic!("fake discord: no live gateway session {what} within {CONNECT_WAIT:?}")
+            })
             .expect("fake gateway state is alive");
-        live.clone().expect("checked above")
+        live.iter().filter(|l| which(l)).cloned().collect()
     }
 
-    /// The live connection, which from now on no longer counts as live.
-    async fn take_live(&self) -> Live {
-        let live = self.wait_live().await;
-        self.set_live(None);
-        live
+    /// The live sessions `which` picks (waiting for one), which from now on no longer
+    /// count as live.
+    async fn take_live(&self, which: impl Fn(&Live) -> bool) -> Vec<Live> {
+        loop {
+            self.wait_live("to cut", &which).await;
+            let mut taken = Vec::new();
+            self.live.send_if_modified(|all| {
+                let (picked, kept) = all.drain(..).partition(|l| which(l));
+                (taken, *all) = (picked, kept);
+                !taken.is_empty()
+            });
+            self.changed.notify_waiters();
+            if !taken.is_empty() {
+                return taken;
+            }
+        }
     }
 
+    /// Sends `event` to every live session of its shard, as Discord does: two
+    /// sessions of one shard both get it.
     async fn dispatch(&self, event: &str, d: Value) {
-        let live = self.wait_live().await;
-        live.tx
-            .send(Command::Dispatch(event.into(), d))
-            .expect("the live gateway connection takes the dispatch");
+        let shard = self.shard_of_payload(&d);
+        let what = format!("of shard {shard} for {event}");
+        for live in self.wait_live(&what, |l| l.shard == shard).await {
+            live.tx
+                .send(Command::Dispatch(event.into(), d.clone()))
+                .expect("the live gateway connection takes the dispatch");
+        }
     }
 
     fn thread_json(&self, id: &str, thread: &Thread, name: &str) -> Value {
         json!({
             "id": id,
             "type": 11,
-            "guild_id": GUILD_ID,
+            "guild_id": self.channel_guild(&thread.parent),
             "parent_id": thread.parent,
             "owner_id": thread.owner,
             "name": name,
@@ -811,7 +1026,7 @@ impl Inner {
         json!({
             "id": id,
             "type": 0,
-            "guild_id": GUILD_ID,
+            "guild_id": self.channel_guild(id),
             "name": "general",
             "position": 0,
             "permission_overwrites": [],
@@ -824,11 +1039,26 @@ impl Inner {
         })
     }
 
-    /// The guild of a channel the bot posts in: a thread's guild, a channel a test
-    /// used, else the guild (the fake has one).
+    /// The guild `GET /channels/{id}` names for a channel that is not a thread: the
+    /// one a test wrote in it under, else GUILD_ID (a DM channel too, as before).
+    fn channel_guild(&self, channel: &str) -> String {
+        match self.channel_guilds.lock().unwrap().get(channel) {
+            Some(Some(guild)) => guild.clone(),
+            _ => GUILD_ID.into(),
+        }
+    }
+
+    /// The guild of a channel the bot posts in: a thread's parent's, a channel a test
+    /// used, else GUILD_ID.
     fn guild_of(&self, channel: &str) -> Option<String> {
-        if self.threads.lock().unwrap().contains_key(channel) {
-            return Some(GUILD_ID.into());
+        let parent = self
+            .threads
+            .lock()
+            .unwrap()
+            .get(channel)
+            .map(|t| t.parent.clone());
+        if let Some(parent) = parent {
+            return Some(self.channel_guild(&parent));
         }
         match self.channel_guilds.lock().unwrap().get(channel) {
             Some(guild) => guild.clone(),
@@ -905,8 +1135,13 @@ async fn rest(
         }
         ("GET", ["gateway", "bot"]) => Json(json!({
             "url": format!("ws://127.0.0.1:{}/gateway", inner.port),
-            "shards": 1,
-            "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+            "shards": inner.shards,
+            "session_start_limit": {
+                "total": 1000,
+                "remaining": 999,
+                "reset_after": 0,
+                "max_concurrency": inner.max_concurrency.load(Ordering::SeqCst),
+            },
         }))
         .into_response(),
         ("GET", ["users", "@me"]) => Json(user_json(BOT_ID, true)).into_response(),
@@ -923,7 +1158,9 @@ async fn rest(
         }))
         .into_response(),
         ("GET", ["channels", id]) => Json(inner.channel_json(id)).into_response(),
-        ("GET", ["channels", id, "messages"]) => Json(inner.history(id, uri.query())).into_response(),
+        ("GET", ["channels", id, "messages"]) => {
+            Json(inner.history(id, uri.query())).into_response()
+        }
         ("POST", ["channels", _, "typing"]) => StatusCode::NO_CONTENT.into_response(),
         ("POST", ["channels", channel, "messages"]) => {
             let nonce = match &call.body["nonce"] {
@@ -957,7 +1194,8 @@ async fn rest(
             let payload = message.clone();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    if echo.live.borrow().is_some() {
+                    let shard = echo.shard_of_payload(&payload);
+                    if echo.live.borrow().iter().any(|l| l.shard == shard) {
                         echo.dispatch("MESSAGE_CREATE", payload).await;
                     }
                 })
@@ -983,7 +1221,10 @@ async fn rest(
                 [
                     ("x-ratelimit-limit", limit.to_string()),
                     ("x-ratelimit-remaining", remaining.to_string()),
-                    ("x-ratelimit-reset-after", format!("{:.3}", reset_after.as_secs_f64())),
+                    (
+                        "x-ratelimit-reset-after",
+                        format!("{:.3}", reset_after.as_secs_f64()),
+                    ),
                     ("x-ratelimit-bucket", "fake-edit-bucket".to_string()),
                 ]
             });
@@ -995,7 +1236,11 @@ async fn rest(
                     Json(json!({"message": "You are being rate limited.", "retry_after": reset_after.as_secs_f64(), "global": false})),
                 )
                     .into_response();
-                for (name, value) in headers.into_iter().flatten().chain([("retry-after", retry)]) {
+                for (name, value) in headers
+                    .into_iter()
+                    .flatten()
+                    .chain([("retry-after", retry)])
+                {
                     response.headers_mut().insert(name, value.parse().unwrap());
                 }
                 return response;
@@ -1053,7 +1298,9 @@ async fn rest(
                 .collect();
             Json(Value::Array(commands)).into_response()
         }
-        ("POST", ["interactions", _id, _token, "callback"]) => StatusCode::NO_CONTENT.into_response(),
+        ("POST", ["interactions", _id, _token, "callback"]) => {
+            StatusCode::NO_CONTENT.into_response()
+        }
         ("PATCH", ["webhooks", _app, _token, "messages", "@original"])
         | ("POST", ["webhooks", _app, _token]) => {
             // Interaction responses live in the interaction's channel, which this route
@@ -1110,17 +1357,38 @@ async fn is_gateway_request(stream: &TcpStream) -> bool {
 // Gateway
 // ---------------------------------------------------------------------------------
 
+/// `(guild_id >> 22) % total`, Discord's shard formula; 0 for an id that is not a
+/// number.
+fn shard_of(guild: &str, total: u32) -> u32 {
+    guild.parse::<u64>().map_or(0, |id| {
+        u32::try_from((id >> 22) % u64::from(total.max(1))).expect("below a u32 total")
+    })
+}
+
+/// `d.shard` of an IDENTIFY: `[id, total]`, `[0, 1]` when absent.
+fn identify_shard(d: &Value) -> (u32, u32) {
+    let part = |i: usize, default: u32| {
+        d["shard"][i]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(default)
+    };
+    (part(0, 0), part(1, 1))
+}
+
 async fn gateway_connection(inner: Arc<Inner>, stream: TcpStream) {
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
     let (mut out, mut incoming) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let conn = inner.next_conn.fetch_add(1, Ordering::SeqCst);
     let hello = json!({"op": 10, "d": {"heartbeat_interval": inner.heartbeat_interval_ms}});
     if out.send(WsMessage::text(hello.to_string())).await.is_err() {
         return;
     }
-    let mut mine = false;
+    // The session up on this connection, once READY or RESUMED is sent.
+    let mut session: Option<Session> = None;
     loop {
         tokio::select! {
             frame = incoming.next() => {
@@ -1135,32 +1403,51 @@ async fn gateway_connection(inner: Arc<Inner>, stream: TcpStream) {
                     Some(1) => Some(json!({"op": 11})),
                     Some(2) => {
                         inner.identify_payloads.lock().unwrap().push(frame["d"].clone());
-                        let session = format!("session-{}", inner.new_id());
-                        *inner.session_id.lock().unwrap() = session.clone();
-                        inner.seq.store(0, Ordering::SeqCst);
-                        let ready = ready_payload(&inner, &session);
-                        let s = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                        let (shard, total) = identify_shard(&frame["d"]);
+                        inner.identify_log.lock().unwrap().push((shard, Instant::now()));
+                        if shard >= total {
+                            let frame = CloseFrame { code: CloseCode::from(4010), reason: "Invalid shard.".into() };
+                            let _ = out.send(WsMessage::Close(Some(frame))).await;
+                            let _ = out.flush().await;
+                            break;
+                        }
+                        let new = Session {
+                            id: format!("session-{}", inner.new_id()),
+                            seq: Arc::new(AtomicU64::new(0)),
+                        };
+                        inner.sessions.lock().unwrap().insert(shard, new.clone());
+                        let ready = ready_payload(&inner, &new.id, shard, total);
+                        let s = new.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                        // Live before READY is out, so a client holding READY is counted;
+                        // a dispatch queued meanwhile is sent after it, by this loop.
+                        inner.go_live(Live { conn, shard, session_id: new.id.clone(), tx: tx.clone() });
                         if out.send(WsMessage::text(json!({"op": 0, "t": "READY", "s": s, "d": ready}).to_string())).await.is_err() {
                             break;
                         }
-                        mine = true;
                         inner.identifies.fetch_add(1, Ordering::SeqCst);
-                        inner.set_live(Some(Live { tx: tx.clone() }));
+                        session = Some(new);
                         None
                     }
                     Some(6) => {
-                        let current = inner.session_id.lock().unwrap().clone();
-                        if frame["d"]["session_id"].as_str() == Some(current.as_str()) {
-                            let s = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                        let asked = frame["d"]["session_id"].as_str().unwrap_or_default();
+                        let resumable = inner
+                            .sessions
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .find(|(_, s)| s.id == asked)
+                            .map(|(shard, s)| (*shard, s.clone()));
+                        if let Some((shard, resumed)) = resumable {
+                            let s = resumed.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                            inner.go_live(Live { conn, shard, session_id: resumed.id.clone(), tx: tx.clone() });
                             if out.send(WsMessage::text(json!({"op": 0, "t": "RESUMED", "s": s, "d": {}}).to_string())).await.is_err() {
                                 break;
                             }
-                            mine = true;
                             inner.resumes.fetch_add(1, Ordering::SeqCst);
-                            inner.set_live(Some(Live { tx: tx.clone() }));
+                            session = Some(resumed);
                             None
                         } else {
-                            // Unknown session: not resumable, identify again.
+                            // Unknown or superseded session: not resumable, identify again.
                             Some(json!({"op": 9, "d": false}))
                         }
                     }
@@ -1174,7 +1461,8 @@ async fn gateway_connection(inner: Arc<Inner>, stream: TcpStream) {
             }
             command = rx.recv() => match command {
                 Some(Command::Dispatch(event, d)) => {
-                    let s = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    let Some(session) = &session else { continue };
+                    let s = session.seq.fetch_add(1, Ordering::SeqCst) + 1;
                     let frame = json!({"op": 0, "t": event, "s": s, "d": d});
                     if out.send(WsMessage::text(frame.to_string())).await.is_err() {
                         break;
@@ -1184,24 +1472,28 @@ async fn gateway_connection(inner: Arc<Inner>, stream: TcpStream) {
                     let frame = CloseFrame { code: CloseCode::from(code), reason: "closed by the test".into() };
                     let _ = out.send(WsMessage::Close(Some(frame))).await;
                     let _ = out.flush().await;
-                    mine = false;
                     break;
                 }
-                Some(Command::Drop) | None => {
-                    mine = false;
-                    break;
-                }
+                Some(Command::Drop) | None => break,
             }
         }
     }
-    // A connection that ended by itself (the bot closed it) is no longer live.
-    if mine {
-        inner.set_live(None);
-    }
-    inner.changed.notify_waiters();
+    // A connection that ended by itself (the bot closed it) is no longer live; one a
+    // test cut was taken out already.
+    inner.leave(conn);
 }
 
-fn ready_payload(inner: &Inner, session: &str) -> Value {
+/// READY for a session of `[shard, total]`: the known guilds of that shard, as
+/// unavailable (their GUILD_CREATE would follow on a real gateway).
+fn ready_payload(inner: &Inner, session: &str, shard: u32, total: u32) -> Value {
+    let guilds: Vec<Value> = inner
+        .guilds
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| shard_of(g, total) == shard)
+        .map(|g| json!({"id": g, "unavailable": true}))
+        .collect();
     json!({
         "v": 10,
         "user": {
@@ -1215,10 +1507,10 @@ fn ready_payload(inner: &Inner, session: &str) -> Value {
             "mfa_enabled": false,
             "flags": 0,
         },
-        "guilds": [{"id": GUILD_ID, "unavailable": true}],
+        "guilds": guilds,
         "session_id": session,
         "resume_gateway_url": format!("ws://127.0.0.1:{}/gateway", inner.port),
-        "shard": [0, 1],
+        "shard": [shard, total],
         "application": {"id": APP_ID, "flags": 0},
     })
 }
