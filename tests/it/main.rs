@@ -8,6 +8,7 @@ mod agent;
 mod cli;
 mod deploy;
 mod discord;
+mod fake_discord_shards;
 mod feedback;
 mod http_api;
 mod operate;
