@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentKind, Config};
 use crate::core::access::AccessSettings;
-use crate::core::ports::{RelayStore, Sightings, Transcripts};
+use crate::core::ports::{Leases, RelayStore, Sightings, Transcripts};
 use crate::core::{janitor, Agent, Relay, RelaySettings};
 use crate::http::{self, AdminAuth, AppState, Readiness, RouteMounts};
 use crate::store::SqlStore;
@@ -254,6 +254,7 @@ impl App {
             tasks.spawn(discord::run(
                 discord_cfg,
                 relay.clone(),
+                core.store.clone() as Arc<dyn Leases>,
                 connected,
                 shutdown.clone(),
             ));

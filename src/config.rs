@@ -143,6 +143,9 @@ pub struct DiscordConfig {
     pub reply_mode: DiscordReplyMode,
     /// `DISCORD_EDIT_INTERVAL_MS`: overrides `STREAM_EDIT_INTERVAL_MS` on Discord.
     pub edit_interval: Option<Duration>,
+    /// `DISCORD_SHARDS`: the shard count, or `None` for `auto` (the default: what
+    /// `GET /gateway/bot` recommends).
+    pub shards: Option<u32>,
 }
 
 /// `SLACK_STREAMING`.
@@ -296,6 +299,7 @@ impl std::fmt::Debug for DiscordConfig {
             .field("api_base", &redact_url(self.api_base.as_str()))
             .field("reply_mode", &self.reply_mode)
             .field("edit_interval", &self.edit_interval)
+            .field("shards", &self.shards)
             .finish()
     }
 }
@@ -455,6 +459,8 @@ impl Config {
             "thread",
         )?;
 
+        let discord_shards = discord_shards(&vars)?;
+
         let slack_bot_token = secret(&vars, "SLACK_BOT_TOKEN")?;
         let slack_signing_secret = secret(&vars, "SLACK_SIGNING_SECRET")?;
         let slack_app_token = app_token(secret(&vars, "SLACK_APP_TOKEN")?)?;
@@ -547,6 +553,7 @@ impl Config {
             api_base: discord_api_base,
             reply_mode: discord_reply_mode,
             edit_interval: discord_edit_interval,
+            shards: discord_shards,
         });
 
         let socket = slack_app_token.map(|app_token| SocketModeConfig {
@@ -617,6 +624,24 @@ impl Config {
 /// `m`, `h` or `d` (`500ms`, `5s`, `5m`, `2h`, `1d`); whitespace around and between the
 /// two is tolerated. `None` when malformed or too large for a [`Duration`]. Zero is
 /// accepted here; callers that need a positive delay check for it.
+/// `DISCORD_SHARDS`: `auto` (the default) or a whole number of shards, 1 to 4096.
+fn discord_shards(vars: &Vars<'_>) -> Result<Option<u32>, ConfigError> {
+    let value = vars.or("DISCORD_SHARDS", "auto");
+    if value.eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    match value.parse::<u32>() {
+        Ok(n @ 1..=MAX_DISCORD_SHARDS) => Ok(Some(n)),
+        _ => Err(ConfigError(format!(
+            "DISCORD_SHARDS: {value:?} is neither `auto` nor a number of shards from 1 to \
+             {MAX_DISCORD_SHARDS} (e.g. auto, or 2)"
+        ))),
+    }
+}
+
+/// More shards than any bot is given (Discord asks for one per 1,000–2,500 guilds).
+const MAX_DISCORD_SHARDS: u32 = 4096;
+
 /// `RECOVERY_WINDOW`: a duration such as `10m` (the default), `90s` or `1h`.
 fn recovery_window(vars: &Vars<'_>) -> Result<Duration, ConfigError> {
     let value = vars.or("RECOVERY_WINDOW", "10m");
@@ -1398,7 +1423,7 @@ mod tests {
 
     /// Every SPEC §2 variable except `SLACK_PROGRESS_REACTION` (whose empty value means
     /// "off", not "default"), and the bridge's own additions.
-    const OPTIONAL_VARS: [&str; 54] = [
+    const OPTIONAL_VARS: [&str; 55] = [
         "AGENT_URL",
         "AGENT_KIND",
         "AGENT_TIMEOUT_SECS",
@@ -1453,6 +1478,7 @@ mod tests {
         "SLACK_SUGGESTED_PROMPTS",
         "FEEDBACK_BUTTONS",
         "RECOVERY_WINDOW",
+        "DISCORD_SHARDS",
     ];
 
     #[test]
@@ -2059,6 +2085,27 @@ mod tests {
             msg.starts_with("RECOVERY_WINDOW: ") && msg.contains("e.g. 10m"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn discord_shards_is_auto_or_a_count() {
+        let token = ("DISCORD_TOKEN", "discord-TOKEN-b1c2d3e4f5");
+        let shards = |v: &str| {
+            ok(&[token, ("DISCORD_SHARDS", v)])
+                .discord
+                .and_then(|d| d.shards)
+        };
+        assert_eq!(ok(&[token]).discord.and_then(|d| d.shards), None);
+        assert_eq!(shards("auto"), None);
+        assert_eq!(shards("AUTO"), None);
+        assert_eq!(shards("4"), Some(4));
+        for bad in ["0", "-1", "two", "5000"] {
+            let msg = err(&[token, ("DISCORD_SHARDS", bad)]);
+            assert!(
+                msg.starts_with("DISCORD_SHARDS: ") && msg.contains("e.g. auto"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct Metrics {
     /// Journaled turns answered after a restart, and given up past `RECOVERY_WINDOW`.
     turns_recovered: AtomicU64,
     turns_abandoned: AtomicU64,
+    /// Discord shards this replica holds now, and shards it took from a replica whose
+    /// lease had run out.
+    shards_held: AtomicU64,
+    shard_takeovers: AtomicU64,
 }
 
 fn platform_index(platform: Platform) -> usize {
@@ -63,6 +67,14 @@ impl Metrics {
 
     pub fn turn_abandoned(&self) {
         self.turns_abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_shards_held(&self, n: usize) {
+        self.shards_held.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn shard_taken_over(&self) {
+        self.shard_takeovers.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn turn_ended(&self, outcome: TurnOutcome) {
@@ -158,11 +170,26 @@ impl Metrics {
                 "Turns older than RECOVERY_WINDOW when the bridge came back, given up.",
                 &self.turns_abandoned,
             ),
+            (
+                "bridge_discord_shard_takeovers_total",
+                "Discord shards taken over from a replica whose lease ran out.",
+                &self.shard_takeovers,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP bridge_discord_shards_held Discord shards this replica holds."
+        );
+        let _ = writeln!(out, "# TYPE bridge_discord_shards_held gauge");
+        let _ = writeln!(
+            out,
+            "bridge_discord_shards_held {}",
+            self.shards_held.load(Ordering::Relaxed)
+        );
         self.agent_latency
             .render(out, "bridge_agent_latency_seconds", "Agent call latency.");
     }

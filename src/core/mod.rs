@@ -12,6 +12,7 @@ pub mod events;
 pub mod fence;
 pub mod janitor;
 pub mod lanes;
+pub mod leases;
 pub mod lock;
 pub mod message;
 pub mod metrics;

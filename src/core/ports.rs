@@ -471,6 +471,16 @@ pub struct JournalTurn {
     pub received: OffsetDateTime,
 }
 
+/// A recent turn as a catch-up needs it (`Journal::recent_turns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentTurn {
+    /// [`ChatSink::reply_to`] of the turn.
+    pub reply_to: String,
+    pub message_id: String,
+    /// [`Inbound::workspace`] (a Discord guild; empty for a DM).
+    pub workspace: String,
+}
+
 /// Where a journaled turn stands. Only the relay moves a turn: `Accepted` when it is
 /// taken (before the platform's acknowledgement), then `Answered` or `Failed` in the
 /// turn's own record (one transaction with its transcript and events), or
@@ -515,15 +525,55 @@ pub trait Journal: Send + Sync + 'static {
         id: &str,
         untouched_since: OffsetDateTime,
     ) -> Result<bool, StoreError>;
-    /// `(reply_to, message id)` of every turn of `platform` received since `since`.
+    /// Where every turn of `platform` received since `since` was answered.
     async fn recent_turns(
         &self,
         platform: Platform,
         since: OffsetDateTime,
-    ) -> Result<Vec<(String, String)>, StoreError>;
+    ) -> Result<Vec<RecentTurn>, StoreError>;
     /// Marks this replica's turns in flight as alive (a shared store: see
     /// `claim_turn`).
     async fn touch_turns(&self, ids: &[String]) -> Result<(), StoreError>;
     /// Moves a turn on (with no record to go with it: a command, a recovery).
     async fn end_turn(&self, id: &str, state: TurnState) -> Result<(), StoreError>;
+}
+
+/// A named lease as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    /// The process holding it (a replica id).
+    pub owner: String,
+    /// When it is free again unless renewed.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Named leases shared by the processes of one store (SPEC §4: a Discord shard on one
+/// replica at a time, live replicas, IDENTIFY pacing). The store's unique key decides
+/// between processes racing for one lease.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
+    /// `true` when other processes may share the store (PostgreSQL); on a store of its
+    /// own a process needs no leases.
+    fn is_shared(&self) -> bool;
+    /// Every lease whose name starts with `prefix`, by name, expired ones included.
+    async fn leases(&self, prefix: &str) -> Result<Vec<Lease>, StoreError>;
+    /// Takes `name` for `owner` until `until` when it is free, expired, or `owner`'s
+    /// already (a renewal); `true` when held.
+    async fn hold_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Like [`Leases::hold_lease`], but only when free or expired, even for `owner`:
+    /// one use of a rate (an IDENTIFY slot), not a claim to renew.
+    async fn hold_free_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Gives `name` back, when `owner` holds it.
+    async fn drop_lease(&self, name: &str, owner: &str) -> Result<(), StoreError>;
 }

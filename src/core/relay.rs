@@ -35,7 +35,7 @@ use super::metrics::Metrics;
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerFeed, AnswerStream, ChatSink,
     Commit, Conversation, FeedbackClick, FeedbackEntry, FeedbackStore, HistoryTurn, JournalTurn,
-    RelayStore, Resume, Resumed, Role, StoreError, TranscriptEntry, TurnState,
+    RecentTurn, RelayStore, Resume, Resumed, Role, StoreError, TranscriptEntry, TurnState,
 };
 use super::sessions::SessionMap;
 
@@ -565,12 +565,9 @@ impl Relay {
             .then_some(TOUCH_EVERY * 3)
     }
 
-    /// `(reply_to, message id)` of the turns of `platform` within `RECOVERY_WINDOW`:
-    /// where a catch-up after downtime reads.
-    pub async fn recent_turns(
-        &self,
-        platform: Platform,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    /// The turns of `platform` within `RECOVERY_WINDOW`: where a catch-up after
+    /// downtime reads.
+    pub async fn recent_turns(&self, platform: Platform) -> Result<Vec<RecentTurn>, StoreError> {
         let since = OffsetDateTime::now_utc() - self.inner.settings.recovery_window;
         self.inner.store.journal.recent_turns(platform, since).await
     }

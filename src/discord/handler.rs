@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::channels::{is_thread, ChannelDirectory, ChannelKind};
+use super::shards::ShardBoard;
 use super::sink::{self, DiscordReplyTo, EditBuckets, MessageSink, Target};
 use super::slash::{self, InteractionSink};
 use super::{describe, text};
@@ -45,9 +46,9 @@ pub struct Handler {
     reply_mode: DiscordReplyMode,
     /// `DISCORD_EDIT_INTERVAL_MS`, when set: the pace of streamed answers' edits.
     edit_interval: Option<Duration>,
-    /// `/readyz`'s Discord flag: set at READY/RESUMED, cleared when the shard leaves
-    /// the connected stage.
-    connected: Arc<AtomicBool>,
+    /// Each held shard's connection, for `/readyz`: set at READY/RESUMED, cleared
+    /// when the shard leaves the connected stage.
+    board: Arc<ShardBoard>,
     /// The bot's user id from READY; `None` until then. Messages wait for it (briefly),
     /// because mentions cannot be recognised without it.
     bot: watch::Sender<Option<UserId>>,
@@ -77,13 +78,13 @@ impl Handler {
         relay: Relay,
         reply_mode: DiscordReplyMode,
         edit_interval: Option<Duration>,
-        connected: Arc<AtomicBool>,
+        board: Arc<ShardBoard>,
     ) -> Self {
         Handler {
             relay,
             reply_mode,
             edit_interval,
-            connected,
+            board,
             bot: watch::Sender::new(None),
             channels: Arc::new(ChannelDirectory::default()),
             edit_buckets: Arc::default(),
@@ -92,12 +93,13 @@ impl Handler {
         }
     }
 
-    /// After a new gateway session (READY, not RESUMED): Discord replays nothing, so
-    /// every channel that had a turn within `RECOVERY_WINDOW` is read after the last
-    /// message the bridge saw there, and what would have been answered live is
-    /// answered now, oldest first. A message answered already is in the journal and
-    /// is not answered again.
-    async fn catch_up(&self, http: &Arc<Http>) {
+    /// After a new gateway session (READY, not RESUMED) of shard `shard` of `total`:
+    /// Discord replays nothing, so every channel of the shard's guilds (DMs are shard
+    /// 0's) that had a turn within `RECOVERY_WINDOW` is read after the last message
+    /// the bridge saw there, and what would have been answered live is answered now,
+    /// oldest first. A message answered already is in the journal and is not
+    /// answered again.
+    async fn catch_up(&self, http: &Arc<Http>, shard: u32, total: u32) {
         let turns = match self.relay.recent_turns(Platform::Discord).await {
             Ok(turns) => turns,
             Err(e) => {
@@ -107,10 +109,13 @@ impl Handler {
         };
         // The newest journaled message of each channel: where its catch-up starts.
         let mut last_seen: std::collections::HashMap<ChannelId, MessageId> = Default::default();
-        for (reply_to, message_id) in turns {
+        for turn in turns {
+            if !on_shard(&turn.workspace, shard, total) {
+                continue;
+            }
             let (Ok(to), Some(id)) = (
-                serde_json::from_str::<DiscordReplyTo>(&reply_to),
-                message_id
+                serde_json::from_str::<DiscordReplyTo>(&turn.reply_to),
+                turn.message_id
                     .parse::<u64>()
                     .ok()
                     .filter(|id| *id > 0)
@@ -335,11 +340,16 @@ impl EventHandler for Handler {
     async fn ready(&self, ctx: Context, ready: Ready) {
         self.bot.send_replace(Some(ready.user.id));
         ctx.http.set_application_id(ready.application.id);
-        self.connected.store(true, Ordering::Release);
+        let (shard, total) = ready
+            .shard
+            .map_or((ctx.shard_id.0, 1), |s| (s.id.0, s.total));
+        self.board.set_connected(shard, true);
         info!(
             bot = %ready.user.name,
             bot_id = %ready.user.id,
             guilds = ready.guilds.len(),
+            shard,
+            shards = total,
             "connected to the Discord gateway"
         );
         if !self.recovering.swap(true, Ordering::AcqRel) {
@@ -352,7 +362,7 @@ impl EventHandler for Handler {
             });
             self.relay.keep_recovering(Platform::Discord, resume);
         }
-        self.catch_up(&ctx.http).await;
+        self.catch_up(&ctx.http, shard, total).await;
         if self.commands_registered.load(Ordering::Acquire) {
             return;
         }
@@ -365,15 +375,15 @@ impl EventHandler for Handler {
         }
     }
 
-    async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
-        self.connected.store(true, Ordering::Release);
-        info!("Discord gateway session resumed");
+    async fn resume(&self, ctx: Context, _event: ResumedEvent) {
+        self.board.set_connected(ctx.shard_id.0, true);
+        info!(shard = ctx.shard_id.0, "Discord gateway session resumed");
     }
 
     async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
         if event.new != ConnectionStage::Connected {
-            self.connected.store(false, Ordering::Release);
-            debug!(stage = %event.new, "Discord gateway not connected");
+            self.board.set_connected(event.shard_id.0, false);
+            debug!(shard = event.shard_id.0, stage = %event.new, "Discord gateway not connected");
         }
     }
 
@@ -501,6 +511,20 @@ fn log_undecodable(kind: &str, value: &serde_json::Value) {
         error = %reason.map_or_else(|| "unknown".to_owned(), |e| e.to_string()),
         "a Discord event could not be decoded; it is not answered"
     );
+}
+
+/// Whether a turn of `workspace` (a guild id; empty for a DM) came through shard
+/// `shard` of `total`: Discord's `(guild_id >> 22) % shards`, DMs on shard 0. A
+/// workspace that is no guild id counts everywhere (the journal keeps a message
+/// answered once whoever reads it).
+fn on_shard(workspace: &str, shard: u32, total: u32) -> bool {
+    if workspace.is_empty() {
+        return shard == 0;
+    }
+    match workspace.parse::<u64>() {
+        Ok(guild) => (guild >> 22) % u64::from(total.max(1)) == u64::from(shard),
+        Err(_) => true,
+    }
 }
 
 /// Messages read per channel by a catch-up (Discord's page): a longer outage than

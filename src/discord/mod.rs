@@ -3,8 +3,12 @@
 //!
 //! # Layout
 //!
-//! - this file: [`run`] — builds the REST client (through `DISCORD_API_BASE`) and the
-//!   gateway client, supervises it, and decides which ends are fatal;
+//! - this file: [`run`] — builds the REST client (through `DISCORD_API_BASE`), asks
+//!   `GET /gateway/bot` for the gateway, the shard count (`DISCORD_SHARDS=auto`) and
+//!   the IDENTIFY rate, and hands the shards to `core::leases::hold_slots`; says which
+//!   ends are fatal;
+//! - `shards`: one serenity client per shard held, IDENTIFYs paced across replicas,
+//!   and `/readyz`'s flag (every shard held connected);
 //! - `handler`: the thin `EventHandler` (filter, convert, hand off to the relay);
 //! - `sink`: the `ChatSink` for messages (reply | thread, typing, no pings);
 //! - `slash`: slash-command registration, mapping to chat text, the interaction sink;
@@ -19,24 +23,28 @@
 
 mod channels;
 mod handler;
+mod shards;
 mod sink;
 mod slash;
 mod text;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use serenity::all::{ClientBuilder, GatewayError, GatewayIntents, Http, HttpBuilder, HttpError};
+use serenity::all::{BotGateway, GatewayError, GatewayIntents, Http, HttpBuilder, HttpError};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
 use crate::config::DiscordConfig;
+use crate::core::leases::{hold_slots, Pacer, SlotSettings};
+use crate::core::ports::Leases;
 use crate::core::retry::Backoff;
 use crate::core::Relay;
 
 use self::handler::Handler;
+use self::shards::{ShardBoard, ShardRunner};
 
 /// Discord's limit on a message's content, in characters.
 const MESSAGE_LIMIT: usize = 2000;
@@ -51,79 +59,80 @@ const REST_TIMEOUT: Duration = Duration::from_secs(30);
 const GATEWAY_RETRY_FIRST: Duration = Duration::from_secs(1);
 const GATEWAY_RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Runs the Discord client until `shutdown` or a fatal close (bad token, disallowed
-/// intents). Sets `connected` while a gateway session is up. Never panics and never
-/// stops anything but Discord.
+/// Runs Discord until `shutdown` or a fatal close (bad token, disallowed intents):
+/// the shards this replica holds — all of them on a store of its own, its share of
+/// them when replicas share PostgreSQL (`leases`) — each on its own gateway
+/// connection. Sets `connected` while every shard held is connected. Never panics and
+/// never stops anything but Discord.
 pub async fn run(
     cfg: DiscordConfig,
     relay: Relay,
+    leases: Arc<dyn Leases>,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("discord");
-    supervise(cfg, relay, connected.clone(), shutdown)
+    let board = Arc::new(ShardBoard::new(connected));
+    supervise(cfg, relay, leases, board.clone(), shutdown)
         .instrument(span)
         .await;
-    connected.store(false, Ordering::Release);
+    board.close();
 }
 
 async fn supervise(
     cfg: DiscordConfig,
     relay: Relay,
-    connected: Arc<AtomicBool>,
+    leases: Arc<dyn Leases>,
+    board: Arc<ShardBoard>,
     shutdown: CancellationToken,
 ) {
     let http = build_http(&cfg);
     // serenity asks for the gateway URL once, and on failure silently falls back to
     // the real gateway; with a proxy base that would be the wrong server. So wait
     // until REST answers, and make the URL it gave the one the shards use.
-    let Some(gateway_url) = wait_for_gateway_url(&http, &shutdown).await else {
+    let Some(gateway) = wait_for_gateway(&http, &shutdown).await else {
         return;
     };
+    let total = cfg.shards.unwrap_or(gateway.shards).max(1);
+    let max_concurrency = u32::try_from(gateway.session_start_limit.max_concurrency)
+        .unwrap_or(1)
+        .max(1);
+    info!(
+        shards = total,
+        recommended = gateway.shards,
+        max_concurrency,
+        "Discord gateway found"
+    );
     let intents = GatewayIntents::GUILDS
         | GatewayIntents::GUILD_MESSAGES
         | GatewayIntents::MESSAGE_CONTENT
         | GatewayIntents::DIRECT_MESSAGES;
-    let handler = Handler::new(relay, cfg.reply_mode, cfg.edit_interval, connected.clone());
-    let mut client = match ClientBuilder::new_with_http(http, intents)
-        .event_handler(handler)
-        .raw_event_handler(handler::Undecodable)
-        .await
-    {
-        Ok(client) => client,
-        Err(e) => {
-            error!(error = %describe(&e), "could not set up the Discord client; Discord stays off");
-            return;
-        }
-    };
-    *client.ws_url.lock().await = gateway_url;
-    let shards = client.shard_manager.clone();
-    let ended = {
-        let start = client.start();
-        tokio::pin!(start);
-        tokio::select! {
-            result = &mut start => Some(result),
-            _ = shutdown.cancelled() => None,
-        }
-    };
-    connected.store(false, Ordering::Release);
-    match ended {
-        None => {
-            shards.shutdown_all().await;
-            info!("Discord gateway closed");
-        }
-        Some(Ok(())) => info!("Discord client stopped"),
-        Some(Err(e)) => {
-            error!("{}", fatal_message(&e));
-            // serenity leaves its shard queuer idling after a fatal close; stop it, but
-            // never let that hold up the bridge's own shutdown.
-            tokio::select! {
-                _ = shards.shutdown_all() => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
+    let metrics = relay.metrics().clone();
+    let handler = Handler::new(relay, cfg.reply_mode, cfg.edit_interval, board.clone());
+    // Stops Discord — the lease loop, and with it every shard — on shutdown or the
+    // first fatal close.
+    let fatal = shutdown.child_token();
+    let runner = Arc::new(ShardRunner {
+        cfg,
+        intents,
+        handler: Arc::new(handler),
+        gateway_url: gateway.url,
+        total,
+        max_concurrency,
+        pacer: Pacer::new(leases.clone(), "discord", IDENTIFY_PERIOD),
+        board,
+        fatal: fatal.clone(),
+        running: Default::default(),
+    });
+    let settings = SlotSettings::new("discord", total);
+    hold_slots(leases, Arc::new(runner), settings, metrics, fatal).await;
+    if !shutdown.is_cancelled() {
+        info!("Discord stopped; everything else keeps running");
     }
 }
+
+/// Discord allows `max_concurrency` IDENTIFYs per this period.
+const IDENTIFY_PERIOD: Duration = Duration::from_secs(5);
 
 /// The REST client: through `DISCORD_API_BASE` when it is not Discord itself. A proxy
 /// owns rate limiting (and serenity only honours the proxy with its own limiter off).
@@ -147,9 +156,9 @@ fn build_http(cfg: &DiscordConfig) -> Http {
     builder.build()
 }
 
-/// Waits until `GET /gateway` answers with the gateway URL; `None` if shutdown came
-/// first.
-async fn wait_for_gateway_url(http: &Http, shutdown: &CancellationToken) -> Option<String> {
+/// Waits until `GET /gateway/bot` answers with the gateway URL, the recommended shard
+/// count and the IDENTIFY rate; `None` if shutdown came first.
+async fn wait_for_gateway(http: &Http, shutdown: &CancellationToken) -> Option<BotGateway> {
     let backoff = Backoff {
         first: GATEWAY_RETRY_FIRST,
         max: GATEWAY_RETRY_MAX,
@@ -157,10 +166,9 @@ async fn wait_for_gateway_url(http: &Http, shutdown: &CancellationToken) -> Opti
     let report = |e: &serenity::Error, delay: Duration| {
         warn!(error = %describe(e), retry_in = ?delay, "Discord's REST API did not give the gateway URL; retrying");
     };
-    let gateway = backoff
-        .retry(shutdown, || http.get_gateway(), report)
-        .await?;
-    Some(gateway.url)
+    backoff
+        .retry(shutdown, || http.get_bot_gateway(), report)
+        .await
 }
 
 /// The one line logged when the client gives up: what happened and what the operator

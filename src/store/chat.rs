@@ -1,5 +1,5 @@
 //! The core's store roles for `SqlStore` (`Conversations`, `Transcripts`, `Sightings`,
-//! `TurnQueue`): each method a read on a pooled connection or one write (`ops::Op`)
+//! `TurnQueue`, `Journal`, `Leases`): each method a read on a pooled connection or one write (`ops::Op`)
 //! through [`SqlStore::write`]. The SQL is in `sql.rs`, the logic in `ops.rs`.
 
 use async_trait::async_trait;
@@ -11,8 +11,8 @@ use super::{sql, to_ms, SqlStore};
 use crate::core::message::ConversationKey;
 use crate::core::message::Platform;
 use crate::core::ports::{
-    Commit, Conversation, Conversations, Journal, JournalTurn, Sightings, StoreError,
-    TranscriptEntry, Transcripts, TurnQueue, TurnState,
+    Commit, Conversation, Conversations, Journal, JournalTurn, Lease, Leases, RecentTurn,
+    Sightings, StoreError, TranscriptEntry, Transcripts, TurnQueue, TurnState,
 };
 
 #[async_trait]
@@ -224,7 +224,7 @@ impl Journal for SqlStore {
         &self,
         platform: Platform,
         since: OffsetDateTime,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<RecentTurn>, StoreError> {
         ops::recent_turns(&mut self.reader().await?, platform, since).await
     }
 
@@ -238,5 +238,51 @@ impl Journal for SqlStore {
             state,
         };
         self.write(op).await?.done()
+    }
+}
+
+#[async_trait]
+impl Leases for SqlStore {
+    fn is_shared(&self) -> bool {
+        TurnQueue::is_shared(self)
+    }
+
+    async fn leases(&self, prefix: &str) -> Result<Vec<Lease>, StoreError> {
+        ops::leases(&mut self.reader().await?, prefix).await
+    }
+
+    async fn hold_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.write(hold(name, owner, until, false)).await?.yes()
+    }
+
+    async fn hold_free_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.write(hold(name, owner, until, true)).await?.yes()
+    }
+
+    async fn drop_lease(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        let op = Op::DropLease {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+        };
+        self.write(op).await?.done()
+    }
+}
+
+fn hold(name: &str, owner: &str, until: OffsetDateTime, free_only: bool) -> Op {
+    Op::HoldLease {
+        name: name.to_owned(),
+        owner: owner.to_owned(),
+        until: to_ms(until),
+        free_only,
     }
 }

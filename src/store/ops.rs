@@ -15,8 +15,8 @@ use super::{from_ms, to_ms};
 use crate::core::message::Inbound;
 use crate::core::message::{ConversationKey, Platform};
 use crate::core::ports::{
-    Commit, Conversation, FeedbackClick, FeedbackEntry, JournalTurn, Role, StoreError,
-    TranscriptEntry, TurnState,
+    Commit, Conversation, FeedbackClick, FeedbackEntry, JournalTurn, Lease, RecentTurn, Role,
+    StoreError, TranscriptEntry, TurnState,
 };
 use crate::webhook::store::{
     AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryRecord, DeliveryResult, DeliveryStatus,
@@ -106,6 +106,19 @@ pub(crate) enum Op {
         now: i64,
     },
     PurgeOutbox(i64),
+    /// Takes or renews a named lease (see `sql::HOLD_LEASE`); answers whether it is
+    /// held. `free_only`: taken only when free or expired, even for its owner.
+    HoldLease {
+        name: String,
+        owner: String,
+        until: i64,
+        free_only: bool,
+    },
+    /// Gives a lease back (its owner only).
+    DropLease {
+        name: String,
+        owner: String,
+    },
     /// Tests and maintenance: statements without parameters.
     Raw(String),
 }
@@ -186,6 +199,8 @@ impl Op {
                 | Op::Claim(_)
                 | Op::RenewLease { .. }
                 | Op::RetryDelivery { .. }
+                | Op::HoldLease { .. }
+                | Op::DropLease { .. }
                 | Op::Raw(_)
         )
     }
@@ -420,6 +435,25 @@ pub(crate) async fn apply(db: &mut dyn Exec, op: &Op, events: bool) -> Result<Ou
                 .execute(&sql::RENEW_LEASE, args![*id, *lease, *until])
                 .await?;
             Out::Yes(n > 0)
+        }
+        Op::HoldLease {
+            name,
+            owner,
+            until,
+            free_only,
+        } => {
+            let statement = match free_only {
+                true => &sql::HOLD_FREE_LEASE,
+                false => &sql::HOLD_LEASE,
+            };
+            let n = db
+                .execute(statement, args![name, owner, *until, now])
+                .await?;
+            Out::Yes(n > 0)
+        }
+        Op::DropLease { name, owner } => {
+            db.execute(&sql::DROP_LEASE, args![name, owner]).await?;
+            Out::Done
         }
         Op::Release(held) => {
             for (id, lease) in held {
@@ -708,12 +742,32 @@ pub(crate) async fn recent_turns(
     db: &mut dyn Exec,
     platform: Platform,
     since: OffsetDateTime,
-) -> Result<Vec<(String, String)>, StoreError> {
+) -> Result<Vec<RecentTurn>, StoreError> {
     let rows = db
         .fetch(&sql::RECENT_TURNS, args![platform.as_str(), to_ms(since)])
         .await?;
     rows.into_iter()
-        .map(|mut r| Ok((r.text()?, r.text()?)))
+        .map(|mut r| {
+            Ok(RecentTurn {
+                reply_to: r.text()?,
+                message_id: r.text()?,
+                workspace: r.text()?,
+            })
+        })
+        .collect()
+}
+
+/// Every lease whose name starts with `prefix`, by name.
+pub(crate) async fn leases(db: &mut dyn Exec, prefix: &str) -> Result<Vec<Lease>, StoreError> {
+    let rows = db.fetch(&sql::LEASES, args![prefix]).await?;
+    rows.into_iter()
+        .map(|mut r| {
+            Ok(Lease {
+                name: r.text()?,
+                owner: r.text()?,
+                expires_at: from_ms(r.int()?)?,
+            })
+        })
         .collect()
 }
 

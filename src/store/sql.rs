@@ -520,7 +520,7 @@ pub(crate) static CLAIM_TURN: Sql = Sql::new(
 /// Where the recent turns of a platform were answered, with their message ids: the
 /// channels a Discord catch-up reads.
 pub(crate) static RECENT_TURNS: Sql = Sql::new(
-    "SELECT reply_to, message_id FROM turn_journal \
+    "SELECT reply_to, message_id, workspace FROM turn_journal \
      WHERE platform = $1 AND received_at >= $2",
 );
 
@@ -539,6 +539,35 @@ pub(crate) static TOUCH_TURNS: Dialects = Dialects {
 /// long past any recovery window too.
 pub(crate) static PURGE_TURN_JOURNAL: Sql =
     Sql::new("DELETE FROM turn_journal WHERE updated_at < $1");
+
+// ---------------------------------------------------------------------------------
+// Leases shared by replicas (Discord's shards, live replicas, IDENTIFY pacing)
+// ---------------------------------------------------------------------------------
+
+/// Takes `$1` for `$2` until `$3` when it is free, past its expiry at `$4`, or already
+/// `$2`'s (a renewal): `1` row means held.
+pub(crate) static HOLD_LEASE: Sql = Sql::new(
+    "INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+     WHERE leases.expires_at <= $4 OR leases.owner = excluded.owner",
+);
+
+/// Like [`HOLD_LEASE`], but only when free or expired, even for its owner: a slot of
+/// a rate (one IDENTIFY per bucket per 5 s), not a claim to renew.
+pub(crate) static HOLD_FREE_LEASE: Sql = Sql::new(
+    "INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+     WHERE leases.expires_at <= $4",
+);
+
+/// Gives a lease back; only its owner can.
+pub(crate) static DROP_LEASE: Sql = Sql::new("DELETE FROM leases WHERE name = $1 AND owner = $2");
+
+/// Every lease whose name starts with `$1` (a handful of rows).
+pub(crate) static LEASES: Sql = Sql::new(
+    "SELECT name, owner, expires_at FROM leases \
+     WHERE substr(name, 1, length($1)) = $1 ORDER BY name",
+);
 
 #[cfg(test)]
 mod tests {

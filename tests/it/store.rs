@@ -287,6 +287,46 @@ async fn store_contract(s: &SqlStore) {
     seen_reads_a_live_sighting_without_writing(s).await;
     the_turn_queue_is_ordered_by_arrival_and_skips_expired_tickets(s).await;
     the_turn_journal_takes_a_message_once_and_hands_a_left_turn_to_one_claimer(s).await;
+    a_lease_has_one_holder_until_it_runs_out_or_is_given_back(s).await;
+}
+
+/// SPEC §4's shard leases: one holder at a time, renewable by it, free once expired or
+/// given back; a pace lease is never renewed early, even by its holder; concurrent
+/// takers of one free lease have exactly one winner.
+async fn a_lease_has_one_holder_until_it_runs_out_or_is_given_back(s: &SqlStore) {
+    use agent_bridge::core::ports::Leases;
+    let soon = || OffsetDateTime::now_utc() + Duration::seconds(15);
+    assert!(s.hold_lease("t-slot:0", "a", soon()).await.unwrap());
+    assert!(!s.hold_lease("t-slot:0", "b", soon()).await.unwrap(), "held by a");
+    assert!(s.hold_lease("t-slot:0", "a", soon()).await.unwrap(), "a renews");
+    s.drop_lease("t-slot:0", "b").await.unwrap();
+    assert!(!s.hold_lease("t-slot:0", "b", soon()).await.unwrap(), "only a gives it back");
+    s.drop_lease("t-slot:0", "a").await.unwrap();
+    assert!(s.hold_lease("t-slot:0", "b", soon()).await.unwrap(), "given back");
+    // Expired: anyone may take it.
+    let past = OffsetDateTime::now_utc() - Duration::seconds(1);
+    assert!(s.hold_lease("t-slot:1", "a", past).await.unwrap());
+    assert!(s.hold_lease("t-slot:1", "b", soon()).await.unwrap());
+    let leases = s.leases("t-").await.unwrap();
+    let owners: Vec<(&str, &str)> = leases
+        .iter()
+        .map(|l| (l.name.as_str(), l.owner.as_str()))
+        .collect();
+    assert_eq!(owners, [("t-slot:0", "b"), ("t-slot:1", "b")]);
+    assert!(leases.iter().all(|l| l.expires_at > OffsetDateTime::now_utc()));
+    assert!(s.leases("u-").await.unwrap().is_empty());
+    // A pace slot: free once, then not even for its holder until it runs out.
+    assert!(s.hold_free_lease("t-pace:0", "a", soon()).await.unwrap());
+    assert!(!s.hold_free_lease("t-pace:0", "a", soon()).await.unwrap());
+    assert!(s.hold_free_lease("t-pace:1", "a", past).await.unwrap());
+    assert!(s.hold_free_lease("t-pace:1", "a", soon()).await.unwrap());
+    // Racing takers: one wins.
+    let takers = (0..8).map(|i| {
+        let owner = format!("r{i}");
+        async move { s.hold_lease("t-slot:race", &owner, soon()).await.unwrap() }
+    });
+    let won = futures_util::future::join_all(takers).await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
 }
 
 /// SPEC §3: a message is journaled once; a turn left `accepted` and untouched since a
