@@ -637,10 +637,8 @@ mod tests {
                     // Replica r joins at round 2r.
                     for r in (0..replicas).filter(|r| round >= 2 * r) {
                         table.insert(format!("discord-replica:{}", names[r]), names[r].clone());
-                        let leases: Vec<Lease> = table
-                            .iter()
-                            .map(|(n, o)| lease(n, o, true))
-                            .collect();
+                        let leases: Vec<Lease> =
+                            table.iter().map(|(n, o)| lease(n, o, true)).collect();
                         let v = view(&leases, &names[r], slots);
                         let p = plan(slots, &v, &names[r], &held[r], &set(&[]), &set(&[]));
                         for n in p.release {
@@ -657,9 +655,15 @@ mod tests {
                 }
                 let share = (slots as usize).div_ceil(replicas);
                 let all: usize = held.iter().map(BTreeSet::len).sum();
-                assert_eq!(all, slots as usize, "{replicas} replicas, {slots} slots: {held:?}");
+                assert_eq!(
+                    all, slots as usize,
+                    "{replicas} replicas, {slots} slots: {held:?}"
+                );
                 for h in &held {
-                    assert!(h.len() <= share, "{replicas} replicas, {slots} slots: {held:?}");
+                    assert!(
+                        h.len() <= share,
+                        "{replicas} replicas, {slots} slots: {held:?}"
+                    );
                 }
             }
         }

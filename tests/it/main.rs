@@ -16,6 +16,7 @@ mod public_port;
 mod recovery;
 mod relay;
 mod replicas;
+mod shards;
 mod slack;
 mod socket_mode;
 mod store;

@@ -3,35 +3,28 @@
 //! an answer posted but not recorded before the kill is found (its metadata) and not
 //! posted again; a turn older than `RECOVERY_WINDOW` is given up with `reply.failed`.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::process::{Child, Command};
 
 use crate::support::agent::FakeAgent;
 use crate::support::discord::FakeDiscord;
+use crate::support::process::BridgeProcess;
 use crate::support::slack::{signed, EventBuilder, FakeSlack, BOT_USER};
 use crate::support::{stored_events, TOKEN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-bridge");
 const SIGNING_SECRET: &str = "signing-secret-5e4d3c2b1a09";
 const SLACK_TOKEN: &str = "xoxb-slack-token-9z8y7x6w5v";
 const WAIT: Duration = Duration::from_secs(15);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The binary on a database file that outlives it, against the fakes.
-struct Bridge {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
+struct Bridge(BridgeProcess);
+
+impl std::ops::Deref for Bridge {
+    type Target = BridgeProcess;
+    fn deref(&self) -> &BridgeProcess {
+        &self.0
+    }
 }
 
 impl Bridge {
@@ -41,45 +34,20 @@ impl Bridge {
         slack: &FakeSlack,
         extra: &[(&str, &str)],
     ) -> Bridge {
-        let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear()
-            .env("HTTP_BIND", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", db_url)
-            .env("AGENT_URL", agent.url())
-            .env("BRIDGE_API_TOKEN", TOKEN)
-            .env("SLACK_BOT_TOKEN", SLACK_TOKEN)
-            .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
-            .env("SLACK_API_BASE", slack.api_base())
-            .env("SLACK_STREAMING", "update")
-            .env("SLACK_PROGRESS", "reaction")
-            .env("RUST_LOG", "warn");
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let bridge = Bridge {
-            child: cmd.spawn().unwrap(),
-            base: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let ready = bridge
-                .client
-                .get(format!("{}/readyz", bridge.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                return bridge;
-            }
-            assert!(Instant::now() < deadline, "the bridge did not become ready");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let (agent_url, slack_base) = (agent.url(), slack.api_base());
+        let mut vars = vec![
+            ("DATABASE_URL", db_url),
+            ("AGENT_URL", agent_url.as_str()),
+            ("SLACK_BOT_TOKEN", SLACK_TOKEN),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET),
+            ("SLACK_API_BASE", slack_base.as_str()),
+            ("SLACK_STREAMING", "update"),
+            ("SLACK_PROGRESS", "reaction"),
+        ];
+        vars.extend_from_slice(extra);
+        let bridge = BridgeProcess::spawn(&vars);
+        bridge.wait_ready(WAIT).await;
+        Bridge(bridge)
     }
 
     async fn mention(&self, channel: &str, text: &str) -> (reqwest::StatusCode, String) {
@@ -99,18 +67,8 @@ impl Bridge {
         (status, ts)
     }
 
-    async fn metrics(&self) -> String {
-        let resp = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .bearer_auth(TOKEN);
-        resp.send().await.unwrap().text().await.unwrap()
-    }
-
-    /// `kill -9`: no shutdown, no drain, nothing flushed.
-    async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
+    async fn kill(self) {
+        self.0.kill().await;
     }
 }
 

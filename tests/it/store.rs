@@ -297,12 +297,24 @@ async fn a_lease_has_one_holder_until_it_runs_out_or_is_given_back(s: &SqlStore)
     use agent_bridge::core::ports::Leases;
     let soon = || OffsetDateTime::now_utc() + Duration::seconds(15);
     assert!(s.hold_lease("t-slot:0", "a", soon()).await.unwrap());
-    assert!(!s.hold_lease("t-slot:0", "b", soon()).await.unwrap(), "held by a");
-    assert!(s.hold_lease("t-slot:0", "a", soon()).await.unwrap(), "a renews");
+    assert!(
+        !s.hold_lease("t-slot:0", "b", soon()).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        s.hold_lease("t-slot:0", "a", soon()).await.unwrap(),
+        "a renews"
+    );
     s.drop_lease("t-slot:0", "b").await.unwrap();
-    assert!(!s.hold_lease("t-slot:0", "b", soon()).await.unwrap(), "only a gives it back");
+    assert!(
+        !s.hold_lease("t-slot:0", "b", soon()).await.unwrap(),
+        "only a gives it back"
+    );
     s.drop_lease("t-slot:0", "a").await.unwrap();
-    assert!(s.hold_lease("t-slot:0", "b", soon()).await.unwrap(), "given back");
+    assert!(
+        s.hold_lease("t-slot:0", "b", soon()).await.unwrap(),
+        "given back"
+    );
     // Expired: anyone may take it.
     let past = OffsetDateTime::now_utc() - Duration::seconds(1);
     assert!(s.hold_lease("t-slot:1", "a", past).await.unwrap());
@@ -313,7 +325,9 @@ async fn a_lease_has_one_holder_until_it_runs_out_or_is_given_back(s: &SqlStore)
         .map(|l| (l.name.as_str(), l.owner.as_str()))
         .collect();
     assert_eq!(owners, [("t-slot:0", "b"), ("t-slot:1", "b")]);
-    assert!(leases.iter().all(|l| l.expires_at > OffsetDateTime::now_utc()));
+    assert!(leases
+        .iter()
+        .all(|l| l.expires_at > OffsetDateTime::now_utc()));
     assert!(s.leases("u-").await.unwrap().is_empty());
     // A pace slot: free once, then not even for its holder until it runs out.
     assert!(s.hold_free_lease("t-pace:0", "a", soon()).await.unwrap());

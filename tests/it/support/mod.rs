@@ -7,6 +7,7 @@ pub mod agent;
 pub mod db;
 pub mod discord;
 pub mod openai;
+pub mod process;
 pub mod receiver;
 pub mod slack;
 pub mod slack_socket;
