@@ -61,7 +61,6 @@ impl Core {
             max_results: cfg.agent.max_results,
             max_concurrency: cfg.agent.max_concurrency,
             queue_capacity: RelaySettings::queue_for(cfg.agent.max_concurrency),
-            turn_hold: cfg.agent.timeout + Duration::from_secs(30),
             edit_interval: cfg.conversation.edit_interval,
             max_reply_messages: cfg.conversation.max_reply_messages,
             feedback_buttons: cfg.conversation.feedback_buttons,

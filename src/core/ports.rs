@@ -449,6 +449,12 @@ pub trait TurnQueue: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Gives the ticket back (the turn is done).
     async fn turn_leave(&self, ticket: i64) -> Result<(), StoreError>;
+    /// Extends the tickets to `expires_at` (their turns are still running here).
+    async fn turn_extend(
+        &self,
+        tickets: &[i64],
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
 }
 
 /// The store roles a relay works with, handed over together by `app`.

@@ -117,10 +117,6 @@ pub struct RelaySettings {
     pub queue_capacity: usize,
     /// `ALLOWED_CHANNELS`, `BLOCKED_USERS`, `USER_RATE_LIMIT`.
     pub access: AccessSettings,
-    /// How long a turn may hold its conversation's place in a shared store's queue
-    /// after the replica last showed it is alive: longer than one agent call
-    /// (`AGENT_TIMEOUT_SECS`) plus posting the answer.
-    pub turn_hold: Duration,
     /// `STREAM_EDIT_INTERVAL_MS`: least time between two updates of a streamed answer.
     pub edit_interval: Duration,
     /// `MAX_REPLY_MESSAGES`.
@@ -273,6 +269,10 @@ struct Inner {
     /// The journaled turns this process holds (queued or running), touched every
     /// [`TOUCH_EVERY`] on a shared store so no other replica takes them over.
     holding: DashMap<String, ()>,
+    /// The cross-replica queue tickets this process holds (shared store), extended
+    /// with the journal's touch: a dead replica's tickets stop counting within
+    /// `TAKEOVER_AFTER`, so the turns it left are not held up behind its own.
+    tickets: DashMap<i64, ()>,
     /// When each conversation was last told about a rate limit or a busy bridge:
     /// at most one such notice a minute per conversation (a flood gets one answer).
     notices: DashMap<ConversationKey, Instant>,
@@ -300,6 +300,7 @@ impl Relay {
                 notices: DashMap::new(),
                 started: OffsetDateTime::now_utc(),
                 holding: DashMap::new(),
+                tickets: DashMap::new(),
                 feedback: std::sync::OnceLock::new(),
             }),
         };
@@ -558,11 +559,7 @@ impl Relay {
     /// How often a replica sharing the store looks for another's left turns; `None`
     /// on a store of its own (only the start-up has any).
     pub fn takeover_every(&self) -> Option<Duration> {
-        self.inner
-            .store
-            .turns
-            .is_shared()
-            .then_some(TOUCH_EVERY * 3)
+        self.inner.store.turns.is_shared().then_some(TOUCH_EVERY)
     }
 
     /// The turns of `platform` within `RECOVERY_WINDOW`: where a catch-up after
@@ -573,7 +570,8 @@ impl Relay {
     }
 
     /// [`Relay::recover`] now and, with replicas sharing the store, again every
-    /// [`TOUCH_EVERY`] × 3 (a replica that died leaves its turns to the others), until
+    /// [`TOUCH_EVERY`] (a replica that died leaves its turns to the others, taken
+    /// within 10 s of going untouched for `TAKEOVER_AFTER`), until
     /// shutdown begins. Logs what it did; runs on its own task.
     pub fn keep_recovering(&self, platform: Platform, resume: Arc<dyn Resume>) {
         let relay = self.clone();
@@ -825,10 +823,12 @@ impl Inner {
     /// A journaled turn untouched since this was left by a process that is gone.
     /// Never a turn of a live process: on a store of its own (SQLite) every turn
     /// from before this start; replicas sharing the store touch their turns in
-    /// flight (`touch_turns`), so one untouched for `TAKEOVER_AFTER` is left too.
+    /// flight (`touch_turns`), so one untouched for `TAKEOVER_AFTER` is left — by a
+    /// replica that died before or after this one started, or by this one's own
+    /// previous run.
     fn left_since(&self, now: OffsetDateTime) -> OffsetDateTime {
         match self.store.turns.is_shared() {
-            true => self.started.min(now - TAKEOVER_AFTER),
+            true => now - TAKEOVER_AFTER,
             false => self.started,
         }
     }
@@ -1059,6 +1059,7 @@ impl Inner {
                 _ => None,
             };
             if let Some(ticket) = ticket {
+                self.tickets.remove(&ticket);
                 if let Err(e) = self.store.turns.turn_leave(ticket).await {
                     warn!(error = %e, "could not leave the turn queue; the ticket will expire");
                 }
@@ -1077,14 +1078,17 @@ impl Inner {
     /// the turn runs without one: order across replicas is then best effort, which
     /// beats not answering.
     async fn enter_queue(&self, key: &ConversationKey, turn: &Turn) -> Option<i64> {
-        let expires = OffsetDateTime::now_utc() + self.settings.turn_hold;
+        let expires = OffsetDateTime::now_utc() + TAKEOVER_AFTER;
         match self
             .store
             .turns
             .turn_enter(key, turn.received, expires)
             .await
         {
-            Ok(ticket) => Some(ticket),
+            Ok(ticket) => {
+                self.tickets.insert(ticket, ());
+                Some(ticket)
+            }
             Err(e) => {
                 warn!(error = %e, conversation = %key, "could not queue the turn across replicas");
                 None
@@ -1093,11 +1097,12 @@ impl Inner {
     }
 
     /// Polls until the ticket is the oldest live one of its conversation. Each poll
-    /// extends the ticket, so a waiting turn never expires while its replica lives;
-    /// a dead replica's tickets stop counting `turn_hold` after its last poll.
+    /// extends the ticket (and the touch loop does, while the turn runs), so a ticket
+    /// never expires while its replica lives; a dead replica's stop counting
+    /// `TAKEOVER_AFTER` after the last extension.
     async fn wait_in_queue(&self, key: &ConversationKey, ticket: i64, received: OffsetDateTime) {
         loop {
-            let expires = OffsetDateTime::now_utc() + self.settings.turn_hold;
+            let expires = OffsetDateTime::now_utc() + TAKEOVER_AFTER;
             match self
                 .store
                 .turns
@@ -1710,14 +1715,22 @@ impl Inner {
     }
 }
 
-/// Shared store only: every [`TOUCH_EVERY`], marks the journaled turns this replica
-/// holds as alive, so no other replica takes them over; ends with the relay.
+/// Shared store only: every [`TOUCH_EVERY`], marks the journaled turns and the queue
+/// tickets this replica holds as alive, so no other replica takes them over or waits
+/// behind them once it is gone; ends with the relay.
 async fn touch_turns(inner: std::sync::Weak<Inner>) {
     loop {
         tokio::time::sleep(TOUCH_EVERY).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        let tickets: Vec<i64> = inner.tickets.iter().map(|e| *e.key()).collect();
+        if !tickets.is_empty() {
+            let expires = OffsetDateTime::now_utc() + TAKEOVER_AFTER;
+            if let Err(e) = inner.store.turns.turn_extend(&tickets, expires).await {
+                warn!(error = %e, tickets = tickets.len(), "could not extend the turn queue tickets");
+            }
+        }
         let ids: Vec<String> = inner.holding.iter().map(|e| e.key().clone()).collect();
         if ids.is_empty() {
             continue;

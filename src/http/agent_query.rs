@@ -266,7 +266,7 @@ async fn answer_left(relay: Relay, turn: String, left: LeftQuery) {
     }
 }
 
-/// At start-up (and, with replicas sharing the store, every 30 s until shutdown):
+/// At start-up (and, with replicas sharing the store, every 10 s until shutdown):
 /// the async queries a stopped process answered 202 and never recorded are asked
 /// again (their `query` event delivered after all); one older than
 /// `RECOVERY_WINDOW` is given up (`reply.failed`, `abandoned`).

@@ -188,6 +188,18 @@ impl TurnQueue for SqlStore {
     async fn turn_leave(&self, ticket: i64) -> Result<(), StoreError> {
         self.write(Op::TurnLeave(ticket)).await?.done()
     }
+
+    async fn turn_extend(
+        &self,
+        tickets: &[i64],
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let op = Op::TurnExtend {
+            tickets: tickets.to_vec(),
+            expires_at: to_ms(expires_at),
+        };
+        self.write(op).await?.done()
+    }
 }
 
 #[async_trait]

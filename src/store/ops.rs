@@ -50,6 +50,10 @@ pub(crate) enum Op {
         expires_at: i64,
     },
     TurnLeave(i64),
+    TurnExtend {
+        tickets: Vec<i64>,
+        expires_at: i64,
+    },
     CreateEndpoint(Box<WebhookEndpoint>),
     DeleteEndpoint(String),
     SetSubscriptions {
@@ -195,6 +199,7 @@ impl Op {
                 | Op::TurnEnter { .. }
                 | Op::TurnIsNext { .. }
                 | Op::TurnLeave(_)
+                | Op::TurnExtend { .. }
                 | Op::SetEnabled { .. }
                 | Op::Claim(_)
                 | Op::RenewLease { .. }
@@ -349,6 +354,17 @@ pub(crate) async fn apply(db: &mut dyn Exec, op: &Op, events: bool) -> Result<Ou
         }
         Op::TurnLeave(ticket) => {
             db.execute(&sql::TURN_LEAVE, args![*ticket]).await?;
+            Out::Done
+        }
+        Op::TurnExtend {
+            tickets,
+            expires_at,
+        } => {
+            // A replica's turns in flight: a handful, each its own row.
+            for ticket in tickets {
+                db.execute(&sql::TURN_TOUCH, args![*ticket, *expires_at])
+                    .await?;
+            }
             Out::Done
         }
         Op::CreateEndpoint(ep) => {

@@ -110,7 +110,17 @@ fn answers(slack: &FakeSlack, channel: &str, thread: &str) -> Vec<Value> {
 }
 
 async fn wait_answers(slack: &FakeSlack, channel: &str, thread: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
+    wait_answers_within(slack, channel, thread, n, WAIT).await
+}
+
+async fn wait_answers_within(
+    slack: &FakeSlack,
+    channel: &str,
+    thread: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
     loop {
         let got = answers(slack, channel, thread);
         if got.len() >= n {
@@ -263,6 +273,50 @@ async fn a_discord_mention_cut_by_kill_9_is_answered_once_after_the_restart() {
 }
 
 #[tokio::test]
+async fn a_discord_answer_posted_but_not_recorded_before_kill_9_is_not_posted_again() {
+    let (_dir, db_url, agent, slack) = peers().await;
+    let discord = FakeDiscord::start().await;
+    // Discord takes the post at once but answers late: the bridge dies in between.
+    discord.delay_posts(Duration::from_secs(30));
+    let vars = [
+        ("DISCORD_TOKEN", "discord-token-QQ11.RR22.SS33"),
+        ("DISCORD_API_BASE", &discord.url()),
+    ];
+    let bridge = Bridge::start(&db_url, &agent, &slack, &vars).await;
+    discord.wait_live(WAIT).await;
+    let id = discord
+        .guild_message(
+            "2760",
+            "3000000000000000001",
+            &format!("{} just once", discord.mention()),
+        )
+        .await;
+    discord.wait_messages(1, WAIT).await;
+    bridge.kill().await;
+
+    discord.delay_posts(Duration::ZERO);
+    let before = agent.requests_to("/conversation").len();
+    let bridge = Bridge::start(&db_url, &agent, &slack, &vars).await;
+    // The restart reads the channel after the message, finds the reply, and leaves it.
+    discord
+        .wait_call("GET", "/channels/2760/messages", WAIT)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posts = discord.messages();
+    assert_eq!(posts.len(), 1, "not posted twice: {posts:?}");
+    assert_eq!(
+        posts[0].body["message_reference"]["message_id"],
+        id.as_str()
+    );
+    assert_eq!(
+        agent.requests_to("/conversation").len(),
+        before,
+        "no second agent call"
+    );
+    bridge.kill().await;
+}
+
+#[tokio::test]
 async fn an_async_agent_query_answered_202_before_kill_9_is_answered_after_the_restart() {
     let (_dir, db_url, agent, slack) = peers().await;
     agent.set_delay(Duration::from_secs(30));
@@ -293,4 +347,38 @@ async fn an_async_agent_query_answered_202_before_kill_9_is_answered_after_the_r
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored_events(&db_url, "query").await.len(), 1, "once");
     bridge.kill().await;
+}
+
+/// SPEC §3 with replicas: a turn a killed replica acknowledged is answered by another
+/// one once it has gone untouched for 30 s — once, with the restarted replica's
+/// recovery racing it for the claim.
+#[tokio::test]
+async fn a_turn_left_by_a_killed_replica_is_answered_once_by_another_on_postgres() {
+    let Some(pg) = crate::support::db::PgSchema::create().await else {
+        return;
+    };
+    let (agent, slack) = (FakeAgent::start().await, FakeSlack::start().await);
+    agent.set_delay(Duration::from_secs(60));
+    let a = Bridge::start(&pg.url, &agent, &slack, &[]).await;
+    let b = Bridge::start(&pg.url, &agent, &slack, &[]).await;
+    let (status, ts) = a.mention("C-replica", "carry on").await;
+    assert_eq!(status, 200);
+    agent.wait_for_requests_to("/conversation", 1, WAIT).await;
+    let killed = Instant::now();
+    a.kill().await;
+    agent.set_delay(Duration::ZERO);
+    // A restarted replica races the survivor for the claim.
+    let a = Bridge::start(&pg.url, &agent, &slack, &[]).await;
+    let got = wait_answers_within(&slack, "C-replica", &ts, 1, Duration::from_secs(50)).await;
+    assert_eq!(got[0]["text"], "answer to: carry on");
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_secs(20),
+        "not while it may still run: {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(answers(&slack, "C-replica", &ts).len(), 1, "answered once");
+    a.kill().await;
+    b.kill().await;
+    pg.remove().await;
 }

@@ -185,6 +185,8 @@ struct Inner {
     edit_bucket: Mutex<Option<EditBucket>>,
     /// Edits answered 429 because the bucket was empty.
     rate_limited: AtomicUsize,
+    /// How long a message post takes to be answered after it is made (`delay_posts`).
+    post_delay: Mutex<Duration>,
     /// Messages created with a nonce, by (channel, nonce): a repeat with
     /// `enforce_nonce` gets the first one back, as Discord answers.
     nonces: Mutex<HashMap<(String, String), Value>>,
@@ -267,6 +269,7 @@ impl FakeDiscord {
             bot_messages: Mutex::new(Vec::new()),
             edit_bucket: Mutex::new(None),
             rate_limited: AtomicUsize::new(0),
+            post_delay: Mutex::new(Duration::ZERO),
             nonces: Mutex::new(HashMap::new()),
             channel_log: Mutex::new(HashMap::new()),
         });
@@ -451,6 +454,12 @@ impl FakeDiscord {
             window,
             used: HashMap::new(),
         });
+    }
+
+    /// Message posts take effect at once (in the channel, its nonce kept) but are
+    /// answered only after `delay`: a bot killed meanwhile posted without knowing.
+    pub fn delay_posts(&self, delay: Duration) {
+        *self.inner.post_delay.lock().unwrap() = delay;
     }
 
     /// Edits refused with 429 because the bucket was empty.
@@ -1201,6 +1210,8 @@ async fn rest(
                 })
                 .await;
             });
+            let delay = *inner.post_delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
             Json(message).into_response()
         }
         ("PATCH", ["channels", channel, "messages", id]) => {
