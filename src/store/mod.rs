@@ -40,7 +40,7 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Postgres, Sqlite};
 use time::OffsetDateTime;
 
@@ -149,6 +149,14 @@ async fn connect_sqlite(url: &str) -> Result<SqlStore, StoreError> {
         }
         false => (None, "NORMAL"),
     };
+    // The writer's durability for every other connection that writes (migrations):
+    // sqlx's default, FULL, would sync the WAL at each of the migrations' commits —
+    // most of a fresh start. NORMAL in WAL mode keeps the file consistent whatever
+    // happens and syncs at checkpoints.
+    options = options.synchronous(match temp {
+        Some(_) => SqliteSynchronous::Off,
+        None => SqliteSynchronous::Normal,
+    });
     // The writer creates the file and puts it in WAL mode before anyone reads it.
     let writer = writer::Writer::start(&options, synchronous, temp)?;
     let readers = options
