@@ -582,3 +582,20 @@ impl Resume for DiscordResume {
         Resumed::Answer(Arc::new(sink))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::on_shard;
+
+    #[test]
+    fn a_guild_belongs_to_discords_shard_and_a_dm_to_shard_0() {
+        // (1300000000000000003 >> 22) % 2 == 0, and one more in the shard bits is 1.
+        let guild = "1300000000000000003";
+        let next = ((1_300_000_000_000_000_003u64 >> 22) + 1) << 22;
+        assert!(on_shard(guild, 0, 2) && !on_shard(guild, 1, 2));
+        assert!(on_shard(&next.to_string(), 1, 2));
+        assert!(on_shard(guild, 0, 1));
+        assert!(on_shard("", 0, 2) && !on_shard("", 1, 2));
+        assert!(on_shard("not-a-guild", 1, 2), "unknown: read everywhere");
+    }
+}
