@@ -52,6 +52,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
 type Reply = oneshot::Sender<Result<Out, StoreError>>;
 
+/// Writes nobody waits for (`Writer::queue`): they wait here, without waking the
+/// writer, for the next batch (which takes them first) or the next tick of
+/// [`background`], whichever comes first.
+type Deferred = Arc<std::sync::Mutex<Vec<Op>>>;
+
 struct Job {
     op: Op,
     /// `None`: nobody waits for the answer (`note_sighting`).
@@ -61,8 +66,9 @@ struct Job {
 /// Handle to the writer thread; the thread ends when the last handle is dropped.
 pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
+    deferred: Deferred,
     endpoints: Arc<NoEndpoints>,
-    /// Stops the checkpointer when the last handle goes.
+    /// Stops the background task (queued writes, checkpoints) when the last handle goes.
     _checkpoints: DropGuard,
 }
 
@@ -122,17 +128,25 @@ impl Writer {
             until: AtomicU64::new(0),
         });
         let state = endpoints.clone();
+        let deferred = Deferred::default();
+        let waiting = deferred.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                run(db, rx, &state);
+                run(db, rx, &waiting, &state);
                 drop(temp);
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
         let stop = CancellationToken::new();
-        tokio::spawn(checkpointer(options.clone(), stop.clone()));
+        tokio::spawn(background(
+            options.clone(),
+            deferred.clone(),
+            jobs.clone(),
+            stop.clone(),
+        ));
         Ok(Writer {
             jobs,
+            deferred,
             endpoints,
             _checkpoints: stop.drop_guard(),
         })
@@ -155,11 +169,10 @@ impl Writer {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Queues `op` without waiting; it is written with the next batch.
+    /// Queues `op` without waiting and without waking the writer: it is written
+    /// first in the next batch, or within [`CHECKPOINT_EVERY`] when none comes.
     pub(crate) fn queue(&self, op: Op) {
-        if self.jobs.send(Job { op, reply: None }).is_err() {
-            tracing::warn!("the SQLite writer has stopped; a write was not made");
-        }
+        crate::core::lock::lock(&self.deferred).push(op);
     }
 }
 
@@ -189,9 +202,32 @@ fn open(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection
     Ok(db)
 }
 
-fn run(mut db: rusqlite::Connection, jobs: mpsc::Receiver<Job>, endpoints: &NoEndpoints) {
+fn run(
+    mut db: rusqlite::Connection,
+    jobs: mpsc::Receiver<Job>,
+    deferred: &Deferred,
+    endpoints: &NoEndpoints,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(job) = jobs.recv() {
+    let take_deferred = |batch: &mut Vec<Job>| {
+        let ops = std::mem::take(&mut *crate::core::lock::lock(deferred));
+        batch.extend(ops.into_iter().map(|op| Job { op, reply: None }));
+    };
+    loop {
+        let job = match jobs.recv() {
+            Ok(job) => job,
+            // Every handle is gone: what was queued last is written, then the thread ends.
+            Err(_) => {
+                take_deferred(&mut batch);
+                if batch.is_empty() {
+                    return;
+                }
+                let _ = write(&mut db, &batch, endpoints);
+                return;
+            }
+        };
+        // Queued before this job was sent, so written before (or with) it.
+        take_deferred(&mut batch);
         batch.push(job);
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -337,16 +373,22 @@ fn poll<T>(
     })
 }
 
-/// Runs `PRAGMA wal_checkpoint(PASSIVE)` every [`CHECKPOINT_EVERY`] on a connection of
-/// its own. A passive checkpoint never blocks the writer, so its transactions (and the
+/// Every [`CHECKPOINT_EVERY`]: hands the writer the queued writes no batch took
+/// ([`Deferred`]), and runs `PRAGMA wal_checkpoint(PASSIVE)` on a connection of its
+/// own. A passive checkpoint never blocks the writer, so its transactions (and the
 /// turns waiting on them) do not stall while megabytes of WAL are copied, and the WAL
 /// stays a fraction of what `wal_autocheckpoint` would let it reach.
-async fn checkpointer(options: SqliteConnectOptions, stop: CancellationToken) {
+async fn background(
+    options: SqliteConnectOptions,
+    deferred: Deferred,
+    jobs: mpsc::Sender<Job>,
+    stop: CancellationToken,
+) {
     let mut conn = match SqliteConnection::connect_with(&options).await {
-        Ok(conn) => conn,
+        Ok(conn) => Some(conn),
         Err(e) => {
             tracing::warn!(error = %e, "cannot open the checkpointing connection; the writer will checkpoint");
-            return;
+            None
         }
     };
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
@@ -356,14 +398,23 @@ async fn checkpointer(options: SqliteConnectOptions, stop: CancellationToken) {
             () = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
+        let ops = std::mem::take(&mut *crate::core::lock::lock(&deferred));
+        for op in ops {
+            let _ = jobs.send(Job { op, reply: None });
+        }
+        let Some(conn) = conn.as_mut() else {
+            continue;
+        };
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
+            .execute(&mut *conn)
             .await
         {
             tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
         }
     }
-    let _ = conn.close().await;
+    if let Some(conn) = conn {
+        let _ = conn.close().await;
+    }
 }
 
 #[cfg(test)]
