@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::support::agent::FakeAgent;
+use crate::support::process::free_port;
 use crate::support::{db, TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-bridge");
@@ -113,14 +114,6 @@ async fn migrate_applies_the_schema_and_exits() {
     );
     let path = url.trim_start_matches("sqlite://");
     assert!(std::path::Path::new(path).exists());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

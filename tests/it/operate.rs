@@ -9,6 +9,7 @@ use tokio::process::{Child, Command};
 
 use crate::support::agent::FakeAgent;
 use crate::support::discord::FakeDiscord;
+use crate::support::process::free_port;
 use crate::support::slack::{signed, EventBuilder, FakeSlack, BOT_USER};
 use crate::support::TOKEN;
 
@@ -16,14 +17,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_agent-bridge");
 const SIGNING_SECRET: &str = "signing-secret-9f8e7d6c5b4a";
 const SLACK_TOKEN: &str = "xoxb-slack-token-1a2b3c4d5e";
 const DISCORD_TOKEN: &str = "discord-token-ZZ99.YY88.XX77";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Bridge {
     child: Child,

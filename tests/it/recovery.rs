@@ -236,6 +236,15 @@ async fn a_turn_older_than_recovery_window_is_given_up_with_reply_failed_abandon
     bridge.kill().await;
 }
 
+/// Once the bridge is connected: a mention of the bot in `channel`; its message id.
+async fn discord_mention(discord: &FakeDiscord, channel: &str, text: &str) -> String {
+    discord.wait_live(WAIT).await;
+    let mention = format!("{} {text}", discord.mention());
+    discord
+        .guild_message(channel, "3000000000000000001", &mention)
+        .await
+}
+
 #[tokio::test]
 async fn a_discord_mention_cut_by_kill_9_is_answered_once_after_the_restart() {
     let (_dir, db_url, agent, slack) = peers().await;
@@ -246,14 +255,7 @@ async fn a_discord_mention_cut_by_kill_9_is_answered_once_after_the_restart() {
         ("DISCORD_API_BASE", &discord.url()),
     ];
     let bridge = Bridge::start(&db_url, &agent, &slack, &vars).await;
-    discord.wait_live(WAIT).await;
-    let id = discord
-        .guild_message(
-            "2750",
-            "3000000000000000001",
-            &format!("{} hold on", discord.mention()),
-        )
-        .await;
+    let id = discord_mention(&discord, "2750", "hold on").await;
     agent.wait_for_requests_to("/conversation", 1, WAIT).await;
     bridge.kill().await;
     assert!(discord.messages().is_empty());
@@ -283,14 +285,7 @@ async fn a_discord_answer_posted_but_not_recorded_before_kill_9_is_not_posted_ag
         ("DISCORD_API_BASE", &discord.url()),
     ];
     let bridge = Bridge::start(&db_url, &agent, &slack, &vars).await;
-    discord.wait_live(WAIT).await;
-    let id = discord
-        .guild_message(
-            "2760",
-            "3000000000000000001",
-            &format!("{} just once", discord.mention()),
-        )
-        .await;
+    let id = discord_mention(&discord, "2760", "just once").await;
     discord.wait_messages(1, WAIT).await;
     bridge.kill().await;
 

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use tokio::process::Command;
 
 use crate::support::agent::FakeAgent;
+use crate::support::process::free_port;
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::{db, RecordingSink, TestApp, TOKEN};
 
@@ -896,14 +897,6 @@ async fn agent_query_sync_and_async_both_emit_a_query_event() {
 // ---------------------------------------------------------------------------------
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-bridge");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts the binary on `db_url` and waits for `/readyz`; returns it and its base URL.
 async fn start_bridge(

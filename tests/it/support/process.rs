@@ -13,7 +13,8 @@ use super::TOKEN;
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-bridge");
 
-fn free_port() -> u16 {
+/// A port nothing listens on now (for `HTTP_BIND` of a child process).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
