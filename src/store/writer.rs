@@ -12,9 +12,18 @@
 //!
 //! The operations are `ops::apply`, the same code PostgreSQL runs, on a rusqlite
 //! connection (`exec::Lite`) whose calls never wait: the writer drives each one to
-//! completion with a single poll, on its own thread, so no runtime thread ever blocks
-//! on SQLite and another process holding the lock (a `migrate`, an operator's shell)
-//! is waited for by SQLite's own busy timeout, here.
+//! completion with a single poll, on its own thread, and another process holding the
+//! lock (a `migrate`, an operator's shell) is waited for by SQLite's own busy timeout,
+//! there.
+//!
+//! One shortcut: a caller that finds the writer idle — nothing sent to it unanswered,
+//! its last batch small, the connection free — writes its operation itself, on its
+//! own thread, in a transaction that cannot wait (busy timeout 0; in WAL mode with
+//! `synchronous=NORMAL` a commit syncs nothing). An idle store then costs a write no
+//! thread hand-offs: two wake-ups fewer, which on a small machine are most of a Slack
+//! acknowledgement's journal write. A runtime thread is thus busy with SQLite for one
+//! short transaction at a time, and never blocks on it: whatever would wait (the
+//! connection taken, the file locked by another process) goes to the thread.
 //!
 //! It also knows, as plain state, whether any webhook endpoint is enabled: every
 //! endpoint change passes through it. While none is, commits skip their events (and
@@ -22,8 +31,8 @@
 //! for [`NO_ENDPOINTS_FOR`] only, for the sake of another process writing the file.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -40,6 +49,11 @@ use crate::core::ports::StoreError;
 
 /// The most operations one transaction takes.
 const MAX_BATCH: usize = 256;
+
+/// A batch of this many awaited writes means a busy store: callers then leave their
+/// writes to the thread (see [`Writer::write_idle`]). Measured in W1: a batch holds
+/// 1–4 at 1,000 events/s and 80 or more at full load.
+const CROWDED: usize = 8;
 
 /// How long "no endpoint is enabled" is trusted after it was read.
 const NO_ENDPOINTS_FOR: Duration = Duration::from_secs(1);
@@ -63,9 +77,24 @@ struct Job {
     reply: Option<Reply>,
 }
 
+impl Job {
+    /// A write nobody waits for.
+    fn queued(op: Op) -> Job {
+        Job { op, reply: None }
+    }
+}
+
 /// Handle to the writer thread; the thread ends when the last handle is dropped.
 pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// The write connection: the thread holds it for each batch, and a caller that
+    /// finds the writer idle writes through it itself ([`Writer::write_idle`]).
+    db: Arc<Mutex<rusqlite::Connection>>,
+    /// Jobs sent to the thread that someone waits for and that are not answered yet.
+    sent: Arc<AtomicUsize>,
+    /// The thread's last batch held [`CROWDED`] awaited writes or more: the store is
+    /// busy, and batches beat writing one by one.
+    crowded: Arc<AtomicBool>,
     deferred: Deferred,
     endpoints: Arc<NoEndpoints>,
     /// Stops the background task (queued writes, checkpoints) when the last handle goes.
@@ -129,11 +158,18 @@ impl Writer {
         });
         let state = endpoints.clone();
         let deferred = Deferred::default();
-        let waiting = deferred.clone();
+        let db = Arc::new(Mutex::new(db));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let crowded = Arc::new(AtomicBool::new(false));
+        let load = Load {
+            sent: sent.clone(),
+            crowded: crowded.clone(),
+        };
+        let (waiting, conn) = (deferred.clone(), db.clone());
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                run(db, rx, &waiting, &state);
+                run(&conn, &load, rx, &waiting, &state);
                 drop(temp);
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
@@ -146,6 +182,9 @@ impl Writer {
         ));
         Ok(Writer {
             jobs,
+            db,
+            sent,
+            crowded,
             deferred,
             endpoints,
             _checkpoints: stop.drop_guard(),
@@ -159,14 +198,63 @@ impl Writer {
 
     /// Applies `op` with the next batch and waits until it is committed.
     pub(crate) async fn write(&self, op: Op) -> Result<Out, StoreError> {
+        let op = match self.write_idle(op) {
+            Ok(written) => return written,
+            Err(op) => op,
+        };
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                op,
-                reply: Some(reply),
-            })
-            .map_err(|_| stopped())?;
+        self.sent.fetch_add(1, Ordering::AcqRel);
+        let job = Job {
+            op,
+            reply: Some(reply),
+        };
+        if self.jobs.send(job).is_err() {
+            self.sent.fetch_sub(1, Ordering::AcqRel);
+            return Err(stopped());
+        }
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// An idle writer — nothing sent to it unanswered, nobody holding the connection —
+    /// lets the caller write `op` itself, after the queued writes, in a transaction
+    /// that never waits: the busy timeout is 0 and `synchronous=NORMAL` in WAL mode
+    /// syncs nothing at commit. That saves two thread hand-offs, the most of what one
+    /// write costs an idle store, and of a Slack acknowledgement's latency (measured
+    /// in `bench/README.md`). Whatever would wait goes to the thread instead
+    /// (`Err(op)`): the writer busy, or another process holding the lock.
+    fn write_idle(&self, op: Op) -> Result<Result<Out, StoreError>, Op> {
+        let idle = self.sent.load(Ordering::Acquire) == 0 && !self.crowded.load(Ordering::Relaxed);
+        if !idle || !is_short(&op) {
+            return Err(op);
+        }
+        let Ok(mut db) = self.db.try_lock() else {
+            return Err(op);
+        };
+        let queued = std::mem::take(&mut *crate::core::lock::lock(&self.deferred));
+        let mut batch: Vec<Job> = queued.into_iter().map(Job::queued).collect();
+        batch.push(Job { op, reply: None });
+        let _ = db.busy_timeout(Duration::ZERO);
+        let written = write(&mut db, &batch, &self.endpoints);
+        let _ = db.busy_timeout(SQLITE_BUSY_TIMEOUT);
+        drop(db);
+        let Ok(mut results) = written else {
+            // Back to the thread, which waits as it must: the queued writes first, as
+            // they came, then `op`.
+            let own = batch.pop();
+            let mut deferred = crate::core::lock::lock(&self.deferred);
+            deferred.splice(0..0, batch.into_iter().map(|job| job.op));
+            return match own {
+                Some(job) => Err(job.op),
+                None => Ok(Err(stopped())),
+            };
+        };
+        let own = results.pop().unwrap_or_else(|| Err(stopped()));
+        for result in results {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "a background store write failed");
+            }
+        }
+        Ok(own)
     }
 
     /// Queues `op` without waiting and without waking the writer: it is written
@@ -174,6 +262,19 @@ impl Writer {
     pub(crate) fn queue(&self, op: Op) {
         crate::core::lock::lock(&self.deferred).push(op);
     }
+}
+
+/// A write of a few rows, known in advance. The purges, raw statements and secret
+/// rotations touch as many rows as they find: they always go to the thread.
+fn is_short(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::PurgeTranscripts(_)
+            | Op::PurgeSightings(_)
+            | Op::PurgeOutbox(_)
+            | Op::Raw(_)
+            | Op::ReplaceSecret { .. }
+    )
 }
 
 fn stopped() -> StoreError {
@@ -202,8 +303,15 @@ fn open(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection
     Ok(db)
 }
 
+/// What the thread tells callers of its load.
+struct Load {
+    sent: Arc<AtomicUsize>,
+    crowded: Arc<AtomicBool>,
+}
+
 fn run(
-    mut db: rusqlite::Connection,
+    db: &Mutex<rusqlite::Connection>,
+    load: &Load,
     jobs: mpsc::Receiver<Job>,
     deferred: &Deferred,
     endpoints: &NoEndpoints,
@@ -211,7 +319,7 @@ fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let take_deferred = |batch: &mut Vec<Job>| {
         let ops = std::mem::take(&mut *crate::core::lock::lock(deferred));
-        batch.extend(ops.into_iter().map(|op| Job { op, reply: None }));
+        batch.extend(ops.into_iter().map(Job::queued));
     };
     loop {
         let job = match jobs.recv() {
@@ -222,10 +330,11 @@ fn run(
                 if batch.is_empty() {
                     return;
                 }
-                let _ = write(&mut db, &batch, endpoints);
+                let _ = write(&mut crate::core::lock::lock(db), &batch, endpoints);
                 return;
             }
         };
+        let mut db = crate::core::lock::lock(db);
         // Queued before this job was sent, so written before (or with) it.
         take_deferred(&mut batch);
         batch.push(job);
@@ -242,6 +351,10 @@ fn run(
                 batch.iter().map(|_| Err(e.clone())).collect()
             }
         };
+        drop(db);
+        let awaited = batch.iter().filter(|job| job.reply.is_some()).count();
+        load.crowded.store(awaited >= CROWDED, Ordering::Relaxed);
+        load.sent.fetch_sub(awaited, Ordering::AcqRel);
         for (job, result) in batch.drain(..).zip(results) {
             match job.reply {
                 Some(reply) => {
@@ -400,7 +513,7 @@ async fn background(
         }
         let ops = std::mem::take(&mut *crate::core::lock::lock(&deferred));
         for op in ops {
-            let _ = jobs.send(Job { op, reply: None });
+            let _ = jobs.send(Job::queued(op));
         }
         let Some(conn) = conn.as_mut() else {
             continue;

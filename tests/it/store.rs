@@ -179,6 +179,42 @@ async fn two_stores_on_one_sqlite_file_agree_on_the_first_sighting() {
     assert_eq!(winners, 1);
 }
 
+/// A turn accepted while another process holds SQLite's write lock (a `migrate`, an
+/// operator's shell) waits for the lock and is journaled once it is free: it is never
+/// refused for the lock (an idle writer lets the caller write at once, without
+/// waiting; a busy database sends the write to the writer's thread, which waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_accepted_while_another_process_writes_waits_for_the_lock() {
+    use agent_bridge::core::ports::{Journal, JournalTurn};
+    use sqlx::Connection;
+    let (_dir, url) = db::sqlite_file_url().await;
+    let s = open(&url).await;
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let mut msg = crate::support::msg("C-busy", "while the file is locked");
+    msg.message_id = "200.1".into();
+    let turn = JournalTurn {
+        id: msg.turn_id(),
+        msg,
+        reply_to: "{}".into(),
+        received: OffsetDateTime::now_utc(),
+    };
+    let accepting = tokio::spawn({
+        let (s, turn) = (s.clone(), turn.clone());
+        async move { s.accept_turn(&turn).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!accepting.is_finished(), "the accept waits for the lock");
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+
+    assert!(accepting.await.unwrap().unwrap(), "journaled");
+    assert!(!s.accept_turn(&turn).await.unwrap(), "and only once");
+}
+
 #[tokio::test]
 async fn two_memory_stores_are_separate_databases() {
     let a = open("sqlite::memory:").await;
