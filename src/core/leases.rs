@@ -499,6 +499,7 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ports::StoreError;
 
     fn settings(slots: u32) -> SlotSettings {
         SlotSettings::new("discord", slots)
@@ -678,5 +679,143 @@ mod tests {
         assert_eq!(v.share(3), 2);
         assert_eq!(v.share(4), 2);
         assert_eq!(View::default().share(4), 4);
+    }
+
+    /// The leases of one store, in memory; `down` makes every call fail.
+    #[derive(Default)]
+    struct MemLeases {
+        down: std::sync::atomic::AtomicBool,
+        map: std::sync::Mutex<HashMap<String, Lease>>,
+    }
+
+    impl MemLeases {
+        fn up(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Lease>>, StoreError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the store is down".into()));
+            }
+            Ok(self.map.lock().unwrap())
+        }
+
+        fn take(
+            &self,
+            name: &str,
+            owner: &str,
+            until: OffsetDateTime,
+            renew: bool,
+        ) -> Result<bool, StoreError> {
+            let mut map = self.up()?;
+            let free = map.get(name).is_none_or(|l| {
+                l.expires_at <= OffsetDateTime::now_utc() || (renew && l.owner == owner)
+            });
+            if free {
+                let lease = Lease {
+                    name: name.into(),
+                    owner: owner.into(),
+                    expires_at: until,
+                };
+                map.insert(name.into(), lease);
+            }
+            Ok(free)
+        }
+    }
+
+    #[async_trait]
+    impl Leases for MemLeases {
+        fn is_shared(&self) -> bool {
+            true
+        }
+        async fn leases(&self, prefix: &str) -> Result<Vec<Lease>, StoreError> {
+            let mut all: Vec<Lease> = self
+                .up()?
+                .values()
+                .filter(|l| l.name.starts_with(prefix))
+                .cloned()
+                .collect();
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(all)
+        }
+        async fn hold_lease(
+            &self,
+            name: &str,
+            owner: &str,
+            until: OffsetDateTime,
+        ) -> Result<bool, StoreError> {
+            self.take(name, owner, until, true)
+        }
+        async fn hold_free_lease(
+            &self,
+            name: &str,
+            owner: &str,
+            until: OffsetDateTime,
+        ) -> Result<bool, StoreError> {
+            self.take(name, owner, until, false)
+        }
+        async fn drop_lease(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+            let mut map = self.up()?;
+            if map.get(name).is_some_and(|l| l.owner == owner) {
+                map.remove(name);
+            }
+            Ok(())
+        }
+    }
+
+    /// The slots running in this process.
+    #[derive(Default)]
+    struct Running(std::sync::Mutex<BTreeSet<u32>>);
+
+    #[async_trait]
+    impl SlotRunner for Running {
+        async fn start(&self, n: u32) {
+            self.0.lock().unwrap().insert(n);
+        }
+        async fn stop(&self, n: u32) {
+            self.0.lock().unwrap().remove(&n);
+        }
+    }
+
+    impl Running {
+        fn now(&self) -> BTreeSet<u32> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// SPEC §4's leases are free 15 s after their last renewal: a replica cut off
+    /// from the store must have stopped its shards by then, or the replica that takes
+    /// them over would run them a second time.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_cannot_renew_stops_its_slots_before_their_leases_run_out() {
+        let leases = Arc::new(MemLeases::default());
+        let running = Arc::new(Running::default());
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let holding = tokio::spawn(hold_slots(
+            leases.clone(),
+            running.clone(),
+            settings(2),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        // Renewed at 0 s (the first round), due again at 5 s, 10 s…
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(running.now(), set(&[0, 1]));
+
+        leases.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        // 8 s: one renewal failed, 8 s since the last one went through.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            running.now(),
+            set(&[0, 1]),
+            "a single failed renewal stops nothing"
+        );
+        // 14 s: the leases written at 0 s are still live (until 15 s), and both
+        // slots are stopped.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(running.now(), set(&[]));
+        let mut shown = String::new();
+        metrics.render(&mut shown);
+        assert!(shown.contains("bridge_discord_shards_held 0"), "{shown}");
+
+        shutdown.cancel();
+        holding.await.unwrap();
     }
 }
