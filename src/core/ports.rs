@@ -16,6 +16,7 @@ use futures_util::stream::BoxStream;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::error::Detail;
 use super::events::OutboxEvent;
 use super::message::{ConversationKey, Inbound, Platform};
 
@@ -331,10 +332,10 @@ impl Commit {
 pub enum StoreError {
     /// The database could not be reached or failed the statement; worth retrying.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Detail),
     /// A row did not hold what the schema promises.
     #[error("store data corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Detail),
 }
 
 /// Conversation rows: the session map's misses and preload, resets, the admin list.
