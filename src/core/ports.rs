@@ -92,11 +92,11 @@ pub enum AgentError {
     #[error("agent did not answer within {0:?}")]
     Timeout(Duration),
     #[error("agent unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] Detail),
     #[error("agent answered {status}: {detail}")]
     Status { status: u16, detail: String },
     #[error("agent answer malformed: {0}")]
-    Malformed(String),
+    Malformed(#[source] Detail),
 }
 
 #[async_trait]
