@@ -128,9 +128,11 @@ pub trait Agent: Send + Sync + 'static {
 // Chat sink
 // ---------------------------------------------------------------------------------
 
+/// Why a sink could not post or edit: what failed, and the platform's error as the
+/// source where that is safe to keep (see `core::error`).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct SinkError(pub String);
+pub struct SinkError(#[source] pub Detail);
 
 /// Where the answer to one inbound message goes. A platform builds one per message,
 /// already knowing the channel, thread and message to answer; the relay only says
