@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::app::{App, Core, DEFAULT_SHUTDOWN_GRACE};
 use crate::config::{AgentKind, Config};
+use crate::core::error::Report;
 use crate::{check, console, shutdown, telemetry};
 
 /// What the binary was asked to do.
@@ -56,8 +57,9 @@ pub fn main(command: Command, out: &mut dyn Write) -> ExitCode {
         match run(command, cfg, out).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                // A cause may quote a configured URL with its credentials.
-                let shown = crate::config::redact_url(&format!("{e:#}"));
+                // A cause may quote a configured URL with its credentials. `Report`,
+                // not `{e:#}`: the store's and agent's errors show their cause already.
+                let shown = crate::config::redact_url(&Report(e.as_ref()).to_string());
                 tracing::error!(error = %shown, "agent-bridge failed");
                 eprintln!("error: {shown}");
                 ExitCode::FAILURE

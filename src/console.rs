@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::error::Detail;
 use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
 use crate::core::relay::Rejected;
 use crate::core::{Inbound, Platform, Relay};
@@ -28,8 +29,10 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ChatSink for ConsoleSink<W> {
         let line = format!("agent> {text}\n");
         out.write_all(line.as_bytes())
             .await
-            .map_err(|e| SinkError(e.to_string()))?;
-        out.flush().await.map_err(|e| SinkError(e.to_string()))?;
+            .map_err(|e| SinkError(Detail::from_error(e)))?;
+        out.flush()
+            .await
+            .map_err(|e| SinkError(Detail::from_error(e)))?;
         Ok(vec![])
     }
 
@@ -37,7 +40,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ChatSink for ConsoleSink<W> {
     /// `agent> ` line.
     async fn stream(&self, mut feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
         let mut out = self.out.lock().await;
-        let io = |e: std::io::Error| SinkError(e.to_string());
+        let io = |e: std::io::Error| SinkError(Detail::from_error(e));
         out.write_all(b"agent> ").await.map_err(io)?;
         let mut printed = String::new();
         loop {

@@ -24,6 +24,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::config::AgentConfig;
+use crate::core::error::Detail;
 use crate::core::ports::{Agent, AgentAnswer, AgentError, AgentRequest, Personality};
 
 /// Largest 2xx body accepted; answers are text, 8 MiB is far beyond any real one.
@@ -97,7 +98,10 @@ impl AiAgentApi {
             .user_agent(concat!("agent-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
-                AgentError::Unreachable(format!("cannot build HTTP client: {}", e.without_url()))
+                AgentError::Unreachable(Detail::caused_by(
+                    "cannot build HTTP client",
+                    e.without_url(),
+                ))
             })?;
         let (base, auth) = split_credentials(&cfg.url);
         Ok(Self {
@@ -133,10 +137,13 @@ impl AiAgentApi {
                 .await
                 .map_err(|e| self.transport_error(e))?;
             if !complete {
-                return Err(AgentError::Malformed(format!(
-                    "answer larger than {} MiB",
-                    MAX_ANSWER_BYTES / (1024 * 1024)
-                )));
+                return Err(AgentError::Malformed(
+                    format!(
+                        "answer larger than {} MiB",
+                        MAX_ANSWER_BYTES / (1024 * 1024)
+                    )
+                    .into(),
+                ));
             }
             Ok(bytes)
         } else {
@@ -161,13 +168,19 @@ impl AiAgentApi {
         }
         // The URLs hold no credentials, but a cause could still quote a password
         // (a proxy's error page, say): scrub it to be sure.
-        let mut cause = short_cause(&err.without_url());
-        if let Some(password) = self.auth.as_ref().and_then(|a| a.password.as_deref()) {
-            if !password.is_empty() {
-                cause = cause.replace(password, "***");
-            }
+        let err = err.without_url();
+        let mut text = short_cause(&err);
+        let password = self.auth.as_ref().and_then(|a| a.password.as_deref());
+        let password = password.filter(|p| !p.is_empty());
+        if let Some(password) = password {
+            text = text.replace(password, "***");
         }
-        AgentError::Unreachable(cause)
+        // The error is kept as the cause only when nothing in it (any level's text,
+        // its `Debug`) quotes the password; otherwise the scrubbed text is all there is.
+        match password {
+            Some(password) if quotes(&err, password) => AgentError::Unreachable(text.into()),
+            _ => AgentError::Unreachable(Detail::with_cause(text, err)),
+        }
     }
 
     async fn ask(&self, url: Url, req: &AgentRequest) -> Result<AgentAnswer, AgentError> {
@@ -296,6 +309,21 @@ pub(crate) async fn read_capped(
     Ok((bytes, true))
 }
 
+/// Whether `secret` appears in `err`'s `Debug` or in the text of any level of its chain.
+fn quotes(err: &reqwest::Error, secret: &str) -> bool {
+    if format!("{err:?}").contains(secret) {
+        return true;
+    }
+    let mut level: Option<&dyn std::error::Error> = Some(err);
+    while let Some(e) = level {
+        if e.to_string().contains(secret) {
+            return true;
+        }
+        level = e.source();
+    }
+    false
+}
+
 /// The innermost cause of a transport error ("Connection refused (os error 111)"),
 /// which is what an operator needs; the outer layers only say "error sending request".
 pub(crate) fn short_cause(err: &reqwest::Error) -> String {
@@ -364,21 +392,20 @@ fn describe(value: &Value) -> &'static str {
 /// `{response, session_id, sources}` → [`AgentAnswer`]. `response` must be a string;
 /// `session_id` may be null, missing or (leniently) a number; `sources` passes through.
 pub(crate) fn parse_answer(body: &[u8]) -> Result<AgentAnswer, AgentError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| AgentError::Malformed(format!("answer is not JSON ({e})")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        AgentError::Malformed(Detail::with_cause(format!("answer is not JSON ({e})"), e))
+    })?;
     let Value::Object(mut map) = value else {
-        return Err(AgentError::Malformed(format!(
-            "answer is {}, expected an object",
-            describe(&value)
-        )));
+        return Err(AgentError::Malformed(
+            format!("answer is {}, expected an object", describe(&value)).into(),
+        ));
     };
     let response = match map.remove("response") {
         Some(Value::String(s)) => s,
         Some(other) => {
-            return Err(AgentError::Malformed(format!(
-                "`response` is {}, expected a string",
-                describe(&other)
-            )))
+            return Err(AgentError::Malformed(
+                format!("`response` is {}, expected a string", describe(&other)).into(),
+            ))
         }
         None => return Err(AgentError::Malformed("answer has no `response`".into())),
     };
@@ -399,8 +426,12 @@ pub(crate) fn parse_answer(body: &[u8]) -> Result<AgentAnswer, AgentError> {
 /// entries without a usable id are skipped (they could not be selected anyway). An
 /// object wrapping the list in `personalities` is accepted too.
 pub(crate) fn parse_personalities(body: &[u8]) -> Result<Vec<Personality>, AgentError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| AgentError::Malformed(format!("personalities are not JSON ({e})")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        AgentError::Malformed(Detail::with_cause(
+            format!("personalities are not JSON ({e})"),
+            e,
+        ))
+    })?;
     let list = match value {
         Value::Array(list) => list,
         Value::Object(mut map) => match map.remove("personalities") {
@@ -412,10 +443,9 @@ pub(crate) fn parse_personalities(body: &[u8]) -> Result<Vec<Personality>, Agent
             }
         },
         other => {
-            return Err(AgentError::Malformed(format!(
-                "personalities are {}, expected a list",
-                describe(&other)
-            )))
+            return Err(AgentError::Malformed(
+                format!("personalities are {}, expected a list", describe(&other)).into(),
+            ))
         }
     };
     let text = |v: Option<&Value>| match v {
@@ -559,6 +589,22 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn an_answer_that_is_not_json_keeps_the_parser_error_as_its_cause() {
+        let err = parse_answer(b"not json").unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("agent answer malformed: answer is not JSON ("));
+        let AgentError::Malformed(detail) = &err else {
+            panic!("expected Malformed, got {err:?}");
+        };
+        assert!(detail.cause().is_some_and(|c| c.is::<serde_json::Error>()));
+        assert_eq!(
+            crate::core::error::Report(&err).to_string(),
+            err.to_string()
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use super::ai_agent_api::{error_detail, join, read_capped, short_cause};
 use crate::config::{AgentConfig, OpenAiConfig};
+use crate::core::error::Detail;
 use crate::core::ports::{
     Agent, AgentAnswer, AgentError, AgentRequest, AnswerEvent, AnswerStream, Personality, Role,
 };
@@ -98,7 +99,10 @@ impl OpenAi {
             .user_agent(concat!("agent-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
-                AgentError::Unreachable(format!("cannot build HTTP client: {}", e.without_url()))
+                AgentError::Unreachable(Detail::caused_by(
+                    "cannot build HTTP client",
+                    e.without_url(),
+                ))
             })?;
         let personalities = match &cfg.personalities_file {
             Some(path) => load_personalities(path)?,
@@ -164,7 +168,8 @@ impl OpenAi {
         if err.is_timeout() {
             AgentError::Timeout(self.timeout)
         } else {
-            AgentError::Unreachable(short_cause(&err.without_url()))
+            let err = err.without_url();
+            AgentError::Unreachable(Detail::with_cause(short_cause(&err), err))
         }
     }
 
@@ -277,8 +282,9 @@ async fn read_events(
             Some(Ok(event)) => event,
             Some(Err(e)) => {
                 let _ = tx
-                    .send(Err(AgentError::Unreachable(format!(
-                        "answer interrupted: {e}"
+                    .send(Err(AgentError::Unreachable(Detail::caused_by(
+                        "answer interrupted",
+                        e,
                     ))))
                     .await;
                 return;
@@ -336,7 +342,7 @@ async fn read_events(
 /// announcement, a finish reason). An `error` object is an error.
 fn delta_content(data: &str) -> Result<Option<String>, AgentError> {
     let value: Value = serde_json::from_str(data)
-        .map_err(|e| AgentError::Malformed(format!("stream event is not JSON: {e}")))?;
+        .map_err(|e| AgentError::Malformed(Detail::caused_by("stream event is not JSON", e)))?;
     if let Some(err) = value.get("error") {
         let message = err
             .get("message")
@@ -358,7 +364,7 @@ fn delta_content(data: &str) -> Result<Option<String>, AgentError> {
 /// The text of a plain (not streamed) answer: `choices[0].message.content`.
 fn plain_answer(bytes: &[u8]) -> Result<String, AgentError> {
     let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| AgentError::Malformed(format!("answer is not JSON: {e}")))?;
+        .map_err(|e| AgentError::Malformed(Detail::caused_by("answer is not JSON", e)))?;
     value
         .get("choices")
         .and_then(|c| c.get(0))
@@ -396,15 +402,18 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 
 fn load_personalities(path: &std::path::Path) -> Result<Vec<PersonalityEntry>, AgentError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        AgentError::Malformed(format!(
-            "PERSONALITIES_FILE {}: cannot read it: {e}",
-            path.display()
+        AgentError::Malformed(Detail::caused_by(
+            format!("PERSONALITIES_FILE {}: cannot read it", path.display()),
+            e,
         ))
     })?;
     let file: PersonalitiesFile = toml::from_str(&text).map_err(|e| {
-        AgentError::Malformed(format!(
-            "PERSONALITIES_FILE {}: not valid ([[personality]] tables with id, name, prompt): {e}",
-            path.display()
+        AgentError::Malformed(Detail::caused_by(
+            format!(
+                "PERSONALITIES_FILE {}: not valid ([[personality]] tables with id, name, prompt)",
+                path.display()
+            ),
+            e,
         ))
     })?;
     Ok(file.personality)

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod chunk;
 pub mod commands;
+pub mod error;
 pub mod events;
 pub mod fence;
 pub mod janitor;

@@ -16,6 +16,7 @@ use futures_util::stream::BoxStream;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::error::Detail;
 use super::events::OutboxEvent;
 use super::message::{ConversationKey, Inbound, Platform};
 
@@ -91,11 +92,11 @@ pub enum AgentError {
     #[error("agent did not answer within {0:?}")]
     Timeout(Duration),
     #[error("agent unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] Detail),
     #[error("agent answered {status}: {detail}")]
     Status { status: u16, detail: String },
     #[error("agent answer malformed: {0}")]
-    Malformed(String),
+    Malformed(#[source] Detail),
 }
 
 #[async_trait]
@@ -127,9 +128,11 @@ pub trait Agent: Send + Sync + 'static {
 // Chat sink
 // ---------------------------------------------------------------------------------
 
+/// Why a sink could not post or edit: what failed, and the platform's error as the
+/// source where that is safe to keep (see `core::error`).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct SinkError(pub String);
+pub struct SinkError(#[source] pub Detail);
 
 /// Where the answer to one inbound message goes. A platform builds one per message,
 /// already knowing the channel, thread and message to answer; the relay only says
@@ -331,10 +334,10 @@ impl Commit {
 pub enum StoreError {
     /// The database could not be reached or failed the statement; worth retrying.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Detail),
     /// A row did not hold what the schema promises.
     #[error("store data corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Detail),
 }
 
 /// Conversation rows: the session map's misses and preload, resets, the admin list.

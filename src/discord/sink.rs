@@ -26,6 +26,7 @@ use tracing::{debug, warn, Instrument};
 use super::channels::ChannelDirectory;
 use super::{describe, discord_error_code, MESSAGE_LIMIT};
 use crate::core::chunk::split_text;
+use crate::core::error::Detail;
 use crate::core::lock::lock;
 use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
 use crate::core::render::{self, render, Shape};
@@ -457,14 +458,15 @@ impl Surface<'_> {
     ) -> Result<(), SinkError> {
         let id: u64 = id
             .parse()
-            .map_err(|_| SinkError(format!("not a Discord message id: {id}")))?;
+            .map_err(|_| SinkError(format!("not a Discord message id: {id}").into()))?;
         let mut edit = EditMessage::new()
             .content(text)
             .allowed_mentions(no_pings());
         if let Some(turn_id) = feedback {
             edit = edit.components(vec![feedback_row(turn_id)]);
         }
-        let body = serde_json::to_vec(&edit).map_err(|e| SinkError(format!("edit: {e}")))?;
+        let body =
+            serde_json::to_vec(&edit).map_err(|e| SinkError(Detail::caused_by("edit", e)))?;
         let channel = self.destination.channel();
         let buckets = &self.sink.buckets;
         // The low-level call, for the response's rate-limit headers.
@@ -490,7 +492,9 @@ impl Surface<'_> {
                 buckets.observe(channel, response.headers());
                 Ok(())
             }
-            Err(e) => Err(SinkError(format!("edit: {}", describe(&e)))),
+            // Text only: serenity's error would carry the request URL, which names an
+            // interaction's token (see `part_failed`).
+            Err(e) => Err(SinkError(format!("edit: {}", describe(&e)).into())),
         }
     }
 }
@@ -541,13 +545,20 @@ async fn renew_typing(http: Arc<Http>, channel: ChannelId, stop: CancellationTok
 }
 
 /// The error for part `i` (0-based) of a `total`-part answer that Discord refused.
+///
+/// Text only, without serenity's error as the cause: its reqwest error names the
+/// request URL, and an interaction's or webhook's URL holds its token; [`describe`]
+/// is the part of it that is safe to show.
 pub(super) fn part_failed(i: usize, total: usize, e: &serenity::Error) -> SinkError {
     let cause = describe(e);
-    SinkError(if total > 1 {
-        format!("part {} of {total}: {cause}", i + 1)
-    } else {
-        cause
-    })
+    SinkError(
+        if total > 1 {
+            format!("part {} of {total}: {cause}", i + 1)
+        } else {
+            cause
+        }
+        .into(),
+    )
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use super::dedupe::AnsweredThreads;
 use super::mrkdwn;
 use crate::config::{SlackProgress, SlackStreaming};
 use crate::core::chunk::split_text;
+use crate::core::error::Detail;
 use crate::core::message::Platform;
 use crate::core::ports::{AnswerFeed, ChatSink, SinkError};
 use crate::core::render::{final_parts, render, Shape, Surface};
@@ -68,7 +69,7 @@ pub enum SlackApiError {
     Timeout(Duration),
     /// Connection, TLS, HTTP status or decoding failure.
     #[error("Slack request failed: {0}")]
-    Transport(String),
+    Transport(#[source] Detail),
 }
 
 impl SlackApiError {
@@ -90,7 +91,7 @@ impl From<SlackClientError> for SlackApiError {
             SlackClientError::RateLimitError(rl) => SlackApiError::RateLimited {
                 retry_after: rl.retry_after,
             },
-            other => SlackApiError::Transport(other.to_string()),
+            other => SlackApiError::Transport(Detail::from_error(other)),
         }
     }
 }
@@ -200,7 +201,7 @@ impl WebApi {
     pub fn new(api_base: &Url, token: &SecretString) -> Result<Self, SlackApiError> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
-            .map_err(|e| SlackApiError::Transport(format!("load root certificates: {e}")))?
+            .map_err(|e| SlackApiError::Transport(Detail::caused_by("load root certificates", e)))?
             // Plain http only reaches a base the operator configured (a proxy or a
             // fake in tests); Slack itself is https.
             .https_or_http()
@@ -701,7 +702,7 @@ impl ThreadSink {
                         posted = posted.len(),
                         "chat.postMessage failed"
                     );
-                    return Err(SinkError(format!("chat.postMessage: {e}")));
+                    return Err(SinkError(Detail::caused_by("chat.postMessage", e)));
                 }
             }
         }
@@ -921,7 +922,7 @@ impl Surface for Finishing<'_> {
             .api
             .update_message_with(&self.sink.channel, id, text, self.feedback.as_deref())
             .await
-            .map_err(|e| SinkError(format!("chat.update: {e}")))
+            .map_err(|e| SinkError(Detail::caused_by("chat.update", e)))
     }
 }
 
@@ -947,7 +948,7 @@ impl Surface for ThreadSink {
                     thread = %self.thread_ts,
                     "chat.postMessage failed"
                 );
-                SinkError(format!("chat.postMessage: {e}"))
+                SinkError(Detail::caused_by("chat.postMessage", e))
             })
     }
 
@@ -955,7 +956,7 @@ impl Surface for ThreadSink {
         self.api
             .update_message(&self.channel, id, text)
             .await
-            .map_err(|e| SinkError(format!("chat.update: {e}")))
+            .map_err(|e| SinkError(Detail::caused_by("chat.update", e)))
     }
 }
 

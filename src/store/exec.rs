@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
 use super::sql::Sql;
+use crate::core::error::Detail;
 use crate::core::ports::StoreError;
 
 /// One bound parameter.
@@ -102,7 +103,9 @@ impl Cols {
         match self.next() {
             Value::Null => Ok(None),
             Value::Int(v) => Ok(Some(v)),
-            Value::Text(t) => Err(StoreError::Corrupt(format!("{t:?} where a number belongs"))),
+            Value::Text(t) => Err(StoreError::Corrupt(
+                format!("{t:?} where a number belongs").into(),
+            )),
         }
     }
 
@@ -115,7 +118,9 @@ impl Cols {
         match self.next() {
             Value::Null => Ok(None),
             Value::Text(t) => Ok(Some(t)),
-            Value::Int(v) => Err(StoreError::Corrupt(format!("{v} where text belongs"))),
+            Value::Int(v) => Err(StoreError::Corrupt(
+                format!("{v} where text belongs").into(),
+            )),
         }
     }
 
@@ -150,11 +155,11 @@ pub(crate) trait Exec: Send {
 /// Maps a driver error to [`StoreError::Unavailable`]. The drivers' messages name the
 /// failing operation and the database's own message, never the connection URL.
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(Detail::from_error(e))
 }
 
 pub(crate) fn lite_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(Detail::from_error(e))
 }
 
 // ---------------------------------------------------------------------------------
@@ -275,9 +280,10 @@ where
         "INT4" | "INT2" => Value::Int(i64::from(row.try_get::<i32, _>(i).map_err(db_err)?)),
         "BOOL" | "BOOLEAN" => Value::Int(i64::from(row.try_get::<bool, _>(i).map_err(db_err)?)),
         _ => Value::Text(row.try_get::<String, _>(i).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "column {} of type {kind}: {e}",
-                row.columns().get(i).map(|c| c.name()).unwrap_or("?")
+            let column = row.columns().get(i).map(|c| c.name()).unwrap_or("?");
+            StoreError::Corrupt(Detail::caused_by(
+                format!("column {column} of type {kind}"),
+                e,
             ))
         })?),
     };

@@ -44,6 +44,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSy
 use sqlx::{ConnectOptions, Connection, Postgres, Sqlite};
 use time::OffsetDateTime;
 
+use crate::core::error::Detail;
 use crate::core::ports::StoreError;
 use exec::{db_err, Arg, Cols, Exec, Sqlx};
 use ops::{Op, Out};
@@ -124,17 +125,22 @@ pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
             sqlite_options: None,
         })
     } else {
-        Err(StoreError::Unavailable(format!(
-            "DATABASE_URL must start with sqlite:, postgres:// or postgresql:// \
-             (e.g. sqlite://agent-bridge.db), not {}",
-            describe_scheme(url)
-        )))
+        Err(StoreError::Unavailable(
+            format!(
+                "DATABASE_URL must start with sqlite:, postgres:// or postgresql:// \
+                 (e.g. sqlite://agent-bridge.db), not {}",
+                describe_scheme(url)
+            )
+            .into(),
+        ))
     }
 }
 
 async fn connect_sqlite(url: &str) -> Result<SqlStore, StoreError> {
     let mut options = SqliteConnectOptions::from_str(url)
-        .map_err(|e| StoreError::Unavailable(format!("DATABASE_URL is not a SQLite URL: {e}")))?
+        .map_err(|e| {
+            StoreError::Unavailable(Detail::caused_by("DATABASE_URL is not a SQLite URL", e))
+        })?
         .foreign_keys(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         // Statement journals stay in memory instead of going through a temporary file.
@@ -172,7 +178,9 @@ async fn connect_sqlite(url: &str) -> Result<SqlStore, StoreError> {
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(readers)
         .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))?;
+        .map_err(|e| {
+            StoreError::Unavailable(Detail::caused_by("cannot open SQLite database", e))
+        })?;
     Ok(SqlStore {
         pool: Pool::Sqlite(pool),
         writer: Some(Arc::new(writer)),
@@ -186,15 +194,17 @@ fn is_sqlite_memory(url: &str) -> bool {
 
 async fn connect_postgres(url: &str) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url).map_err(|e| {
-        StoreError::Unavailable(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))
+        StoreError::Unavailable(Detail::caused_by(
+            "DATABASE_URL is not a valid PostgreSQL URL",
+            e,
+        ))
     })?;
     // One connection made directly first: the pool would retry until its acquire
     // timeout and then report only "timed out", hiding the cause an operator needs
     // (refused, unknown host, authentication failed, no such database).
-    let probe = options
-        .connect()
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+    let probe = options.connect().await.map_err(|e| {
+        StoreError::Unavailable(Detail::caused_by("cannot connect to PostgreSQL", e))
+    })?;
     // The probe only proves the server accepts us; the pool opens its own connections.
     let _ = probe.close().await;
     Ok(PgPoolOptions::new()
@@ -315,7 +325,7 @@ impl SqlStore {
             (Pool::Postgres(p), _) => m.run(p).await,
             (Pool::Sqlite(p), None) => m.run(p).await,
         };
-        ran.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+        ran.map_err(|e| StoreError::Unavailable(Detail::caused_by("migration failed", e)))
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -358,8 +368,12 @@ pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
 
 /// The inverse of [`to_ms`]; a value outside `OffsetDateTime`'s range is corrupt data.
 pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms} ms out of range: {e}")))
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).map_err(|e| {
+        StoreError::Corrupt(Detail::caused_by(
+            format!("timestamp {ms} ms out of range"),
+            e,
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -179,7 +179,7 @@ impl Out {
 
 /// An operation answered with another operation's kind of result: a bug here.
 fn mismatch(out: &Out) -> StoreError {
-    StoreError::Unavailable(format!("internal: unexpected store result {out:?}"))
+    StoreError::Unavailable(format!("internal: unexpected store result {out:?}").into())
 }
 
 impl Op {
@@ -622,7 +622,7 @@ async fn claim_deliveries(
                 endpoint_id: r.text()?,
                 attempts: count(r.int()?),
                 body: r.opt_text()?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("delivery {id} has no event body"))
+                    StoreError::Corrupt(format!("delivery {id} has no event body").into())
                 })?,
                 lease,
             })
@@ -733,8 +733,9 @@ pub(crate) async fn open_turns(
         .map(|mut r| {
             let id = r.text()?;
             let platform = r.text()?;
-            let platform = Platform::parse(&platform)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown platform {platform:?}")))?;
+            let platform = Platform::parse(&platform).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown platform {platform:?}").into())
+            })?;
             let msg = Inbound {
                 platform,
                 workspace: r.text()?,
@@ -898,7 +899,7 @@ pub(crate) async fn deliveries(
                 event_id,
                 event_type,
                 status: DeliveryStatus::parse(&status).ok_or_else(|| {
-                    StoreError::Corrupt(format!("unknown delivery status {status:?}"))
+                    StoreError::Corrupt(format!("unknown delivery status {status:?}").into())
                 })?,
                 attempts: count(r.int()?),
                 next_attempt_at: from_ms(r.int()?)?,
@@ -957,8 +958,9 @@ fn decode_transcript(mut r: Cols) -> Result<TranscriptEntry, StoreError> {
     Ok(TranscriptEntry {
         id,
         session_id,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown transcript role {role:?}")))?,
+        role: Role::parse(&role).ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown transcript role {role:?}").into())
+        })?,
         content: r.text()?,
         timestamp: from_ms(r.int()?)?,
         platform: parse_platform(&r.text()?)?,
@@ -992,11 +994,12 @@ fn decode_endpoint(
 }
 
 fn parse_platform(s: &str) -> Result<Platform, StoreError> {
-    Platform::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown platform {s:?}")))
+    Platform::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown platform {s:?}").into()))
 }
 
 fn status_code(code: i64) -> Result<u16, StoreError> {
-    u16::try_from(code).map_err(|_| StoreError::Corrupt(format!("HTTP status {code} stored")))
+    u16::try_from(code)
+        .map_err(|_| StoreError::Corrupt(format!("HTTP status {code} stored").into()))
 }
 
 fn count(n: i64) -> u32 {

@@ -45,6 +45,7 @@ use super::exec::{lite_err, Lite};
 use super::ops::{self, Op, Out};
 use super::sql;
 use super::{SQLITE_BUSY_TIMEOUT, WAL_AUTOCHECKPOINT_PAGES};
+use crate::core::error::Detail;
 use crate::core::ports::StoreError;
 
 /// The most operations one transaction takes.
@@ -149,8 +150,9 @@ impl Writer {
         synchronous: &str,
         temp: Option<TempDb>,
     ) -> Result<Writer, StoreError> {
-        let db = open(options.get_filename(), synchronous)
-            .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database: {e}")))?;
+        let db = open(options.get_filename(), synchronous).map_err(|e| {
+            StoreError::Unavailable(Detail::caused_by("cannot open SQLite database", e))
+        })?;
         let (jobs, rx) = mpsc::channel();
         let endpoints = Arc::new(NoEndpoints {
             epoch: Instant::now(),
@@ -172,7 +174,9 @@ impl Writer {
                 run(&conn, &load, rx, &waiting, &state);
                 drop(temp);
             })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(Detail::caused_by("cannot start the SQLite writer", e))
+            })?;
         let stop = CancellationToken::new();
         tokio::spawn(background(
             options.clone(),
@@ -428,13 +432,13 @@ fn pass(
             true => savepoint(db, |db| poll(ops::apply(&mut Lite(db), &job.op, events))),
             false => poll(ops::apply(&mut Lite(db), &job.op, events)),
         };
-        if result.is_err() {
+        if let Err(e) = &result {
             if db.is_autocommit() {
                 // Some errors (I/O, disk full) end the transaction themselves: what
                 // follows would be written outside it, so the whole batch fails.
-                return Err(StoreError::Unavailable(format!(
-                    "the batch was aborted: {}",
-                    result.err().map(|e| e.to_string()).unwrap_or_default()
+                return Err(StoreError::Unavailable(Detail::caused_by(
+                    "the batch was aborted",
+                    e.clone(),
                 )));
             }
             if !isolate {

@@ -21,6 +21,7 @@ use secrecy::ExposeSecret;
 
 use super::store::{WebhookEndpoint, WebhookStore};
 use crate::config::SecretKey;
+use crate::core::error::Detail;
 use crate::core::ports::StoreError;
 
 /// Marks a sealed value; no `whsec_` secret starts with it.
@@ -46,7 +47,7 @@ pub enum SealError {
 
 impl From<SealError> for StoreError {
     fn from(e: SealError) -> Self {
-        StoreError::Corrupt(e.to_string())
+        StoreError::Corrupt(Detail::from_error(e))
     }
 }
 

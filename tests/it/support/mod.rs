@@ -285,7 +285,7 @@ impl ChatSink for RecordingSink {
     async fn send(&self, text: &str) -> Result<Vec<String>, SinkError> {
         self.push(format!("send:{text}"));
         match self.fail_with.lock().unwrap().clone() {
-            Some(e) => Err(SinkError(e)),
+            Some(e) => Err(SinkError(e.into())),
             None => Ok(vec![format!(
                 "posted-{}",
                 MESSAGE_IDS.fetch_add(1, Ordering::Relaxed)
