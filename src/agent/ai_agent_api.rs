@@ -86,23 +86,12 @@ impl std::fmt::Debug for AiAgentApi {
 impl AiAgentApi {
     /// Builds the client for `cfg.url`. Fails only if the TLS backend cannot be set up.
     pub fn new(cfg: &AgentConfig) -> Result<Self, AgentError> {
-        let client = Client::builder()
-            .timeout(cfg.timeout)
-            .tcp_nodelay(true)
-            .tcp_keepalive(Duration::from_secs(60))
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            // A redirect is reported, not followed: reqwest would turn a redirected
-            // POST into a GET without the query, and following costs every call a
-            // policy check.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("agent-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                AgentError::Unreachable(Detail::caused_by(
-                    "cannot build HTTP client",
-                    e.without_url(),
-                ))
-            })?;
+        let client = client(
+            Client::builder()
+                .timeout(cfg.timeout)
+                .tcp_keepalive(Duration::from_secs(60))
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT),
+        )?;
         let (base, auth) = split_credentials(&cfg.url);
         Ok(Self {
             client,
@@ -322,6 +311,23 @@ fn quotes(err: &reqwest::Error, secret: &str) -> bool {
         level = e.source();
     }
     false
+}
+
+/// An agent backend's HTTP client: `builder` (its timeouts) plus what every backend
+/// sets. A redirect is reported, not followed: reqwest would turn a redirected POST
+/// into a GET without the query, and following costs every call a policy check.
+pub(crate) fn client(builder: reqwest::ClientBuilder) -> Result<Client, AgentError> {
+    builder
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("agent-bridge/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            AgentError::Unreachable(Detail::caused_by(
+                "cannot build HTTP client",
+                e.without_url(),
+            ))
+        })
 }
 
 /// The innermost cause of a transport error ("Connection refused (os error 111)"),

@@ -29,7 +29,7 @@ use tracing::{error, warn};
 use url::Url;
 use uuid::Uuid;
 
-use super::ai_agent_api::{error_detail, join, read_capped, short_cause};
+use super::ai_agent_api::{client, error_detail, join, read_capped, short_cause};
 use crate::config::{AgentConfig, OpenAiConfig};
 use crate::core::error::Detail;
 use crate::core::ports::{
@@ -91,19 +91,11 @@ impl OpenAi {
     /// Builds the client; reads `PERSONALITIES_FILE` when set (a missing or malformed
     /// file is an error naming it).
     pub fn new(agent: &AgentConfig, cfg: &OpenAiConfig) -> Result<Self, AgentError> {
-        let client = Client::builder()
-            .connect_timeout(agent.timeout)
-            .read_timeout(agent.timeout)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("agent-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                AgentError::Unreachable(Detail::caused_by(
-                    "cannot build HTTP client",
-                    e.without_url(),
-                ))
-            })?;
+        let client = client(
+            Client::builder()
+                .connect_timeout(agent.timeout)
+                .read_timeout(agent.timeout),
+        )?;
         let personalities = match &cfg.personalities_file {
             Some(path) => load_personalities(path)?,
             None => Vec::new(),
