@@ -102,8 +102,9 @@ pub(crate) struct Writer {
     _checkpoints: DropGuard,
 }
 
-/// "No webhook endpoint is enabled", as the writer last read it: written by the writer
-/// only, read by anyone for the hot-path hint.
+/// "No webhook endpoint is enabled", as the writer last read it: written only by
+/// whoever holds the write connection (the thread, or a caller in
+/// [`Writer::write_idle`]), read by anyone for the hot-path hint.
 struct NoEndpoints {
     epoch: Instant,
     /// Milliseconds since `epoch` until which "none" holds; 0: unknown.
