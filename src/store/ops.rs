@@ -732,10 +732,7 @@ pub(crate) async fn open_turns(
     rows.into_iter()
         .map(|mut r| {
             let id = r.text()?;
-            let platform = r.text()?;
-            let platform = Platform::parse(&platform).ok_or_else(|| {
-                StoreError::Corrupt(format!("unknown platform {platform:?}").into())
-            })?;
+            let platform = parse_platform(&r.text()?)?;
             let msg = Inbound {
                 platform,
                 workspace: r.text()?,

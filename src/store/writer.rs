@@ -91,11 +91,8 @@ pub(crate) struct Writer {
     /// The write connection: the thread holds it for each batch, and a caller that
     /// finds the writer idle writes through it itself ([`Writer::write_idle`]).
     db: Arc<Mutex<rusqlite::Connection>>,
-    /// Jobs sent to the thread that someone waits for and that are not answered yet.
-    sent: Arc<AtomicUsize>,
-    /// The thread's last batch held [`CROWDED`] awaited writes or more: the store is
-    /// busy, and batches beat writing one by one.
-    crowded: Arc<AtomicBool>,
+    /// How busy the thread is, for [`Writer::write_idle`].
+    load: Arc<Load>,
     deferred: Deferred,
     endpoints: Arc<NoEndpoints>,
     /// Stops the background task (queued writes, checkpoints) when the last handle goes.
@@ -162,17 +159,12 @@ impl Writer {
         let state = endpoints.clone();
         let deferred = Deferred::default();
         let db = Arc::new(Mutex::new(db));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let crowded = Arc::new(AtomicBool::new(false));
-        let load = Load {
-            sent: sent.clone(),
-            crowded: crowded.clone(),
-        };
-        let (waiting, conn) = (deferred.clone(), db.clone());
+        let load = Arc::new(Load::default());
+        let (waiting, conn, busy) = (deferred.clone(), db.clone(), load.clone());
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                run(&conn, &load, rx, &waiting, &state);
+                run(&conn, &busy, rx, &waiting, &state);
                 drop(temp);
             })
             .map_err(|e| {
@@ -188,8 +180,7 @@ impl Writer {
         Ok(Writer {
             jobs,
             db,
-            sent,
-            crowded,
+            load,
             deferred,
             endpoints,
             _checkpoints: stop.drop_guard(),
@@ -208,13 +199,13 @@ impl Writer {
             Err(op) => op,
         };
         let (reply, answer) = oneshot::channel();
-        self.sent.fetch_add(1, Ordering::AcqRel);
+        self.load.sent.fetch_add(1, Ordering::AcqRel);
         let job = Job {
             op,
             reply: Some(reply),
         };
         if self.jobs.send(job).is_err() {
-            self.sent.fetch_sub(1, Ordering::AcqRel);
+            self.load.sent.fetch_sub(1, Ordering::AcqRel);
             return Err(stopped());
         }
         answer.await.map_err(|_| stopped())?
@@ -228,8 +219,7 @@ impl Writer {
     /// in `bench/README.md`). Whatever would wait goes to the thread instead
     /// (`Err(op)`): the writer busy, or another process holding the lock.
     fn write_idle(&self, op: Op) -> Result<Result<Out, StoreError>, Op> {
-        let idle = self.sent.load(Ordering::Acquire) == 0 && !self.crowded.load(Ordering::Relaxed);
-        if !idle || !is_short(&op) {
+        if !self.load.idle() || !is_short(&op) {
             return Err(op);
         }
         let Ok(mut db) = self.db.try_lock() else {
@@ -308,10 +298,21 @@ fn open(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection
     Ok(db)
 }
 
-/// What the thread tells callers of its load.
+/// How busy the writer thread is: counted by callers and the thread, read by
+/// callers deciding whether to write themselves.
+#[derive(Default)]
 struct Load {
-    sent: Arc<AtomicUsize>,
-    crowded: Arc<AtomicBool>,
+    /// Jobs sent to the thread that someone waits for and that are not answered yet.
+    sent: AtomicUsize,
+    /// The thread's last batch held [`CROWDED`] awaited writes or more: the store is
+    /// busy, and batches beat writing one by one.
+    crowded: AtomicBool,
+}
+
+impl Load {
+    fn idle(&self) -> bool {
+        self.sent.load(Ordering::Acquire) == 0 && !self.crowded.load(Ordering::Relaxed)
+    }
 }
 
 fn run(
