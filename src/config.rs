@@ -10,6 +10,7 @@ use std::time::Duration;
 pub use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::core::error::Detail;
 use crate::core::SessionScope;
 
 #[derive(Debug, Clone)]
@@ -361,7 +362,7 @@ pub fn redact_url(text: &str) -> String {
 /// A configuration error: one line naming the variable, the problem and an example.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(pub String);
+pub struct ConfigError(#[source] pub Detail);
 
 impl Config {
     /// Loads `.env` (searched from the working directory upwards, like `dotenvy::dotenv`)
@@ -582,11 +583,14 @@ impl Config {
             // Half a Slack configuration is almost always a forgotten line, so it stops
             // start-up rather than silently running without Slack.
             Some(_) => {
-                return Err(ConfigError(format!(
-                    "SLACK_APP_TOKEN: not set, and neither is SLACK_SIGNING_SECRET, but \
+                return Err(ConfigError(
+                    format!(
+                        "SLACK_APP_TOKEN: not set, and neither is SLACK_SIGNING_SECRET, but \
                      SLACK_BOT_TOKEN is; Slack needs one of them (e.g. {SLACK_APP_TOKEN_HINT}, \
                      for Socket Mode)"
-                )))
+                    )
+                    .into(),
+                ))
             }
             None => {
                 let with = if socket.is_some() {
@@ -594,10 +598,13 @@ impl Config {
                 } else {
                     "SLACK_SIGNING_SECRET"
                 };
-                return Err(ConfigError(format!(
-                    "SLACK_BOT_TOKEN: not set, but {with} is; Slack needs both \
+                return Err(ConfigError(
+                    format!(
+                        "SLACK_BOT_TOKEN: not set, but {with} is; Slack needs both \
                      (e.g. {SLACK_BOT_TOKEN_HINT})"
-                )));
+                    )
+                    .into(),
+                ));
             }
         };
 
@@ -632,10 +639,13 @@ fn discord_shards(vars: &Vars<'_>) -> Result<Option<u32>, ConfigError> {
     }
     match value.parse::<u32>() {
         Ok(n @ 1..=MAX_DISCORD_SHARDS) => Ok(Some(n)),
-        _ => Err(ConfigError(format!(
-            "DISCORD_SHARDS: {value:?} is neither `auto` nor a number of shards from 1 to \
+        _ => Err(ConfigError(
+            format!(
+                "DISCORD_SHARDS: {value:?} is neither `auto` nor a number of shards from 1 to \
              {MAX_DISCORD_SHARDS} (e.g. auto, or 2)"
-        ))),
+            )
+            .into(),
+        )),
     }
 }
 
@@ -646,9 +656,9 @@ const MAX_DISCORD_SHARDS: u32 = 4096;
 fn recovery_window(vars: &Vars<'_>) -> Result<Duration, ConfigError> {
     let value = vars.or("RECOVERY_WINDOW", "10m");
     parse_duration(&value).ok_or_else(|| {
-        ConfigError(format!(
-            "RECOVERY_WINDOW: {value:?} is not a duration (e.g. 10m, 90s or 1h)"
-        ))
+        ConfigError(
+            format!("RECOVERY_WINDOW: {value:?} is not a duration (e.g. 10m, 90s or 1h)").into(),
+        )
     })
 }
 
@@ -703,7 +713,7 @@ impl Vars<'_> {
 /// The one-line error for a non-secret value: `VAR: "value" <problem> (e.g. <example>)`.
 /// `{:?}` quotes the value and escapes control characters, so the line stays one line.
 fn bad(var: &str, value: &str, problem: &str, example: &str) -> ConfigError {
-    ConfigError(format!("{var}: {value:?} {problem} (e.g. {example})"))
+    ConfigError(format!("{var}: {value:?} {problem} (e.g. {example})").into())
 }
 
 /// A whole-number variable with its bounds and the words for its error message.
@@ -1011,7 +1021,7 @@ fn database_url(vars: &Vars<'_>) -> Result<SecretString, ConfigError> {
             "DATABASE_URL: the scheme is not sqlite: or postgres:// \
              (e.g. sqlite://agent-bridge.db or postgres://user:password@host/db); \
              the value is not shown because it may hold a password"
-                .to_owned(),
+                .into(),
         ))
     }
 }
@@ -1031,10 +1041,13 @@ fn secret(vars: &Vars<'_>, var: &str) -> Result<Option<SecretString>, ConfigErro
             "SLACK_APP_TOKEN" => SLACK_APP_TOKEN_HINT,
             _ => "a random string such as the output of `openssl rand -hex 32`",
         };
-        return Err(ConfigError(format!(
-            "{var}: the value contains a control character such as a line break \
+        return Err(ConfigError(
+            format!(
+                "{var}: the value contains a control character such as a line break \
              (e.g. {hint}); the value is not shown because it is a secret"
-        )));
+            )
+            .into(),
+        ));
     }
     Ok(Some(SecretString::from(value)))
 }
@@ -1062,10 +1075,13 @@ fn secret_key(value: Option<SecretString>) -> Result<Option<SecretKey>, ConfigEr
             Err(bytes) => format!("decodes to {} bytes, not {SECRET_KEY_LEN}", bytes.len()),
         },
     };
-    Err(ConfigError(format!(
+    Err(ConfigError(
+        format!(
         "BRIDGE_SECRET_KEY: the value {problem} (e.g. the output of `openssl rand -base64 32`); \
          the value is not shown because it is a secret"
-    )))
+    )
+        .into(),
+    ))
 }
 
 /// SPEC §6 "Admin access": a set `BRIDGE_API_TOKEN` must be at least this long.
@@ -1098,10 +1114,13 @@ fn admin_token(token: Option<SecretString>) -> Result<Option<SecretString>, Conf
     } else {
         return Ok(Some(token));
     };
-    Err(ConfigError(format!(
-        "{VAR}: the value {problem} (e.g. {EXAMPLE}); the value is not shown because it \
+    Err(ConfigError(
+        format!(
+            "{VAR}: the value {problem} (e.g. {EXAMPLE}); the value is not shown because it \
          is a secret"
-    )))
+        )
+        .into(),
+    ))
 }
 
 /// Slack shows at most this many suggested prompts.
@@ -1148,10 +1167,13 @@ fn suggested_prompts(vars: &Vars<'_>) -> Result<Vec<(String, String)>, ConfigErr
 /// the usual mistake, and Slack would refuse it with a less helpful `not_allowed_token_type`.
 fn app_token(token: Option<SecretString>) -> Result<Option<SecretString>, ConfigError> {
     match token {
-        Some(token) if !token.expose_secret().starts_with("xapp-") => Err(ConfigError(format!(
+        Some(token) if !token.expose_secret().starts_with("xapp-") => Err(ConfigError(
+            format!(
             "SLACK_APP_TOKEN: the value does not start with xapp- (e.g. {SLACK_APP_TOKEN_HINT}); \
              the value is not shown because it is a secret"
-        ))),
+        )
+            .into(),
+        )),
         other => Ok(other),
     }
 }
@@ -1301,11 +1323,15 @@ fn load_dotenv_file(path: &std::path::Path) -> Result<(), ConfigError> {
                 None => "a line".to_owned(),
             };
             // The line itself is deliberately not shown: it may hold a secret.
-            Err(ConfigError(format!(
-                "{shown}: {at} is not KEY=VALUE (e.g. AGENT_URL=http://127.0.0.1:5001)"
-            )))
+            Err(ConfigError(
+                format!("{shown}: {at} is not KEY=VALUE (e.g. AGENT_URL=http://127.0.0.1:5001)")
+                    .into(),
+            ))
         }
-        Err(e) => Err(ConfigError(format!("{shown}: cannot be read: {e}"))),
+        Err(e) => Err(ConfigError(Detail::caused_by(
+            format_args!("{shown}: cannot be read"),
+            e,
+        ))),
     }
 }
 
@@ -1355,7 +1381,7 @@ mod tests {
     fn err(pairs: &[(&str, &str)]) -> String {
         match load(pairs) {
             Ok(cfg) => panic!("{pairs:?} should fail, got: {cfg:?}"),
-            Err(e) => e.0,
+            Err(e) => e.to_string(),
         }
     }
 
@@ -1788,12 +1814,12 @@ mod tests {
             ]
         );
         assert!(ok(&base).slack.expect("slack").suggested_prompts.is_empty());
-        let e = prompts("just a title").unwrap_err().0;
+        let e = prompts("just a title").unwrap_err().to_string();
         assert!(
             e.starts_with("SLACK_SUGGESTED_PROMPTS:") && e.contains("title=message"),
             "{e}"
         );
-        let e = prompts("a=1;b=2;c=3;d=4;e=5").unwrap_err().0;
+        let e = prompts("a=1;b=2;c=3;d=4;e=5").unwrap_err().to_string();
         assert!(e.contains("at most 4") && e.contains("e.g."), "{e}");
     }
 
@@ -2220,7 +2246,7 @@ mod tests {
         )
         .unwrap();
 
-        let msg = load_dotenv_file(&path).unwrap_err().0;
+        let msg = load_dotenv_file(&path).unwrap_err().to_string();
 
         assert!(msg.contains(".env: line 3 is not KEY=VALUE"), "{msg}");
         assert!(!msg.contains("LEAKY"), "{msg}");

@@ -179,7 +179,7 @@ pub enum Resumed {
     /// nothing to post again.
     AlreadyAnswered,
     /// Cannot be answered any more (the reply target is unreadable or gone).
-    Unanswerable(String),
+    Unanswerable(Detail),
 }
 
 /// A platform's way back to a journaled turn's conversation after a restart.

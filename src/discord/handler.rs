@@ -30,6 +30,7 @@ use super::sink::{self, DiscordReplyTo, EditBuckets, MessageSink, Target};
 use super::slash::{self, InteractionSink};
 use super::{describe, text};
 use crate::config::DiscordReplyMode;
+use crate::core::error::Detail;
 use crate::core::ports::{FeedbackClick, JournalTurn, Resume, Resumed};
 use crate::core::{ChatSink, Inbound, Platform, Rejected, Relay};
 
@@ -547,7 +548,9 @@ impl Resume for DiscordResume {
     async fn resume(&self, turn: &JournalTurn) -> Resumed {
         let to: DiscordReplyTo = match serde_json::from_str(&turn.reply_to) {
             Ok(to) => to,
-            Err(e) => return Resumed::Unanswerable(format!("unreadable reply target: {e}")),
+            Err(e) => {
+                return Resumed::Unanswerable(Detail::caused_by("unreadable reply target", e))
+            }
         };
         if let Target::Reply {
             channel, message, ..

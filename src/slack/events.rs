@@ -36,6 +36,7 @@ use super::signature;
 use super::web_api::{Identity, SlackReplyTo};
 use super::Shared;
 use crate::config::SlackRespondTo;
+use crate::core::error::Detail;
 use crate::core::{Inbound, Platform, Rejected};
 use crate::http::error::ApiError;
 
@@ -423,7 +424,7 @@ async fn on_event_callback(shared: &Arc<Shared>, envelope: Envelope) -> Response
     match accept(shared, envelope).await {
         Intake::Taken | Intake::Ignored => StatusCode::OK.into_response(),
         Intake::Unavailable(why) => unavailable(why),
-        Intake::Malformed(why) => ApiError::bad_request(why).into_response(),
+        Intake::Malformed(why) => ApiError::bad_request(why.to_string()).into_response(),
     }
 }
 
@@ -437,7 +438,8 @@ pub(crate) enum Intake {
     /// The bridge cannot take it now (shutting down, `auth.test` pending): over HTTP
     /// a 503 asks Slack to deliver it again.
     Unavailable(&'static str),
-    Malformed(String),
+    /// Not an event the bridge can read (the 400's text says why).
+    Malformed(Detail),
 }
 
 /// The one pipeline of both transports (SPEC §5): an `event_callback` from
@@ -450,7 +452,7 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
     };
     let event: EventBody = match serde_json::from_str(raw_event.get()) {
         Ok(event) => event,
-        Err(e) => return Intake::Malformed(format!("malformed event: {e}")),
+        Err(e) => return Intake::Malformed(Detail::caused_by("malformed event", e)),
     };
     let event_id = envelope.event_id.as_deref();
     shared

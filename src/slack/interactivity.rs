@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use super::web_api::FEEDBACK_ACTION;
 use super::Shared;
+use crate::core::error::Detail;
 use crate::core::ports::FeedbackClick;
 use crate::core::Platform;
 use crate::http::error::ApiError;
@@ -79,16 +80,16 @@ pub(crate) async fn handle(
     };
     match on_payload(&shared, &payload) {
         Ok(()) => StatusCode::OK.into_response(),
-        Err(why) => ApiError::bad_request(why).into_response(),
+        Err(why) => ApiError::bad_request(why.to_string()).into_response(),
     }
 }
 
 /// One interaction payload, from either transport. Feedback clicks are recorded on
 /// the relay's tracker (shutdown waits for them); everything else is acknowledged and
 /// ignored.
-pub(crate) fn on_payload(shared: &Arc<Shared>, payload: &str) -> Result<(), String> {
+pub(crate) fn on_payload(shared: &Arc<Shared>, payload: &str) -> Result<(), Detail> {
     let payload: Payload =
-        serde_json::from_str(payload).map_err(|e| format!("malformed payload: {e}"))?;
+        serde_json::from_str(payload).map_err(|e| Detail::caused_by("malformed payload", e))?;
     if payload.kind != "block_actions" {
         debug!(kind = %payload.kind, "interaction type not handled");
         return Ok(());

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 use crate::config::{SlackConfig, SlackProgress, SlackRespondTo, SlackStreaming, SocketModeConfig};
+use crate::core::error::Detail;
 use crate::core::message::Platform;
 use crate::core::ports::Sightings;
 use crate::core::ports::{JournalTurn, Resume, Resumed};
@@ -330,7 +331,9 @@ impl Resume for SlackResume {
         };
         let reply: web_api::SlackReplyTo = match serde_json::from_str(&turn.reply_to) {
             Ok(reply) => reply,
-            Err(e) => return Resumed::Unanswerable(format!("unreadable reply target: {e}")),
+            Err(e) => {
+                return Resumed::Unanswerable(Detail::caused_by("unreadable reply target", e))
+            }
         };
         match api
             .turn_posted(&reply.channel, &reply.thread_ts, &turn.id)

@@ -42,6 +42,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::events::{self, Envelope, Intake};
 use super::web_api::SlackApiError;
 use super::Shared;
+use crate::core::error::Detail;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -89,16 +90,16 @@ pub(crate) struct SocketMode {
 
 /// Why a connection attempt failed.
 enum ConnectError {
-    /// The app token is refused: stop Socket Mode.
+    /// The app token is refused (Slack's error code): stop Socket Mode.
     Fatal(String),
-    Retry(String),
+    Retry(Detail),
 }
 
 /// How serving one connection ended.
 enum Ended {
     Stopped,
     /// The connection dropped or went silent; open a new one after the backoff.
-    Dropped(String),
+    Dropped(Detail),
     /// A `disconnect` was answered with this connection, already past `hello`.
     Replaced(Box<Socket>),
 }
@@ -243,7 +244,12 @@ impl SocketMode {
             Err(SlackApiError::Api(code)) if FATAL_OPEN_ERRORS.contains(&code.as_str()) => {
                 return Err(ConnectError::Fatal(code));
             }
-            Err(e) => return Err(ConnectError::Retry(format!("apps.connections.open: {e}"))),
+            Err(e) => {
+                return Err(ConnectError::Retry(Detail::caused_by(
+                    "apps.connections.open",
+                    e,
+                )))
+            }
         };
         if !(url.starts_with("wss://") || url.starts_with("ws://")) {
             return Err(ConnectError::Retry(
@@ -253,23 +259,23 @@ impl SocketMode {
         let handshake = async {
             let (mut socket, _) = socket_ws::connect_async(url.as_str())
                 .await
-                .map_err(|e| format!("WebSocket handshake: {e}"))?;
+                .map_err(|e| Detail::caused_by("WebSocket handshake", e))?;
             // Slack speaks first: `hello` says the connection is ready for envelopes.
             loop {
                 match socket.next().await {
                     Some(Ok(Message::Text(text))) => {
                         let frame: Frame = serde_json::from_str(text.as_str())
-                            .map_err(|e| format!("unreadable first message: {e}"))?;
+                            .map_err(|e| Detail::caused_by("unreadable first message", e))?;
                         if frame.kind == "hello" {
-                            return Ok(socket);
+                            return Ok::<Socket, Detail>(socket);
                         }
-                        return Err(format!("expected hello, got {:?}", frame.kind));
+                        return Err(format!("expected hello, got {:?}", frame.kind).into());
                     }
                     Some(Ok(Message::Close(_))) | None => {
-                        return Err("closed before hello".to_owned());
+                        return Err("closed before hello".into());
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(format!("before hello: {e}")),
+                    Some(Err(e)) => return Err(Detail::caused_by("before hello", e)),
                 }
             }
         };
@@ -279,9 +285,9 @@ impl SocketMode {
                 Ok(socket)
             }
             Ok(Err(why)) => Err(ConnectError::Retry(why)),
-            Err(_) => Err(ConnectError::Retry(format!(
-                "no hello within {CONNECT_TIMEOUT:?}"
-            ))),
+            Err(_) => Err(ConnectError::Retry(
+                format!("no hello within {CONNECT_TIMEOUT:?}").into(),
+            )),
         }
     }
 
@@ -327,10 +333,10 @@ impl SocketMode {
                 _ = ping.tick() => {
                     if heard.elapsed() >= SILENT_LIMIT {
                         let _ = socket.close(None).await;
-                        return Ended::Dropped(format!("nothing heard for {SILENT_LIMIT:?}"));
+                        return Ended::Dropped(format!("nothing heard for {SILENT_LIMIT:?}").into());
                     }
                     if let Err(e) = socket.send(Message::Ping(Vec::new().into())).await {
-                        return Ended::Dropped(format!("ping: {e}"));
+                        return Ended::Dropped(Detail::caused_by("ping", e));
                     }
                 }
                 next = socket.next() => {
@@ -340,11 +346,11 @@ impl SocketMode {
                         Some(Ok(Message::Close(close))) => {
                             let why = close.map(|c| format!("closed by Slack ({} {})", u16::from(c.code), c.reason))
                                 .unwrap_or_else(|| "closed by Slack".to_owned());
-                            return Ended::Dropped(why);
+                            return Ended::Dropped(why.into());
                         }
                         Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Ended::Dropped(e.to_string()),
-                        None => return Ended::Dropped("connection ended".to_owned()),
+                        Some(Err(e)) => return Ended::Dropped(Detail::from_error(e)),
+                        None => return Ended::Dropped("connection ended".into()),
                     };
                     match self.on_text(&mut socket, text.as_str()).await {
                         Ok(Some(reason)) => {
@@ -364,7 +370,7 @@ impl SocketMode {
     /// One text frame: acknowledged first when it is an envelope, then handled.
     /// `Ok(Some(reason))` for a `disconnect`; `Err` when the acknowledgement could not
     /// be sent (the connection is gone).
-    async fn on_text(&self, socket: &mut Socket, text: &str) -> Result<Option<String>, String> {
+    async fn on_text(&self, socket: &mut Socket, text: &str) -> Result<Option<String>, Detail> {
         let frame: Frame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
@@ -388,7 +394,7 @@ impl SocketMode {
         socket
             .send(Message::Text(ack.into()))
             .await
-            .map_err(|e| format!("acknowledge: {e}"))?;
+            .map_err(|e| Detail::caused_by("acknowledge", e))?;
         if let Some(retry) = frame.retry_attempt.filter(|n| *n > 0) {
             debug!(retry, "Slack is redelivering an envelope");
         }
