@@ -364,6 +364,13 @@ pub fn redact_url(text: &str) -> String {
 #[error("{0}")]
 pub struct ConfigError(#[source] pub Detail);
 
+impl ConfigError {
+    /// An error with no underlying cause: the text is the whole line.
+    fn new(text: impl Into<String>) -> Self {
+        ConfigError(Detail::new(text))
+    }
+}
+
 impl Config {
     /// Loads `.env` (searched from the working directory upwards, like `dotenvy::dotenv`)
     /// into the process environment without overriding variables already set, then reads
@@ -409,9 +416,9 @@ impl Config {
         let mut agent = agent;
         if agent.kind == AgentKind::OpenAi {
             let model = vars.get("OPENAI_MODEL").ok_or_else(|| {
-                ConfigError(
-                    "OPENAI_MODEL: not set, but AGENT_KIND=openai needs it (e.g. llama3.1 or gpt-4o-mini)"
-                        .into(),
+                ConfigError::new(
+                    "OPENAI_MODEL: not set, but AGENT_KIND=openai needs it \
+                     (e.g. llama3.1 or gpt-4o-mini)",
                 )
             })?;
             agent.openai = Some(OpenAiConfig {
@@ -583,14 +590,11 @@ impl Config {
             // Half a Slack configuration is almost always a forgotten line, so it stops
             // start-up rather than silently running without Slack.
             Some(_) => {
-                return Err(ConfigError(
-                    format!(
-                        "SLACK_APP_TOKEN: not set, and neither is SLACK_SIGNING_SECRET, but \
+                return Err(ConfigError::new(format!(
+                    "SLACK_APP_TOKEN: not set, and neither is SLACK_SIGNING_SECRET, but \
                      SLACK_BOT_TOKEN is; Slack needs one of them (e.g. {SLACK_APP_TOKEN_HINT}, \
                      for Socket Mode)"
-                    )
-                    .into(),
-                ))
+                )))
             }
             None => {
                 let with = if socket.is_some() {
@@ -598,13 +602,10 @@ impl Config {
                 } else {
                     "SLACK_SIGNING_SECRET"
                 };
-                return Err(ConfigError(
-                    format!(
-                        "SLACK_BOT_TOKEN: not set, but {with} is; Slack needs both \
+                return Err(ConfigError::new(format!(
+                    "SLACK_BOT_TOKEN: not set, but {with} is; Slack needs both \
                      (e.g. {SLACK_BOT_TOKEN_HINT})"
-                    )
-                    .into(),
-                ));
+                )));
             }
         };
 
@@ -639,13 +640,10 @@ fn discord_shards(vars: &Vars<'_>) -> Result<Option<u32>, ConfigError> {
     }
     match value.parse::<u32>() {
         Ok(n @ 1..=MAX_DISCORD_SHARDS) => Ok(Some(n)),
-        _ => Err(ConfigError(
-            format!(
-                "DISCORD_SHARDS: {value:?} is neither `auto` nor a number of shards from 1 to \
+        _ => Err(ConfigError::new(format!(
+            "DISCORD_SHARDS: {value:?} is neither `auto` nor a number of shards from 1 to \
              {MAX_DISCORD_SHARDS} (e.g. auto, or 2)"
-            )
-            .into(),
-        )),
+        ))),
     }
 }
 
@@ -656,9 +654,9 @@ const MAX_DISCORD_SHARDS: u32 = 4096;
 fn recovery_window(vars: &Vars<'_>) -> Result<Duration, ConfigError> {
     let value = vars.or("RECOVERY_WINDOW", "10m");
     parse_duration(&value).ok_or_else(|| {
-        ConfigError(
-            format!("RECOVERY_WINDOW: {value:?} is not a duration (e.g. 10m, 90s or 1h)").into(),
-        )
+        ConfigError::new(format!(
+            "RECOVERY_WINDOW: {value:?} is not a duration (e.g. 10m, 90s or 1h)"
+        ))
     })
 }
 
@@ -713,7 +711,7 @@ impl Vars<'_> {
 /// The one-line error for a non-secret value: `VAR: "value" <problem> (e.g. <example>)`.
 /// `{:?}` quotes the value and escapes control characters, so the line stays one line.
 fn bad(var: &str, value: &str, problem: &str, example: &str) -> ConfigError {
-    ConfigError(format!("{var}: {value:?} {problem} (e.g. {example})").into())
+    ConfigError::new(format!("{var}: {value:?} {problem} (e.g. {example})"))
 }
 
 /// A whole-number variable with its bounds and the words for its error message.
@@ -1017,11 +1015,10 @@ fn database_url(vars: &Vars<'_>) -> Result<SecretString, ConfigError> {
     {
         Ok(SecretString::from(value))
     } else {
-        Err(ConfigError(
+        Err(ConfigError::new(
             "DATABASE_URL: the scheme is not sqlite: or postgres:// \
              (e.g. sqlite://agent-bridge.db or postgres://user:password@host/db); \
-             the value is not shown because it may hold a password"
-                .into(),
+             the value is not shown because it may hold a password",
         ))
     }
 }
@@ -1041,13 +1038,10 @@ fn secret(vars: &Vars<'_>, var: &str) -> Result<Option<SecretString>, ConfigErro
             "SLACK_APP_TOKEN" => SLACK_APP_TOKEN_HINT,
             _ => "a random string such as the output of `openssl rand -hex 32`",
         };
-        return Err(ConfigError(
-            format!(
-                "{var}: the value contains a control character such as a line break \
+        return Err(ConfigError::new(format!(
+            "{var}: the value contains a control character such as a line break \
              (e.g. {hint}); the value is not shown because it is a secret"
-            )
-            .into(),
-        ));
+        )));
     }
     Ok(Some(SecretString::from(value)))
 }
@@ -1075,13 +1069,10 @@ fn secret_key(value: Option<SecretString>) -> Result<Option<SecretKey>, ConfigEr
             Err(bytes) => format!("decodes to {} bytes, not {SECRET_KEY_LEN}", bytes.len()),
         },
     };
-    Err(ConfigError(
-        format!(
+    Err(ConfigError::new(format!(
         "BRIDGE_SECRET_KEY: the value {problem} (e.g. the output of `openssl rand -base64 32`); \
          the value is not shown because it is a secret"
-    )
-        .into(),
-    ))
+    )))
 }
 
 /// SPEC §6 "Admin access": a set `BRIDGE_API_TOKEN` must be at least this long.
@@ -1114,13 +1105,10 @@ fn admin_token(token: Option<SecretString>) -> Result<Option<SecretString>, Conf
     } else {
         return Ok(Some(token));
     };
-    Err(ConfigError(
-        format!(
-            "{VAR}: the value {problem} (e.g. {EXAMPLE}); the value is not shown because it \
+    Err(ConfigError::new(format!(
+        "{VAR}: the value {problem} (e.g. {EXAMPLE}); the value is not shown because it \
          is a secret"
-        )
-        .into(),
-    ))
+    )))
 }
 
 /// Slack shows at most this many suggested prompts.
@@ -1167,13 +1155,12 @@ fn suggested_prompts(vars: &Vars<'_>) -> Result<Vec<(String, String)>, ConfigErr
 /// the usual mistake, and Slack would refuse it with a less helpful `not_allowed_token_type`.
 fn app_token(token: Option<SecretString>) -> Result<Option<SecretString>, ConfigError> {
     match token {
-        Some(token) if !token.expose_secret().starts_with("xapp-") => Err(ConfigError(
-            format!(
+        Some(token) if !token.expose_secret().starts_with("xapp-") => {
+            Err(ConfigError::new(format!(
             "SLACK_APP_TOKEN: the value does not start with xapp- (e.g. {SLACK_APP_TOKEN_HINT}); \
              the value is not shown because it is a secret"
-        )
-            .into(),
-        )),
+        )))
+        }
         other => Ok(other),
     }
 }
@@ -1323,10 +1310,9 @@ fn load_dotenv_file(path: &std::path::Path) -> Result<(), ConfigError> {
                 None => "a line".to_owned(),
             };
             // The line itself is deliberately not shown: it may hold a secret.
-            Err(ConfigError(
-                format!("{shown}: {at} is not KEY=VALUE (e.g. AGENT_URL=http://127.0.0.1:5001)")
-                    .into(),
-            ))
+            Err(ConfigError::new(format!(
+                "{shown}: {at} is not KEY=VALUE (e.g. AGENT_URL=http://127.0.0.1:5001)"
+            )))
         }
         Err(e) => Err(ConfigError(Detail::caused_by(
             format_args!("{shown}: cannot be read"),
@@ -2250,6 +2236,24 @@ mod tests {
 
         assert!(msg.contains(".env: line 3 is not KEY=VALUE"), "{msg}");
         assert!(!msg.contains("LEAKY"), "{msg}");
+    }
+
+    #[test]
+    fn an_unreadable_dotenv_file_is_one_line_that_keeps_the_read_error_as_its_cause() {
+        use std::error::Error as _;
+        // A directory opens but cannot be read as a file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::create_dir(&path).unwrap();
+
+        let e = load_dotenv_file(&path).unwrap_err();
+
+        let line = e.to_string();
+        let shown = format!("{}: cannot be read: ", path.display());
+        assert!(line.starts_with(&shown) && !line.contains('\n'), "{line}");
+        let cause = e.source().and_then(|detail| detail.source());
+        assert!(cause.is_some_and(|c| c.is::<dotenvy::Error>()), "{e:?}");
+        assert_eq!(crate::core::error::Report(&e).to_string(), line);
     }
 
     #[test]
