@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W3] [--out DIR]
+//! bench run --only W1AB --bridge NEW --against OLD [--rounds N]   two builds side by side
 //!           [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N]
 //!           [--w7-answers N] [--w7-pieces N] [--w7-chars N] [--w7-piece-ms MS] [--w7-interval-ms MS]
 //! bench summarize FILE.json...        medians across earlier runs
@@ -33,7 +34,7 @@ use crate::workloads::Ctx;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n            [--w7-answers N] [--w7-pieces N] [--w7-chars N] [--w7-piece-ms MS] [--w7-interval-ms MS]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB_PATH\n  bench reference-proxy ADDR AGENT_ADDR"
+        "usage:\n  bench run [--bridge PATH] [--against PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n            [--w7-answers N] [--w7-pieces N] [--w7-chars N] [--w7-piece-ms MS] [--w7-interval-ms MS]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB_PATH\n  bench reference-proxy ADDR AGENT_ADDR"
     );
     std::process::exit(2)
 }
@@ -76,6 +77,7 @@ fn main() -> Result<()> {
 
 fn run(args: &[String]) -> Result<()> {
     let mut bridge = PathBuf::from("target/release/agent-bridge");
+    let mut against: Option<PathBuf> = None;
     let mut rounds = 3usize;
     let mut duration = 10.0f64;
     let mut only: Option<Vec<String>> = None;
@@ -100,6 +102,7 @@ fn run(args: &[String]) -> Result<()> {
         };
         match a.as_str() {
             "--bridge" => bridge = PathBuf::from(val()?),
+            "--against" => against = Some(std::fs::canonicalize(val()?)?),
             "--rounds" => rounds = val()?.parse()?,
             "--duration" => duration = val()?.parse()?,
             "--only" => only = Some(val()?.split(',').map(|s| s.trim().to_uppercase()).collect()),
@@ -152,6 +155,7 @@ fn run(args: &[String]) -> Result<()> {
     let fakes = fakes::Fakes::start()?;
     let ctx = Ctx {
         bridge_bin: bridge,
+        against,
         self_bin,
         fakes,
         duration: Duration::from_secs_f64(duration),
@@ -176,8 +180,9 @@ fn run(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     type Step = (&'static str, fn(&mut Report, &Ctx));
-    let decls: [Step; 8] = [
+    let decls: [Step; 9] = [
         ("W1", workloads::declare_w1),
+        ("W1AB", workloads::declare_w1ab),
         ("W2", workloads::declare_w2),
         ("W3", workloads::declare_w3),
         ("W4", workloads::declare_w4),
@@ -187,7 +192,7 @@ fn run(args: &[String]) -> Result<()> {
         ("W8", workloads::declare_w8),
     ];
     for (w, d) in decls {
-        if want(w) {
+        if want(w) && (w != "W1AB" || only.is_some()) {
             d(&mut rep, &ctx);
         }
     }
@@ -198,12 +203,14 @@ fn run(args: &[String]) -> Result<()> {
                 round - offset + 1,
                 util::loadavg()
             );
-            for w in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"] {
-                if !want(w) {
+            for w in ["W1", "W1AB", "W2", "W3", "W4", "W5", "W6", "W7", "W8"] {
+                // W1AB only when asked for by name.
+                if !want(w) || (w == "W1AB" && only.is_none()) {
                     continue;
                 }
                 let res = match w {
                     "W1" => workloads::w1(&ctx, &mut rep, round).await,
+                    "W1AB" => workloads::w1ab(&ctx, &mut rep, round).await,
                     "W2" => workloads::w2(&ctx, &mut rep, round).await,
                     "W3" => workloads::w3(&ctx, &mut rep, round).await,
                     "W4" => workloads::w4(&ctx, &mut rep, round).await,

@@ -196,6 +196,35 @@ pub fn find_num(hay: &[u8], key: &[u8]) -> Option<u64> {
     any.then_some(n)
 }
 
+/// A process's I/O counters (`/proc/<pid>/io`): `write_bytes` (bytes it sent to the
+/// storage layer: the SQLite WAL and checkpoints), `syscw` and `syscr` (write- and
+/// read-like system calls, sockets included). Zeros when the file cannot be read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Io {
+    pub write_bytes: u64,
+    pub syscw: u64,
+    pub syscr: u64,
+}
+
+pub fn io(pid: u32) -> Io {
+    let mut io = Io::default();
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/io")) {
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim().parse::<u64>().unwrap_or(0);
+            match key {
+                "write_bytes" => io.write_bytes = value,
+                "syscw" => io.syscw = value,
+                "syscr" => io.syscr = value,
+                _ => {}
+            }
+        }
+    }
+    io
+}
+
 /// Voluntary + involuntary context switches of every live thread of a process.
 pub fn ctx_switches(pid: u32) -> u64 {
     let mut total = 0;

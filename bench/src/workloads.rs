@@ -22,6 +22,8 @@ use crate::util::{hwm_mib, now_ns, request};
 
 pub struct Ctx {
     pub bridge_bin: PathBuf,
+    /// `--against PATH`: the baseline build W1AB compares `bridge_bin` with.
+    pub against: Option<PathBuf>,
     pub self_bin: PathBuf,
     pub fakes: Fakes,
     pub duration: Duration,
@@ -230,6 +232,9 @@ pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
         "1",
         None,
     );
+    rep.declare(w, W1_DISK, "KiB", None);
+    rep.declare(w, W1_SYSCW, "1", None);
+    rep.declare(w, W1_SYSCR, "1", None);
     rep.declare(
         w,
         "CPU per event at max load, SLACK_PROGRESS_REACTION= (off)",
@@ -254,6 +259,13 @@ pub fn declare_w1(rep: &mut Report, ctx: &Ctx) {
     rep.declare(w, REF_W1S_CPU, "µs", None);
 }
 
+/// Where a max-load event's cost goes besides CPU, bridge against the reference with
+/// SQLite (the floor writes nothing): the store's WAL and checkpoint writes, and the
+/// system calls (sockets and files) behind the kernel's share of the CPU figure.
+const W1_DISK: &str = "storage written per event at max load; floor column: reference with SQLite";
+const W1_SYSCW: &str = "write-like system calls per event at max load; floor column: the same";
+const W1_SYSCR: &str = "read-like system calls per event at max load; floor column: the same";
+
 /// Rows of the reference servers (`reference.rs`): their figure in the bridge column,
 /// against the same round's floor.
 const REF_W1_TPUT: &str =
@@ -271,6 +283,8 @@ const REF_W2_CPU: &str = "REFERENCE, not the bridge: its CPU per request at max 
 enum Who {
     Floor,
     Bridge,
+    /// W1AB's baseline build (`--against`).
+    Against,
     /// The reference server of `reference.rs`.
     Reference,
     /// The reference server with its SQLite bookkeeping (`reference.rs`).
@@ -280,6 +294,11 @@ enum Who {
 struct Side {
     gen_cpu_us: f64,
     ctx_per_req: f64,
+    /// Bytes written to storage per answered event, in KiB (`/proc/<pid>/io`).
+    disk_kib: f64,
+    /// Write-like and read-like system calls per answered event.
+    syscw: f64,
+    syscr: f64,
     load: LoadResult,
     cpu_us: f64,
     rss_peak: f64,
@@ -312,12 +331,16 @@ async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -
             )
             .await?
         }
-        Who::Bridge => {
+        Who::Bridge | Who::Against => {
             let cfg = BridgeCfg {
                 reaction,
                 ..slack_cfg(f)
             };
-            procs::start_bridge(&ctx.bridge_bin, &cfg).await?.0
+            let bin = match (who, &ctx.against) {
+                (Who::Against, Some(against)) => against,
+                _ => &ctx.bridge_bin,
+            };
+            procs::start_bridge(bin, &cfg).await?.0
         }
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -332,6 +355,7 @@ async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -
     let sampler = RssSampler::start(proc.pid);
     let cpu0 = proc.cpu();
     let ctx0 = crate::util::ctx_switches(proc.pid);
+    let io0 = crate::util::io(proc.pid);
     let gen0 = crate::util::thread_cpu_secs("gen-");
     let load = gen::run(Load {
         addr: proc.addr,
@@ -363,12 +387,17 @@ async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -
     let cpu1 = proc.cpu();
     let ctx_per_req =
         crate::util::ctx_switches(proc.pid).saturating_sub(ctx0) as f64 / load.ok.max(1) as f64;
+    let io1 = crate::util::io(proc.pid);
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / load.ok.max(1) as f64;
     let rss_peak = sampler.finish().max(hwm_mib(proc.pid));
     let cpu_us = (cpu1 - cpu0) / load.ok.max(1) as f64 * 1e6;
     proc.stop(Duration::from_secs(5));
     Ok(Side {
         gen_cpu_us,
         ctx_per_req,
+        disk_kib: per(io0.write_bytes, io1.write_bytes) / 1024.0,
+        syscw: per(io0.syscw, io1.syscw),
+        syscr: per(io0.syscr, io1.syscr),
         load,
         cpu_us,
         rss_peak,
@@ -429,6 +458,11 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
             "context switches per event at max load (all threads)",
             s.ctx_per_req,
         );
+        if !floor {
+            rep.bridge(w, W1_DISK, s.disk_kib);
+            rep.bridge(w, W1_SYSCW, s.syscw);
+            rep.bridge(w, W1_SYSCR, s.syscr);
+        }
         let rss_first = s.rss_peak;
         rep.note(
             w,
@@ -571,12 +605,85 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     ));
     rep.bridge(w, REF_W1S_TPUT, s.load.rps());
     rep.bridge(w, REF_W1S_CPU, s.cpu_us);
+    // The reference's I/O in the floor column of the bridge's rows: the ratio is then
+    // bridge ÷ reference.
+    rep.floor(w, W1_DISK, s.disk_kib);
+    rep.floor(w, W1_SYSCW, s.syscw);
+    rep.floor(w, W1_SYSCR, s.syscr);
     if let Some((ok, detail)) = s.once {
         rep.note(
             w,
             REF_W1S_TPUT,
             format!("round {round}: answered exactly once: {ok} ({detail})"),
         );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// W1AB: two builds of the bridge side by side
+// ---------------------------------------------------------------------------------
+
+const AB_CPU: &str = "CPU per event at max load; floor column: --against";
+const AB_TPUT: &str = "throughput at max load; floor column: --against";
+const AB_DISK: &str = "storage written per event at max load; floor column: --against";
+const AB_SYSCW: &str = "write-like system calls per event at max load; floor column: --against";
+const AB_ONCE: &str = "every event answered exactly once, both builds";
+
+pub fn declare_w1ab(rep: &mut Report, _ctx: &Ctx) {
+    let w = "W1AB";
+    rep.declare(w, AB_CPU, "µs", None);
+    rep.declare(w, AB_TPUT, "req/s", None);
+    rep.declare(w, AB_DISK, "KiB", None);
+    rep.declare(w, AB_SYSCW, "1", None);
+    rep.declare(w, AB_ONCE, "ok", Some(Budget::AllOk));
+}
+
+/// W1's max-load measurement for `--bridge` and for `--against`, one after the other
+/// (the order alternating by round), so that a change can be judged on a noisy
+/// machine: the ratio column is the median of the per-round ratios of two runs
+/// seconds apart, which the machine's slow drifts mostly cancel out of.
+pub async fn w1ab(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
+    let w = "W1AB";
+    if ctx.against.is_none() {
+        rep.skip(w, "needs --against PATH (the baseline build)");
+        return Ok(());
+    }
+    if let Err(why) = probe_slack(ctx).await {
+        rep.skip(w, &why);
+        return Ok(());
+    }
+    let order = match round % 2 {
+        0 => [Who::Against, Who::Bridge],
+        _ => [Who::Bridge, Who::Against],
+    };
+    for who in order {
+        let s = w1_measure(ctx, who, Mode::Closed, None).await?;
+        let name = if who == Who::Bridge {
+            "bridge"
+        } else {
+            "against"
+        };
+        log(format!(
+            "W1AB {name}: {:.0} req/s, {:.1} µs CPU/event, {:.1} KiB written/event",
+            s.load.rps(),
+            s.cpu_us,
+            s.disk_kib
+        ));
+        let mut push = |m: &str, v: f64| match who {
+            Who::Bridge => rep.bridge(w, m, v),
+            _ => rep.floor(w, m, v),
+        };
+        push(AB_CPU, s.cpu_us);
+        push(AB_TPUT, s.load.rps());
+        push(AB_DISK, s.disk_kib);
+        push(AB_SYSCW, s.syscw);
+        if let Some((ok, detail)) = s.once {
+            rep.bridge(w, AB_ONCE, if ok { 1.0 } else { 0.0 });
+            if !ok {
+                rep.note(w, AB_ONCE, format!("round {round}, {name}: {detail}"));
+            }
+        }
     }
     Ok(())
 }
@@ -639,7 +746,7 @@ async fn w2_measure(ctx: &Ctx, who: Who, mode: Mode) -> Result<(LoadResult, f64)
             let agent = f.agent_addr.to_string();
             Some(procs::start_helper(&ctx.self_bin, "reference-proxy", &[&agent]).await?)
         }
-        Who::Bridge => {
+        Who::Bridge | Who::Against => {
             let cfg = BridgeCfg {
                 echo: false,
                 agent: Some(f.agent_addr),
@@ -1492,6 +1599,10 @@ async fn w8_socket(ctx: &Ctx) -> Result<Side> {
     Ok(Side {
         gen_cpu_us: 0.0,
         ctx_per_req,
+        // W8 reports CPU only.
+        disk_kib: 0.0,
+        syscw: 0.0,
+        syscr: 0.0,
         load,
         cpu_us,
         rss_peak,
