@@ -17,7 +17,8 @@
 //! there.
 //!
 //! One shortcut: a caller that finds the writer idle — nothing sent to it unanswered,
-//! its last batch small, the connection free — writes its operation itself, on its
+//! its last batch small, writes coming in slowly ([`INLINE_GAP`]), the connection
+//! free — writes its operation itself, on its
 //! own thread, in a transaction that cannot wait (busy timeout 0; in WAL mode with
 //! `synchronous=NORMAL` a commit syncs nothing). An idle store then costs a write no
 //! thread hand-offs: two wake-ups fewer, which on a small machine are most of a Slack
@@ -55,6 +56,15 @@ const MAX_BATCH: usize = 256;
 /// writes to the thread (see [`Writer::write_idle`]). Measured in W1: a batch holds
 /// 1–4 at 1,000 events/s and 80 or more at full load.
 const CROWDED: usize = 8;
+
+/// Writes asked for closer together than this, on average, are a busy store even
+/// when the thread happens to be idle: each goes to the thread, where they share a
+/// transaction, instead of committing one by one on the callers' threads (every
+/// commit writes the pages it dirtied, so a commit per write multiplies the WAL's
+/// page writes). Between W1's 1,000 events/s (two awaited writes per event: 500 µs
+/// apart on average) and its full load (60 µs or less); the figures are in
+/// `bench/README.md`.
+const INLINE_GAP: Duration = Duration::from_micros(200);
 
 /// How long "no endpoint is enabled" is trusted after it was read.
 const NO_ENDPOINTS_FOR: Duration = Duration::from_secs(1);
@@ -194,6 +204,7 @@ impl Writer {
 
     /// Applies `op` with the next batch and waits until it is committed.
     pub(crate) async fn write(&self, op: Op) -> Result<Out, StoreError> {
+        self.load.asked();
         let op = match self.write_idle(op) {
             Ok(written) => return written,
             Err(op) => op,
@@ -300,18 +311,54 @@ fn open(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection
 
 /// How busy the writer thread is: counted by callers and the thread, read by
 /// callers deciding whether to write themselves.
-#[derive(Default)]
 struct Load {
     /// Jobs sent to the thread that someone waits for and that are not answered yet.
     sent: AtomicUsize,
     /// The thread's last batch held [`CROWDED`] awaited writes or more: the store is
     /// busy, and batches beat writing one by one.
     crowded: AtomicBool,
+    /// What [`Load::last`] counts from.
+    epoch: Instant,
+    /// When the last awaited write was asked for, in nanoseconds since `epoch`.
+    last: AtomicU64,
+    /// The average gap between two awaited writes, in nanoseconds (a moving average
+    /// over the last few; concurrent updates may lose one, which only blurs it).
+    gap: AtomicU64,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            sent: AtomicUsize::new(0),
+            crowded: AtomicBool::new(false),
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+            // Idle until writes show otherwise.
+            gap: AtomicU64::new(10 * INLINE_GAP.as_nanos() as u64),
+        }
+    }
 }
 
 impl Load {
+    /// Notes that an awaited write was asked for now.
+    fn asked(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // A pause counts as a long gap, not as its length: the next burst shows
+        // within a few writes however long the store was quiet.
+        let gap = now
+            .saturating_sub(self.last.swap(now, Ordering::Relaxed))
+            .min(10 * INLINE_GAP.as_nanos() as u64);
+        let average = self.gap.load(Ordering::Relaxed);
+        // An eighth of the way to the new gap: a burst shows within a few writes,
+        // and one quick pair at a low rate does not.
+        let next = average - average / 8 + gap / 8;
+        self.gap.store(next, Ordering::Relaxed);
+    }
+
     fn idle(&self) -> bool {
-        self.sent.load(Ordering::Acquire) == 0 && !self.crowded.load(Ordering::Relaxed)
+        self.sent.load(Ordering::Acquire) == 0
+            && !self.crowded.load(Ordering::Relaxed)
+            && self.gap.load(Ordering::Relaxed) >= INLINE_GAP.as_nanos() as u64
     }
 }
 
