@@ -327,19 +327,21 @@ impl Relay {
     /// bridge slows its acknowledgements down instead of piling up work — then
     /// journals the turn (awaited: the acknowledgement follows the journal; a message
     /// journaled already is a duplicate). A turn the sink cannot journal runs `first`
-    /// (the platform's own dedupe write) in the background instead. Either way the
-    /// turn is queued as [`Relay::submit`] does only if it is a first delivery; a
-    /// duplicate ends as [`TurnOutcome::Duplicate`]. Still no room: a first delivery gets
-    /// [`BUSY_REPLY`]. A message taken here is not refused by a shutdown that begins
-    /// later: the drain waits for it like for any turn.
-    pub async fn submit_once<F>(
+    /// (the platform's own dedupe write) in the background instead; a journaled one
+    /// never calls it (the journal's id is the message's: it deduplicates by itself).
+    /// Either way the turn is queued as [`Relay::submit`] does only if it is a first
+    /// delivery; a duplicate ends as [`TurnOutcome::Duplicate`]. Still no room: a first
+    /// delivery gets [`BUSY_REPLY`]. A message taken here is not refused by a shutdown
+    /// that begins later: the drain waits for it like for any turn.
+    pub async fn submit_once<F, Fut>(
         &self,
         msg: Inbound,
         sink: Arc<dyn ChatSink>,
         first: F,
     ) -> Result<TurnHandle, Rejected>
     where
-        F: Future<Output = bool> + Send + 'static,
+        F: FnOnce(&Inbound) -> Fut,
+        Fut: Future<Output = bool> + Send + 'static,
     {
         let inner = &self.inner;
         if !self.is_accepting() {
@@ -353,7 +355,7 @@ impl Relay {
             );
             // Only a first delivery is told: a duplicate was answered already.
             let key = ConversationKey::derive(inner.settings.scope, &msg);
-            inner.answer_busy(&key, sink, first);
+            inner.answer_busy(&key, sink, first(&msg));
             return Err(Rejected::Busy);
         }
         if !self.is_accepting() {
@@ -386,17 +388,20 @@ impl Relay {
                 }
             }
         }
+        if matches!(journal, Journaling::Accepted(_)) {
+            // Never busy: the slot is already reserved.
+            let _ = inner.enqueue(msg, sink, done, true, journal);
+            return Ok(TurnHandle(handle));
+        }
+        let first = first(&msg);
         let worker = inner.clone();
         inner.tracker.spawn(async move {
-            // A journaled turn was deduplicated by the journal itself (its id is the
-            // message's): `first` — the platform's own dedupe write — is not needed.
-            let journaled = matches!(journal, Journaling::Accepted(_));
-            if journaled || first.await {
+            if first.await {
                 // Never busy: the slot is already reserved.
                 let _ = worker.enqueue(msg, sink, done, true, journal);
             } else {
-                // Answered already (the sighting says so).
-                worker.end_journal(journal.accepted(), TurnState::Answered);
+                // Answered already (the sighting says so); not journaled, so no
+                // journal row to move.
                 worker.lanes.release();
                 worker.metrics.turn_ended(TurnOutcome::Duplicate);
                 let _ = done.send(TurnOutcome::Duplicate);

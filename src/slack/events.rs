@@ -560,11 +560,10 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
     };
     // Slack gets its acknowledgement now (unless every slot is taken: then as soon as
     // one frees); the dedupe write and the turn happen in the background.
-    let first = shared.dedupe.first_delivery_owned(
-        envelope.event_id,
-        inbound.channel.clone(),
-        inbound.message_id.clone(),
-    );
+    let (dedupe, event_id) = (&shared.dedupe, envelope.event_id);
+    let first = |msg: &Inbound| {
+        dedupe.first_delivery_owned(event_id, msg.channel.clone(), msg.message_id.clone())
+    };
     match shared.relay.submit_once(inbound, sink, first).await {
         Ok(_) => Intake::Taken,
         // The relay tells a first delivery it is busy, in the thread.
