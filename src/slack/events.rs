@@ -1,7 +1,7 @@
 //! `POST /slack/events`: the Events API receiver.
 //!
 //! Order matters and is the point of this module: before the body is read,
-//! [`precheck`] refuses an announced body over 1 MiB (413) and a request without both
+//! [`Signed`] refuses an announced body over 1 MiB (413) and a request without both
 //! signature headers (401); then read the raw body under the 1 MiB limit (413) → verify the signature on those exact bytes (401, nothing parsed) →
 //! parse (400) → `url_verification` / `ssl_check` answered at once → an
 //! `event_callback` is filtered and handed to the relay with its dedupe write
@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
@@ -290,35 +291,57 @@ pub fn clean_text(text: &str, bot_user: &str) -> String {
     unescaped.trim().to_owned()
 }
 
-/// Runs before the body is read (SPEC §6): a `Content-Length` over the 1 MiB limit is
-/// refused with 413, and a request without both `X-Slack-Request-Timestamp` and
-/// `X-Slack-Signature` with 401, so neither costs the bridge a read of the body.
-pub(crate) async fn precheck(
-    State(shared): State<Arc<Shared>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let headers = req.headers();
-    let announced = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if announced.is_some_and(|len| len > super::EVENTS_BODY_LIMIT as u64) {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-            .into_response();
+/// The signature headers of a Slack request (`/slack/events`, `/slack/interactivity`),
+/// taken before the body is read (SPEC §6): as an extractor that runs ahead of the
+/// body's, a `Content-Length` over the 1 MiB limit is refused with 413, and a request
+/// without both `X-Slack-Request-Timestamp` and `X-Slack-Signature` with 401, so
+/// neither costs the bridge a read of the body. (An extractor, not a middleware: it
+/// copies two header values instead of boxing the request through another service.)
+pub(crate) struct Signed {
+    timestamp: HeaderValue,
+    signature: HeaderValue,
+    /// `X-Slack-Retry-Num`, when Slack is delivering the event again.
+    retry: Option<HeaderValue>,
+}
+
+impl FromRequestParts<Arc<Shared>> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        let headers = &parts.headers;
+        let announced = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|len| len > super::EVENTS_BODY_LIMIT as u64) {
+            return Err(
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+                    .into_response(),
+            );
+        }
+        let header = |name: &str| headers.get(name).filter(|v| !v.is_empty()).cloned();
+        match (
+            header("x-slack-request-timestamp"),
+            header("x-slack-signature"),
+        ) {
+            (Some(timestamp), Some(signature)) => Ok(Signed {
+                timestamp,
+                signature,
+                retry: headers.get("x-slack-retry-num").cloned(),
+            }),
+            _ => {
+                shared.signature_refused("missing signature headers");
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing X-Slack-Request-Timestamp or X-Slack-Signature",
+                )
+                .into_response())
+            }
+        }
     }
-    let signed = ["x-slack-request-timestamp", "x-slack-signature"]
-        .iter()
-        .all(|name| headers.get(*name).is_some_and(|v| !v.is_empty()));
-    if !signed {
-        shared.signature_refused("missing signature headers");
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing X-Slack-Request-Timestamp or X-Slack-Signature",
-        )
-        .into_response();
-    }
-    next.run(req).await
 }
 
 /// The body of a signed Slack request (`/slack/events`, `/slack/interactivity`):
@@ -326,7 +349,7 @@ pub(crate) async fn precheck(
 /// (401, counted and logged at most once a minute); the answer to send otherwise.
 pub(crate) fn verified_body(
     shared: &Shared,
-    headers: &HeaderMap,
+    signed: &Signed,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, ApiError> {
     let body = match body {
@@ -343,7 +366,6 @@ pub(crate) fn verified_body(
             )));
         }
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     // The routes are mounted only with a signing secret; without one nothing verifies.
     let Some(secret) = shared.signing_secret.as_ref() else {
         return Err(ApiError::new(
@@ -353,8 +375,8 @@ pub(crate) fn verified_body(
     };
     if let Err(e) = signature::verify(
         secret.expose_secret().as_bytes(),
-        header("x-slack-request-timestamp"),
-        header("x-slack-signature"),
+        signed.timestamp.to_str().ok(),
+        signed.signature.to_str().ok(),
         &body,
         OffsetDateTime::now_utc().unix_timestamp(),
     ) {
@@ -367,14 +389,13 @@ pub(crate) fn verified_body(
 /// The handler of `POST /slack/events`.
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    signed: Signed,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match verified_body(&shared, &headers, body) {
+    let body = match verified_body(&shared, &signed, body) {
         Ok(body) => body,
         Err(refused) => return refused.into_response(),
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
 
     let envelope: Envelope = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,
@@ -394,7 +415,7 @@ pub(crate) async fn handle(
         },
         "ssl_check" => StatusCode::OK.into_response(),
         "event_callback" => {
-            if let Some(retry) = header("x-slack-retry-num") {
+            if let Some(retry) = signed.retry.as_ref().and_then(|v| v.to_str().ok()) {
                 debug!(
                     event_id = envelope.event_id.as_deref(),
                     retry, "Slack is retrying a delivery"

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tracing::{debug, warn};
@@ -65,10 +65,10 @@ struct Action {
 /// `POST /slack/interactivity`: verify, then hand the `payload` field on.
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    signed: super::events::Signed,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match super::events::verified_body(&shared, &headers, body) {
+    let body = match super::events::verified_body(&shared, &signed, body) {
         Ok(body) => body,
         Err(refused) => return refused.into_response(),
     };

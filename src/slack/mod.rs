@@ -351,8 +351,8 @@ impl Resume for SlackResume {
 }
 
 /// The public routes Slack needs (`POST /slack/events`), with their own state and
-/// body limit, to be merged into the server's router. Every Slack route is guarded
-/// by [`events::precheck`]: an announced body over the limit (413) or a request
+/// body limit, to be merged into the server's router. Every Slack route takes
+/// [`events::Signed`] first: an announced body over the limit (413) or a request
 /// without both signature headers (401) is refused before a byte of its body is read.
 pub fn routes(app: SlackApp) -> Router {
     if app.shared.signing_secret.is_none() {
@@ -362,10 +362,6 @@ pub fn routes(app: SlackApp) -> Router {
     Router::new()
         .route("/slack/events", post(events::handle))
         .route("/slack/interactivity", post(interactivity::handle))
-        .route_layer(axum::middleware::from_fn_with_state(
-            app.shared.clone(),
-            events::precheck,
-        ))
         .with_state(app.shared)
         .layer(DefaultBodyLimit::max(EVENTS_BODY_LIMIT))
 }
