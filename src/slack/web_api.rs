@@ -126,24 +126,64 @@ const SECTION_LIMIT: usize = 3_000;
 /// The `action_id` of the feedback buttons; a click's value is `{turn_id}:up|down`.
 pub const FEEDBACK_ACTION: &str = "feedback";
 
-/// A message's content: plain `text`, or with `feedback` its text as section blocks
-/// (a section holds at most 3,000 characters) and the buttons, `text` kept as the
-/// notification fallback Slack asks for.
 /// The `event_type` of the metadata on every answer (SPEC §3).
 pub const TURN_METADATA: &str = "agent_bridge_turn";
 
-fn turn_metadata(turn: &str) -> SlackMessageMetadata {
-    SlackMessageMetadata {
-        event_type: TURN_METADATA.to_owned(),
-        event_payload: Some([("turn_id".to_owned(), turn.to_owned())].into()),
+/// The body of `chat.postMessage` and `chat.update` as the bridge sends them: only the
+/// fields it sets. (slack-morphism's request types flatten a content struct of a dozen
+/// optional fields and are serialized as a map: measurable on the hot path, where
+/// every answer is one of these calls; the transport stays slack-morphism's.)
+#[derive(serde::Serialize)]
+struct MessageBody<'a> {
+    channel: &'a str,
+    /// `chat.update`: the message replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<&'a str>,
+    /// `chat.postMessage`: the thread posted into.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_ts: Option<&'a str>,
+    /// The message's text, or with blocks the notification fallback Slack asks for.
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocks: Option<Vec<SlackBlock>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<TurnMetadata<'a>>,
+}
+
+/// Message `metadata` naming the turn an answer belongs to (SPEC §3).
+#[derive(serde::Serialize)]
+struct TurnMetadata<'a> {
+    event_type: &'static str,
+    event_payload: TurnPayload<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct TurnPayload<'a> {
+    turn_id: &'a str,
+}
+
+fn turn_metadata(turn: &str) -> TurnMetadata<'_> {
+    TurnMetadata {
+        event_type: TURN_METADATA,
+        event_payload: TurnPayload { turn_id: turn },
     }
 }
 
-fn content_with(text: &str, feedback: Option<&str>) -> SlackMessageContent {
-    let content = SlackMessageContent::new().with_text(text.to_owned());
-    let Some(turn_id) = feedback else {
-        return content;
-    };
+/// What the bridge reads of `chat.postMessage`'s answer (Slack also returns the
+/// whole message, which is skipped, not decoded).
+#[derive(serde::Deserialize)]
+struct Posted {
+    ts: String,
+}
+
+/// `chat.update`'s answer: only `ok` matters, and slack-morphism checks it.
+#[derive(serde::Deserialize)]
+struct Updated {}
+
+/// With `feedback`, a message's blocks: its text as section blocks (a section holds
+/// at most 3,000 characters), then the buttons.
+fn blocks_with(text: &str, feedback: Option<&str>) -> Option<Vec<SlackBlock>> {
+    let turn_id = feedback?;
     let mut blocks: Vec<SlackBlock> = split_text(text, SECTION_LIMIT)
         .into_iter()
         .map(|part| {
@@ -153,7 +193,7 @@ fn content_with(text: &str, feedback: Option<&str>) -> SlackMessageContent {
         })
         .collect();
     blocks.push(feedback_block(turn_id));
-    content.with_blocks(blocks)
+    Some(blocks)
 }
 
 /// Slack's `feedback_buttons` in a `context_actions` block.
@@ -270,22 +310,20 @@ impl WebApi {
         feedback: Option<&str>,
         turn: Option<&str>,
     ) -> Result<String, SlackApiError> {
-        let mut content = content_with(text, feedback);
-        if let Some(turn) = turn {
-            content = content.with_metadata(turn_metadata(turn));
-        }
-        let request =
-            SlackApiChatPostMessageRequest::new(SlackChannelId(channel.to_owned()), content)
-                .with_thread_ts(SlackTs(thread_ts.to_owned()));
-        let answer = self
-            .call("chat.postMessage", || async {
-                self.client
-                    .open_session(&self.token)
-                    .chat_post_message(&request)
-                    .await
+        let body = MessageBody {
+            channel,
+            ts: None,
+            thread_ts: Some(thread_ts),
+            text,
+            blocks: blocks_with(text, feedback),
+            metadata: turn.map(turn_metadata),
+        };
+        let answer: Posted = self
+            .call("chat.postMessage", || {
+                self.post_json("chat.postMessage", &body)
             })
             .await?;
-        Ok(answer.ts.0)
+        Ok(answer.ts)
     }
 
     /// Whether the thread holds an answer carrying `turn` as metadata
@@ -343,16 +381,16 @@ impl WebApi {
         text: &str,
         feedback: Option<&str>,
     ) -> Result<(), SlackApiError> {
-        let request = SlackApiChatUpdateRequest::new(
-            SlackChannelId(channel.to_owned()),
-            content_with(text, feedback),
-            SlackTs(ts.to_owned()),
-        );
-        self.call("chat.update", || async {
-            self.client
-                .open_session(&self.token)
-                .chat_update(&request)
-                .await
+        let body = MessageBody {
+            channel,
+            ts: Some(ts),
+            thread_ts: None,
+            text,
+            blocks: blocks_with(text, feedback),
+            metadata: None,
+        };
+        self.call("chat.update", || {
+            self.post_json::<_, Updated>("chat.update", &body)
         })
         .await
         .map(drop)
@@ -554,6 +592,19 @@ impl WebApi {
         })
         .await
         .map(|_| ())
+    }
+
+    /// One attempt at a Web API method with a JSON body (for [`WebApi::call`]).
+    async fn post_json<RQ, RS>(&self, method: &str, body: &RQ) -> ClientResult<RS>
+    where
+        RQ: serde::Serialize + Send + Sync,
+        RS: serde::de::DeserializeOwned + Send,
+    {
+        self.client
+            .open_session(&self.token)
+            .http_session_api
+            .http_post(method, body, None)
+            .await
     }
 
     /// Runs one call with a time limit, waiting out `429 Retry-After` up to
