@@ -229,7 +229,13 @@ async fn a_feedback_click_arrives_as_an_interactive_envelope_in_socket_mode() {
     let events = feedback_events(&app, 1).await;
     assert_eq!(events[0]["data"]["value"], "positive");
     assert_eq!(events[0]["data"]["user"], "U3");
-    assert!(socket.acks().iter().any(|a| a.envelope_id == envelope));
+    // The ack went out before the click was recorded, but the fake reads it on its
+    // own task: it may land a moment after the event is stored.
+    socket
+        .wait(WAIT, "the click's envelope acknowledged", |s| {
+            s.acks().iter().any(|a| a.envelope_id == envelope)
+        })
+        .await;
     app.shutdown().await;
 }
 
