@@ -2,6 +2,12 @@
 //! `reactions.add`, `reactions.remove`) through slack-morphism, and [`ThreadSink`],
 //! the [`ChatSink`] that answers one Slack message in its thread.
 //!
+//! An answer's own calls, `chat.postMessage` and `chat.update`, skip slack-morphism's
+//! connector ([`Posting`]): they are a JSON body and an `{ok, error, ts}` answer over
+//! the same kind of pooled hyper client, and the connector's per-call work (the URL
+//! parsed again, the body copied, the headers cloned, the answer decoded twice) was a
+//! tenth of a Slack event's CPU at full load. Everything else stays slack-morphism's.
+//!
 //! The client talks to `SLACK_API_BASE` over a hyper-rustls connector that also allows
 //! plain http, so tests run it against a local fake. Every call has a time limit (the
 //! hyper client has none, and a hung Slack must not wedge a conversation's lane) and
@@ -19,6 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::rt::TokioExecutor;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
@@ -109,6 +123,8 @@ pub struct Identity {
 /// The Web API client with the bot token. Not `Debug`: it holds the token.
 pub struct WebApi {
     client: SlackClient<SlackClientHyperHttpsConnector>,
+    /// `chat.postMessage` and `chat.update`, without the connector's overhead.
+    posting: Posting,
     token: SlackApiToken,
     /// At most [`MAX_CALLS_IN_FLIGHT`] calls at once, so at most that many
     /// connections to Slack: a burst of turns queues here instead of opening a
@@ -169,16 +185,103 @@ fn turn_metadata(turn: &str) -> TurnMetadata<'_> {
     }
 }
 
-/// What the bridge reads of `chat.postMessage`'s answer (Slack also returns the
-/// whole message, which is skipped, not decoded).
+/// What the bridge reads of a Web API answer: `ok`, Slack's error code, and the
+/// message's `ts` (Slack also returns the whole message, which is skipped, not
+/// decoded).
 #[derive(serde::Deserialize)]
-struct Posted {
-    ts: String,
+struct Answer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    ts: Option<String>,
 }
 
-/// `chat.update`'s answer: only `ok` matters, and slack-morphism checks it.
-#[derive(serde::Deserialize)]
-struct Updated {}
+/// `chat.postMessage` and `chat.update` over a pooled hyper client (see the module
+/// documentation): their URIs and the bearer header are built once.
+struct Posting {
+    client: LegacyClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    post_message: Uri,
+    update: Uri,
+    /// `Bearer {token}`, marked sensitive (never shown by `Debug`).
+    auth: HeaderValue,
+}
+
+impl Posting {
+    fn new(
+        https: HttpsConnector<HttpConnector>,
+        base: &str,
+        token: &SecretString,
+    ) -> Result<Posting, SlackApiError> {
+        let uri = |method: &str| {
+            format!("{base}/{method}").parse::<Uri>().map_err(|e| {
+                SlackApiError::Transport(Detail::caused_by("SLACK_API_BASE is not a URI", e))
+            })
+        };
+        let mut auth =
+            HeaderValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| {
+                SlackApiError::Transport("the bot token is not a valid header value".into())
+            })?;
+        auth.set_sensitive(true);
+        Ok(Posting {
+            client: LegacyClient::builder(TokioExecutor::new()).build(https),
+            post_message: uri("chat.postMessage")?,
+            update: uri("chat.update")?,
+            auth,
+        })
+    }
+
+    /// One attempt: `body` as JSON to `uri`; the answer's `ts`. Errors as
+    /// slack-morphism's would map them: `ok: false` → [`SlackApiError::Api`], 429 →
+    /// [`SlackApiError::RateLimited`] with its `Retry-After`, anything else that is
+    /// not an `ok` JSON answer → [`SlackApiError::Transport`].
+    async fn send(
+        &self,
+        uri: &Uri,
+        body: &(impl serde::Serialize + Sync),
+    ) -> Result<Option<String>, SlackApiError> {
+        let json = serde_json::to_vec(body)
+            .map_err(|e| SlackApiError::Transport(Detail::caused_by("encode the request", e)))?;
+        let request = hyper::Request::post(uri.clone())
+            .header(CONTENT_TYPE, "application/json; charset=utf-8")
+            .header(AUTHORIZATION, self.auth.clone())
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| SlackApiError::Transport(Detail::caused_by("build the request", e)))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| SlackApiError::Transport(Detail::caused_by("send the request", e)))?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .map(Duration::from_secs);
+            return Err(SlackApiError::RateLimited { retry_after });
+        }
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| SlackApiError::Transport(Detail::caused_by("read the answer", e)))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(SlackApiError::Transport(
+                format!("Slack answered HTTP {status}").into(),
+            ));
+        }
+        let answer: Answer = serde_json::from_slice(&text)
+            .map_err(|e| SlackApiError::Transport(Detail::caused_by("decode the answer", e)))?;
+        match (answer.ok, answer.error) {
+            (true, _) => Ok(answer.ts),
+            (false, Some(code)) => Err(SlackApiError::Api(code)),
+            (false, None) => Err(SlackApiError::Api("unknown_error".to_owned())),
+        }
+    }
+}
 
 /// With `feedback`, a message's blocks: its text as section blocks (a section holds
 /// at most 3,000 characters), then the buttons.
@@ -248,10 +351,12 @@ impl WebApi {
             .enable_http1()
             .enable_http2()
             .build();
-        let connector = SlackClientHyperConnector::with_connector(https)
-            .with_slack_api_url(api_base.as_str().trim_end_matches('/'));
+        let base = api_base.as_str().trim_end_matches('/');
+        let posting = Posting::new(https.clone(), base, token)?;
+        let connector = SlackClientHyperConnector::with_connector(https).with_slack_api_url(base);
         Ok(WebApi {
             client: SlackClient::new(connector),
+            posting,
             token: SlackApiToken::new(SlackApiTokenValue(token.expose_secret().to_owned())),
             in_flight: Semaphore::new(MAX_CALLS_IN_FLIGHT),
             native_refused: AtomicBool::new(false),
@@ -318,12 +423,15 @@ impl WebApi {
             blocks: blocks_with(text, feedback),
             metadata: turn.map(turn_metadata),
         };
-        let answer: Posted = self
+        let posting = &self.posting;
+        let ts = self
             .call("chat.postMessage", || {
-                self.post_json("chat.postMessage", &body)
+                posting.send(&posting.post_message, &body)
             })
             .await?;
-        Ok(answer.ts)
+        ts.ok_or_else(|| {
+            SlackApiError::Transport("chat.postMessage answered ok without a ts".into())
+        })
     }
 
     /// Whether the thread holds an answer carrying `turn` as metadata
@@ -389,11 +497,10 @@ impl WebApi {
             blocks: blocks_with(text, feedback),
             metadata: None,
         };
-        self.call("chat.update", || {
-            self.post_json::<_, Updated>("chat.update", &body)
-        })
-        .await
-        .map(drop)
+        let posting = &self.posting;
+        self.call("chat.update", || posting.send(&posting.update, &body))
+            .await
+            .map(drop)
     }
 
     /// `chat.startStream` in a thread, addressed to the user who asked; returns the
@@ -594,25 +701,13 @@ impl WebApi {
         .map(|_| ())
     }
 
-    /// One attempt at a Web API method with a JSON body (for [`WebApi::call`]).
-    async fn post_json<RQ, RS>(&self, method: &str, body: &RQ) -> ClientResult<RS>
-    where
-        RQ: serde::Serialize + Send + Sync,
-        RS: serde::de::DeserializeOwned + Send,
-    {
-        self.client
-            .open_session(&self.token)
-            .http_session_api
-            .http_post(method, body, None)
-            .await
-    }
-
     /// Runs one call with a time limit, waiting out `429 Retry-After` up to
     /// [`MAX_RATE_LIMIT_RETRIES`] times.
-    async fn call<T, F, Fut>(&self, method: &'static str, attempt: F) -> Result<T, SlackApiError>
+    async fn call<T, E, F, Fut>(&self, method: &'static str, attempt: F) -> Result<T, SlackApiError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = ClientResult<T>>,
+        Fut: Future<Output = Result<T, E>>,
+        SlackApiError: From<E>,
     {
         let mut retries = 0;
         loop {
