@@ -12,6 +12,7 @@
 //! sightings, with an in-memory map in front; a miss asks the store (`Sightings::seen`).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +112,9 @@ pub struct AnsweredThreads {
     /// Only positive answers are cached: another replica may answer in a thread at any
     /// time.
     known: DashMap<(String, String), ()>,
+    /// About how many entries `known` holds: counted on insert, so the size check
+    /// does not lock every shard of the map on each answer as `len()` would.
+    size: AtomicUsize,
 }
 
 impl AnsweredThreads {
@@ -118,6 +122,7 @@ impl AnsweredThreads {
         AnsweredThreads {
             store,
             known: DashMap::new(),
+            size: AtomicUsize::new(0),
         }
     }
 
@@ -168,11 +173,17 @@ impl AnsweredThreads {
 
     /// Remembers the thread in memory; `true` when it was not remembered yet.
     fn remember(&self, channel: &str, thread_ts: &str) -> bool {
-        if self.known.len() >= THREAD_CACHE_MAX {
+        if self.size.load(Ordering::Relaxed) >= THREAD_CACHE_MAX {
+            self.size.store(0, Ordering::Relaxed);
             self.known.clear();
         }
-        self.known
+        let new = self
+            .known
             .insert((channel.to_owned(), thread_ts.to_owned()), ())
-            .is_none()
+            .is_none();
+        if new {
+            self.size.fetch_add(1, Ordering::Relaxed);
+        }
+        new
     }
 }

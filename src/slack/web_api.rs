@@ -817,8 +817,16 @@ impl ThreadSink {
         MESSAGE_LIMIT
     }
 
+    /// Marks the thread as answered once an answer's messages are posted (one mark per
+    /// answer: the callers of [`ThreadSink::post_parts`] and of `render` do it).
+    fn mark_answered(&self, result: &Result<Vec<String>, SinkError>) {
+        if matches!(result, Ok(ids) if !ids.is_empty()) {
+            self.threads.mark(&self.channel, &self.thread_ts);
+        }
+    }
+
     /// `chat.postMessage` of each part, the last with the feedback buttons when
-    /// `feedback` is set; marks the thread as answered.
+    /// `feedback` is set.
     async fn post_parts(
         &self,
         parts: &[String],
@@ -852,9 +860,6 @@ impl ThreadSink {
                 }
             }
         }
-        if !posted.is_empty() {
-            self.threads.mark(&self.channel, &self.thread_ts);
-        }
         Ok(posted)
     }
 
@@ -870,9 +875,7 @@ impl ThreadSink {
             feedback: feed.feedback.clone(),
         };
         let result = render(&surface, feed, &shape).await;
-        if matches!(&result, Ok(ids) if !ids.is_empty()) {
-            self.threads.mark(&self.channel, &self.thread_ts);
-        }
+        self.mark_answered(&result);
         result
     }
 
@@ -1176,7 +1179,9 @@ impl ChatSink for ThreadSink {
         if parts.is_empty() {
             debug!(channel = %self.channel, "empty answer; nothing to post");
         }
-        self.post_parts(&parts, None).await
+        let result = self.post_parts(&parts, None).await;
+        self.mark_answered(&result);
+        result
     }
 
     async fn stream(&self, feed: AnswerFeed) -> Result<Vec<String>, SinkError> {
@@ -1194,8 +1199,11 @@ impl ChatSink for ThreadSink {
                     limit: MESSAGE_LIMIT,
                     prepare: &mrkdwn::to_mrkdwn,
                 };
-                self.post_parts(&final_parts(&text, &shape, max), feedback.as_deref())
-                    .await
+                let result = self
+                    .post_parts(&final_parts(&text, &shape, max), feedback.as_deref())
+                    .await;
+                self.mark_answered(&result);
+                result
             }
         }
     }
