@@ -25,11 +25,14 @@
 //! endings are `\n`, `\r\n` or a lone `\r`. Fence lines follow the one grammar in
 //! `core::fence`, which splitting and streaming use too.
 
+use std::borrow::Cow;
+
 use crate::core::fence::{strip_indent, Fence};
 
 /// Converts agent Markdown to Slack mrkdwn (see the module docs for the mapping).
 pub fn to_mrkdwn(markdown: &str) -> String {
-    let markdown = resolve_references(&normalize_line_endings(markdown));
+    let markdown = normalize_line_endings(markdown);
+    let markdown = resolve_references(&markdown);
     let mut out = String::with_capacity(markdown.len() + markdown.len() / 8);
     let mut fence: Option<Fence> = None;
     // Inside a block quote: a following non-blank line that starts no other block is
@@ -113,9 +116,12 @@ fn escape_char(c: char, out: &mut String) {
     }
 }
 
-/// `\r\n` and a lone `\r` become `\n`.
-fn normalize_line_endings(text: &str) -> String {
-    text.replace("\r\n", "\n").replace('\r', "\n")
+/// `\r\n` and a lone `\r` become `\n` (borrowed when there is none).
+fn normalize_line_endings(text: &str) -> Cow<'_, str> {
+    match text.contains('\r') {
+        true => Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n")),
+        false => Cow::Borrowed(text),
+    }
 }
 
 /// Whether `line` opens a block of its own (so it cannot continue a quote lazily).
@@ -134,7 +140,7 @@ fn starts_a_block(line: &str) -> bool {
 /// blocks) are removed, and `[text][ref]`, `[text][]` and `![alt][ref]` become inline
 /// links `[text](url)`, which the line converter then renders (or, for a URL `safe_url` refuses,
 /// reduces to its text). Labels match case-insensitively; code spans are left alone.
-fn resolve_references(text: &str) -> String {
+fn resolve_references(text: &str) -> Cow<'_, str> {
     let mut definitions: std::collections::HashMap<String, String> =
         std::collections::HashMap::new();
     let mut kept: Vec<&str> = Vec::new();
@@ -160,7 +166,7 @@ fn resolve_references(text: &str) -> String {
         }
     }
     if definitions.is_empty() {
-        return text.to_owned();
+        return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut fence: Option<Fence> = None;
@@ -185,7 +191,7 @@ fn resolve_references(text: &str) -> String {
             }
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// `[label]: url` (optionally `<url>`, optionally followed by a title) → (label, url).
@@ -334,8 +340,18 @@ fn heading(line: &str) -> Option<&str> {
 
 /// `---`, `***`, `___` (three or more, spaces allowed between).
 fn is_rule(rest: &str) -> bool {
-    let marks: Vec<char> = rest.chars().filter(|c| !c.is_whitespace()).collect();
-    marks.len() >= 3 && matches!(marks[0], '-' | '*' | '_') && marks.iter().all(|c| *c == marks[0])
+    let mut marks = rest.chars().filter(|c| !c.is_whitespace());
+    let Some(first @ ('-' | '*' | '_')) = marks.next() else {
+        return false;
+    };
+    let mut count = 1;
+    for c in marks {
+        if c != first {
+            return false;
+        }
+        count += 1;
+    }
+    count >= 3
 }
 
 /// `- item` → `item` (also `*` and `+`).
