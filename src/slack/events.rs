@@ -284,11 +284,17 @@ pub fn clean_text(text: &str, bot_user: &str) -> String {
         }
     }
     out.push_str(rest);
-    let unescaped = out
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&");
-    unescaped.trim().to_owned()
+    if out.contains('&') {
+        out = out
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&");
+    }
+    let kept = out.trim_end().len();
+    out.truncate(kept);
+    let lead = out.len() - out.trim_start().len();
+    out.drain(..lead);
+    out
 }
 
 /// The signature headers of a Slack request (`/slack/events`, `/slack/interactivity`),
