@@ -17,12 +17,14 @@
 //! there.
 //!
 //! One shortcut: a caller that finds the writer idle — nothing sent to it unanswered,
-//! its last batch small, writes coming in slowly ([`INLINE_GAP`]), the connection
-//! free — writes its operation itself, on its
-//! own thread, in a transaction that cannot wait (busy timeout 0; in WAL mode with
-//! `synchronous=NORMAL` a commit syncs nothing). An idle store then costs a write no
-//! thread hand-offs: two wake-ups fewer, which on a small machine are most of a Slack
-//! acknowledgement's journal write. A runtime thread is thus busy with SQLite for one
+//! its last batch small, writes not running side by side ([`OVERLAP_BUSY`]; a turn's
+//! journal row only needs the thread to have nothing unanswered), the connection
+//! free — writes its operation itself, on its own thread, in a transaction that
+//! cannot wait (busy timeout 0; in WAL mode with `synchronous=NORMAL` a commit syncs
+//! nothing). An idle store then costs a write no thread hand-offs: two wake-ups fewer,
+//! which on a small machine are most of a Slack acknowledgement's journal write; a
+//! busy one batches, since a commit per write would rewrite the same pages over and
+//! over. A runtime thread is thus busy with SQLite for one
 //! short transaction at a time, and never blocks on it: whatever would wait (the
 //! connection taken, the file locked by another process) goes to the thread.
 //!
@@ -32,7 +34,7 @@
 //! for [`NO_ENDPOINTS_FOR`] only, for the sake of another process writing the file.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,14 +59,19 @@ const MAX_BATCH: usize = 256;
 /// 1–4 at 1,000 events/s and 80 or more at full load.
 const CROWDED: usize = 8;
 
-/// Writes asked for closer together than this, on average, are a busy store even
-/// when the thread happens to be idle: each goes to the thread, where they share a
-/// transaction, instead of committing one by one on the callers' threads (every
-/// commit writes the pages it dirtied, so a commit per write multiplies the WAL's
-/// page writes). Between W1's 1,000 events/s (two awaited writes per event: 500 µs
-/// apart on average) and its full load (60 µs or less); the figures are in
-/// `bench/README.md`.
-const INLINE_GAP: Duration = Duration::from_micros(200);
+/// When at least half of the recent writes began while another was still in progress
+/// (a moving average, in 1/[`OVERLAP_SCALE`]ths), writes run side by side: a caller
+/// finding the connection free then still sends its write to the thread, where the
+/// concurrent ones share a transaction instead of committing one by one (every commit
+/// writes the pages it dirtied, so a commit per write multiplies the WAL's page
+/// writes). A turn's journal row, which an acknowledgement waits for, is the
+/// exception: it is written inline whenever the thread has nothing unanswered, since
+/// a Socket Mode connection journals its envelopes one after another and would pay
+/// the thread's two wake-ups on each. Figures in `bench/README.md`.
+const OVERLAP_BUSY: u32 = OVERLAP_SCALE / 2;
+
+/// The fixed-point scale of [`Load`]'s overlap average.
+const OVERLAP_SCALE: u32 = 1024;
 
 /// How long "no endpoint is enabled" is trusted after it was read.
 const NO_ENDPOINTS_FOR: Duration = Duration::from_secs(1);
@@ -204,8 +211,10 @@ impl Writer {
 
     /// Applies `op` with the next batch and waits until it is committed.
     pub(crate) async fn write(&self, op: Op) -> Result<Out, StoreError> {
-        self.load.asked();
-        let op = match self.write_idle(op) {
+        let alone = self.load.begin();
+        // Counted until this write is answered, or given up by a dropped caller.
+        let _active = Active(&self.load);
+        let op = match self.write_idle(op, alone) {
             Ok(written) => return written,
             Err(op) => op,
         };
@@ -228,9 +237,20 @@ impl Writer {
     /// syncs nothing at commit. That saves two thread hand-offs, the most of what one
     /// write costs an idle store, and of a Slack acknowledgement's latency (measured
     /// in `bench/README.md`). Whatever would wait goes to the thread instead
-    /// (`Err(op)`): the writer busy, or another process holding the lock.
-    fn write_idle(&self, op: Op) -> Result<Result<Out, StoreError>, Op> {
-        if !self.load.idle() || !is_short(&op) {
+    /// (`Err(op)`): the writer busy, or another process holding the lock; and so do
+    /// writes running side by side (`alone`: none other was in progress when this one
+    /// began; see [`OVERLAP_BUSY`]), which batch better there.
+    fn write_idle(&self, op: Op, alone: bool) -> Result<Result<Out, StoreError>, Op> {
+        // A turn's journal row is what an acknowledgement waits for (Slack's 200, a
+        // Socket Mode connection's next envelope): it is written here whenever the
+        // thread has nothing unanswered. Any other write only when writes are not
+        // running side by side, where batches beat writing one by one.
+        let waited_for = matches!(op, Op::AcceptTurn(_));
+        let inline = match waited_for {
+            true => self.load.sent.load(Ordering::Acquire) == 0,
+            false => alone && self.load.idle(),
+        };
+        if !inline || !is_short(&op) {
             return Err(op);
         }
         let Ok(mut db) = self.db.try_lock() else {
@@ -314,54 +334,49 @@ fn open(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection
 
 /// How busy the writer thread is: counted by callers and the thread, read by
 /// callers deciding whether to write themselves.
+#[derive(Default)]
 struct Load {
     /// Jobs sent to the thread that someone waits for and that are not answered yet.
     sent: AtomicUsize,
     /// The thread's last batch held [`CROWDED`] awaited writes or more: the store is
     /// busy, and batches beat writing one by one.
     crowded: AtomicBool,
-    /// What [`Load::last`] counts from.
-    epoch: Instant,
-    /// When the last awaited write was asked for, in nanoseconds since `epoch`.
-    last: AtomicU64,
-    /// The average gap between two awaited writes, in nanoseconds (a moving average
-    /// over the last few; concurrent updates may lose one, which only blurs it).
-    gap: AtomicU64,
-}
-
-impl Default for Load {
-    fn default() -> Self {
-        Load {
-            sent: AtomicUsize::new(0),
-            crowded: AtomicBool::new(false),
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
-            // Idle until writes show otherwise.
-            gap: AtomicU64::new(10 * INLINE_GAP.as_nanos() as u64),
-        }
-    }
+    /// Awaited writes in progress, written inline or by the thread.
+    active: AtomicUsize,
+    /// How often a write began while another was in progress: a moving average over
+    /// the last few, in 1/[`OVERLAP_SCALE`]ths (concurrent updates may lose one,
+    /// which only blurs it).
+    overlap: AtomicU32,
 }
 
 impl Load {
-    /// Notes that an awaited write was asked for now.
-    fn asked(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        // A pause counts as a long gap, not as its length: the next burst shows
-        // within a few writes however long the store was quiet.
-        let gap = now
-            .saturating_sub(self.last.swap(now, Ordering::Relaxed))
-            .min(10 * INLINE_GAP.as_nanos() as u64);
-        let average = self.gap.load(Ordering::Relaxed);
-        // An eighth of the way to the new gap: a burst shows within a few writes,
-        // and one quick pair at a low rate does not.
-        let next = average - average / 8 + gap / 8;
-        self.gap.store(next, Ordering::Relaxed);
+    /// Counts an awaited write as begun (see [`Active`] for its end); `true` when no
+    /// other was in progress.
+    fn begin(&self) -> bool {
+        let alone = self.active.fetch_add(1, Ordering::AcqRel) == 0;
+        let average = self.overlap.load(Ordering::Relaxed);
+        let sample = if alone { 0 } else { OVERLAP_SCALE };
+        // An eighth of the way to the new sample: a change of pattern shows within a
+        // few writes, one coincidence does not.
+        self.overlap
+            .store(average - average / 8 + sample / 8, Ordering::Relaxed);
+        alone
     }
 
     fn idle(&self) -> bool {
         self.sent.load(Ordering::Acquire) == 0
             && !self.crowded.load(Ordering::Relaxed)
-            && self.gap.load(Ordering::Relaxed) >= INLINE_GAP.as_nanos() as u64
+            && self.overlap.load(Ordering::Relaxed) < OVERLAP_BUSY
+    }
+}
+
+/// An awaited write in progress ([`Load::begin`]); dropped when it is answered or
+/// its caller gives up.
+struct Active<'a>(&'a Load);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -594,6 +609,34 @@ async fn background(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_side_by_side_go_to_the_thread_and_writes_in_turn_do_not() {
+        let load = Load::default();
+        // One after another: each finds none in progress.
+        for _ in 0..20 {
+            assert!(load.begin());
+            drop(Active(&load));
+        }
+        assert!(load.idle(), "writes in turn write themselves");
+        // Side by side: each begins while the one before is still in progress.
+        let first = load.begin();
+        let mut held = vec![Active(&load)];
+        for _ in 0..20 {
+            assert!(!load.begin());
+            held.push(Active(&load));
+        }
+        assert!(first);
+        assert!(!load.idle(), "concurrent writes are batched by the thread");
+        drop(held);
+        assert_eq!(load.active.load(Ordering::Relaxed), 0);
+        // Back to writes in turn: idle again within a few.
+        for _ in 0..10 {
+            load.begin();
+            drop(Active(&load));
+        }
+        assert!(load.idle());
+    }
 
     #[test]
     fn no_endpoints_is_known_for_a_while_and_forgotten_when_one_appears() {
