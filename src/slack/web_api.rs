@@ -220,7 +220,9 @@ impl Posting {
         };
         let mut auth =
             HeaderValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| {
-                SlackApiError::Transport("the bot token is not a valid header value".into())
+                SlackApiError::Transport(
+                    "SLACK_BOT_TOKEN has characters no HTTP header may carry".into(),
+                )
             })?;
         auth.set_sensitive(true);
         Ok(Posting {
@@ -340,7 +342,8 @@ const NATIVE_REFUSALS: &[&str] = &[
 
 impl WebApi {
     /// A client for `api_base` (e.g. `https://slack.com/api`). Fails only when the TLS
-    /// configuration cannot be built (no usable root certificates).
+    /// configuration cannot be built (no usable root certificates), or when the token
+    /// or `api_base` cannot go into a request at all.
     pub fn new(api_base: &Url, token: &SecretString) -> Result<Self, SlackApiError> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
