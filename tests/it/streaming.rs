@@ -328,6 +328,40 @@ async fn slack_refusing_native_streaming_gets_the_answer_by_update_with_the_same
 }
 
 #[tokio::test]
+async fn a_429_from_chat_update_is_waited_out_and_the_answer_still_ends_whole() {
+    let openai = FakeOpenAi::start().await;
+    let pieces = words(10);
+    openai.script(Script {
+        pieces: pieces.clone(),
+        pause: Duration::from_millis(30),
+        ..Script::default()
+    });
+    let (slack, app) = slack_app(&openai, &[("SLACK_STREAMING", "update")]).await;
+    slack.rate_limit("chat.update", 1, 1);
+
+    mention(&app, "slow down").await;
+    let events = conversation_events(&app, 1).await;
+
+    assert_eq!(events[0]["data"]["complete"], true);
+    let posts = slack.calls_of("chat.postMessage");
+    assert_eq!(posts.len(), 1, "one message, updated");
+    assert_eq!(posts[0].authorization.as_deref(), Some("Bearer xoxb-test"));
+    let updates = slack.calls_of("chat.update");
+    assert!(updates.len() >= 2, "the refused update, then more");
+    let waited = updates[1].at.duration_since(updates[0].at);
+    assert!(
+        waited >= Duration::from_millis(900),
+        "Retry-After: 1 is honoured, waited {waited:?}"
+    );
+    assert_eq!(updates.last().map(|c| c.text()), Some(pieces.concat()));
+    // Every update (the refused one too) is of the one message posted.
+    assert!(updates
+        .iter()
+        .all(|c| c.param("ts") == updates[0].param("ts")));
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_expired_slack_stream_continues_by_update_without_loss_or_repeat() {
     let openai = FakeOpenAi::start().await;
     let pieces = words(20);
