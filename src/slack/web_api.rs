@@ -161,7 +161,7 @@ struct MessageBody<'a> {
     /// The message's text, or with blocks the notification fallback Slack asks for.
     text: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    blocks: Option<Vec<SlackBlock>>,
+    blocks: Option<Vec<Block<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<TurnMetadata<'a>>,
 }
@@ -287,21 +287,81 @@ impl Posting {
 
 /// With `feedback`, a message's blocks: its text as section blocks (a section holds
 /// at most 3,000 characters), then the buttons.
-fn blocks_with(text: &str, feedback: Option<&str>) -> Option<Vec<SlackBlock>> {
+fn blocks_with<'a>(text: &str, feedback: Option<&'a str>) -> Option<Vec<Block<'a>>> {
     let turn_id = feedback?;
-    let mut blocks: Vec<SlackBlock> = split_text(text, SECTION_LIMIT)
+    let mut blocks: Vec<Block<'a>> = split_text(text, SECTION_LIMIT)
         .into_iter()
-        .map(|part| {
-            SlackSectionBlock::new()
-                .with_text(SlackBlockText::MarkDown(SlackBlockMarkDownText::new(part)))
-                .into()
+        .map(|text| Block::Section {
+            text: Text::Mrkdwn { text },
         })
         .collect();
-    blocks.push(feedback_block(turn_id));
+    blocks.push(Block::ContextActions {
+        elements: [Element::FeedbackButtons {
+            action_id: FEEDBACK_ACTION,
+            positive_button: Button::new("👍", "Good answer", Vote(turn_id, "up")),
+            negative_button: Button::new("👎", "Bad answer", Vote(turn_id, "down")),
+        }],
+    });
     Some(blocks)
 }
 
-/// Slack's `feedback_buttons` in a `context_actions` block.
+/// The blocks of an answer (`chat.postMessage`, `chat.update`), written as
+/// slack-morphism's `SlackBlock`s serialize (a test pins the two together) but as
+/// plain structs: its blocks are internally tagged enums of newtypes, which serde
+/// serializes through an intermediate tagging serializer, on every answer.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Section { text: Text<String> },
+    ContextActions { elements: [Element<'a>; 1] },
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Text<T> {
+    Mrkdwn { text: T },
+    PlainText { text: T },
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Element<'a> {
+    FeedbackButtons {
+        action_id: &'static str,
+        positive_button: Button<'a>,
+        negative_button: Button<'a>,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct Button<'a> {
+    text: Text<&'static str>,
+    value: Vote<'a>,
+    accessibility_label: &'static str,
+}
+
+impl<'a> Button<'a> {
+    fn new(emoji: &'static str, label: &'static str, value: Vote<'a>) -> Self {
+        Button {
+            text: Text::PlainText { text: emoji },
+            value,
+            accessibility_label: label,
+        }
+    }
+}
+
+/// A feedback button's value, `{turn_id}:up` or `{turn_id}:down`
+/// (`interactivity::on_payload` reads it back), written without a copy.
+struct Vote<'a>(&'a str, &'static str);
+
+impl serde::Serialize for Vote<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}:{}", self.0, self.1))
+    }
+}
+
+/// Slack's `feedback_buttons` in a `context_actions` block, as slack-morphism's block
+/// (`chat.stopStream`).
 fn feedback_block(turn_id: &str) -> SlackBlock {
     let button = |emoji: &str, label: &str, value: String| {
         SlackFeedbackButtonItem::new(emoji.into(), value)
@@ -1209,5 +1269,40 @@ impl ChatSink for ThreadSink {
                 result
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocks as slack-morphism builds them: what Slack has been sent all along.
+    fn morphism_blocks(text: &str, turn_id: &str) -> Vec<SlackBlock> {
+        let mut blocks: Vec<SlackBlock> = split_text(text, SECTION_LIMIT)
+            .into_iter()
+            .map(|part| {
+                SlackSectionBlock::new()
+                    .with_text(SlackBlockText::MarkDown(SlackBlockMarkDownText::new(part)))
+                    .into()
+            })
+            .collect();
+        blocks.push(feedback_block(turn_id));
+        blocks
+    }
+
+    #[test]
+    fn answer_blocks_are_what_slack_morphism_would_send() -> serde_json::Result<()> {
+        let long = "word \"quoted\" <b> & é\n".repeat(400);
+        for (text, turn) in [
+            ("hello *world*", "slack-1.2-T-C"),
+            ("", "slack-1.2-T-C"),
+            (long.as_str(), "discord-9-G_1-c\"h"),
+        ] {
+            let lean = serde_json::to_value(blocks_with(text, Some(turn)))?;
+            let morphism = serde_json::to_value(morphism_blocks(text, turn))?;
+            assert_eq!(lean, morphism, "text {text:?}");
+        }
+        assert!(blocks_with("hello", None).is_none());
+        Ok(())
     }
 }
