@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentKind, Config};
 use crate::core::access::AccessSettings;
-use crate::core::ports::{Leases, RelayStore, Sightings, Transcripts};
+use crate::core::ports::{Journal, Leases, RelayStore, Sightings, Transcripts};
 use crate::core::{janitor, Agent, Relay, RelaySettings};
 use crate::http::{self, AdminAuth, AppState, Readiness, RouteMounts};
 use crate::store::SqlStore;
@@ -234,10 +234,15 @@ impl App {
                 .map(|_| readiness.register("slack_socket"));
             // The sockets take the top token, like Discord's gateway: intake stops as
             // soon as shutdown begins, while replies in flight still go out.
+            // A thread the bot opened under a message is found by that message's
+            // journal row, as long as the journal keeps it (transcripts' retention).
+            let journal = (cfg.conversation.transcript_retention >= slack::dedupe::THREAD_TTL)
+                .then(|| core.store.clone() as Arc<dyn Journal>);
             let slack_app = slack::start(
                 slack_cfg,
                 relay.clone(),
                 core.store.clone(),
+                journal,
                 ready,
                 socket_ready,
                 shutdown.clone(),

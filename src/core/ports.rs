@@ -200,6 +200,9 @@ pub struct AnswerFeed {
     /// `FEEDBACK_BUTTONS`: the turn id the last message's 👍/👎 buttons carry;
     /// `None`: no buttons.
     pub feedback: Option<String>,
+    /// The turn is in the journal: its row, keyed by the asking message, ends
+    /// `answered` or `failed` with the answer's record.
+    pub journaled: bool,
 }
 
 impl AnswerFeed {
@@ -545,6 +548,9 @@ pub trait Journal: Send + Sync + 'static {
     async fn touch_turns(&self, ids: &[String]) -> Result<(), StoreError>;
     /// Moves a turn on (with no record to go with it: a command, a recovery).
     async fn end_turn(&self, id: &str, state: TurnState) -> Result<(), StoreError>;
+    /// Whether turn `id`, received at or after `since`, has ended `answered` or
+    /// `failed` (read only).
+    async fn turn_ended(&self, id: &str, since: OffsetDateTime) -> Result<bool, StoreError>;
 }
 
 /// A named lease as the store holds it.

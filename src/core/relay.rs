@@ -1286,6 +1286,7 @@ impl Inner {
             interval: self.settings.edit_interval,
             max_messages: self.settings.max_reply_messages,
             feedback: self.settings.feedback_buttons.then(|| turn_id.clone()),
+            journaled: journal.is_some(),
         };
         let written = async {
             let written = self

@@ -10,6 +10,12 @@
 //!
 //! Threads the bot answered in are remembered as `slack:thread:{channel}:{thread_ts}`
 //! sightings, with an in-memory map in front; a miss asks the store (`Sightings::seen`).
+//! Most threads need no sighting: one the bot opened under a message it answered is
+//! rooted at that message, whose turn the journal holds under the message's id (the
+//! thread's `thread_ts`) until the transcripts' retention; a miss asks the journal
+//! (`Journal::turn_ended`) too. A thread is "answered in" once the bot posted there:
+//! the root's turn ended `answered` or `failed` (a failed turn's error reply is
+//! posted in the thread).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +26,8 @@ use dashmap::DashMap;
 use time::OffsetDateTime;
 use tracing::{debug, warn};
 
-use crate::core::ports::{Sightings, StoreError};
+use crate::core::message::{turn_id, Platform};
+use crate::core::ports::{Journal, Sightings, StoreError};
 
 /// How long an event id and a message key are remembered. Slack retries within about
 /// five minutes and SPEC asks for at least an hour; two leave a margin for clock skew
@@ -108,6 +115,10 @@ fn legacy_thread_key(channel: &str, thread_ts: &str) -> String {
 /// Threads `(channel, thread_ts)` the bot has answered in (`SLACK_FOLLOW_THREADS`).
 pub struct AnsweredThreads {
     store: Arc<dyn Sightings>,
+    /// Where a thread rooted at a journaled turn's message is found; `None` when the
+    /// journal forgets turns sooner than [`THREAD_TTL`] (a shorter transcript
+    /// retention): then every thread gets its sighting.
+    journal: Option<Arc<dyn Journal>>,
     /// Threads known to be answered, so the common case costs no store round-trip.
     /// Only positive answers are cached: another replica may answer in a thread at any
     /// time.
@@ -118,21 +129,24 @@ pub struct AnsweredThreads {
 }
 
 impl AnsweredThreads {
-    pub fn new(store: Arc<dyn Sightings>) -> Self {
+    pub fn new(store: Arc<dyn Sightings>, journal: Option<Arc<dyn Journal>>) -> Self {
         AnsweredThreads {
             store,
+            journal,
             known: DashMap::new(),
             size: AtomicUsize::new(0),
         }
     }
 
     /// Records that the bot answered in this thread: in memory at once, in the store
-    /// in the background (with the turn's commit).
-    pub fn mark(&self, channel: &str, thread_ts: &str) {
+    /// in the background (with the turn's commit). `rooted_at_turn`: the thread is
+    /// rooted at the message of the journaled turn just answered, whose journal row
+    /// says so already (see the module's notes).
+    pub fn mark(&self, channel: &str, thread_ts: &str, rooted_at_turn: bool) {
         // The store keeps a live key as it is (a thread answered again keeps its
         // first expiry; THREAD_TTL is long enough for that), so a thread known here —
         // marked by this process, or read from the store — needs no write.
-        if !self.remember(channel, thread_ts) {
+        if !self.remember(channel, thread_ts) || (rooted_at_turn && self.journal.is_some()) {
             return;
         }
         let expires = OffsetDateTime::now_utc() + THREAD_TTL;
@@ -143,7 +157,8 @@ impl AnsweredThreads {
     /// Whether the bot has answered in this thread (here, after a restart, or on
     /// another replica). A store failure counts as "no": staying quiet is the safe
     /// mistake.
-    pub async fn contains(&self, channel: &str, thread_ts: &str) -> bool {
+    /// `workspace`: the team the thread's turns were journaled under.
+    pub async fn contains(&self, workspace: &str, channel: &str, thread_ts: &str) -> bool {
         if self
             .known
             .contains_key(&(channel.to_owned(), thread_ts.to_owned()))
@@ -151,6 +166,10 @@ impl AnsweredThreads {
             return true;
         }
         let seen = match self.store.seen(&thread_key(channel, thread_ts)).await {
+            Ok(false) => self.rooted_at_turn(workspace, channel, thread_ts).await,
+            other => other,
+        };
+        let seen = match seen {
             Ok(false) => {
                 self.store
                     .seen(&legacy_thread_key(channel, thread_ts))
@@ -169,6 +188,23 @@ impl AnsweredThreads {
                 false
             }
         }
+    }
+
+    /// Whether the thread is rooted at a message whose journaled turn ended within
+    /// [`THREAD_TTL`].
+    async fn rooted_at_turn(
+        &self,
+        workspace: &str,
+        channel: &str,
+        thread_ts: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(journal) = &self.journal else {
+            return Ok(false);
+        };
+        let root = turn_id(Platform::Slack, workspace, channel, thread_ts);
+        journal
+            .turn_ended(&root, OffsetDateTime::now_utc() - THREAD_TTL)
+            .await
     }
 
     /// Remembers the thread in memory; `true` when it was not remembered yet.

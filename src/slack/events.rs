@@ -535,10 +535,14 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
             return Intake::Ignored;
         }
     };
+    let workspace = envelope
+        .team_id
+        .or(event.team)
+        .unwrap_or_else(|| me.team_id.clone());
     if candidate.needs_followed_thread
         && !shared
             .threads
-            .contains(&candidate.channel, &candidate.reply_thread)
+            .contains(&workspace, &candidate.channel, &candidate.reply_thread)
             .await
     {
         debug!(
@@ -550,7 +554,7 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
     if candidate.dm
         && !shared
             .threads
-            .contains(&candidate.channel, &candidate.reply_thread)
+            .contains(&workspace, &candidate.channel, &candidate.reply_thread)
             .await
     {
         // The first question of a thread in the bot's DM names the thread.
@@ -562,10 +566,6 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
             &candidate.text,
         );
     }
-    let workspace = envelope
-        .team_id
-        .or(event.team)
-        .unwrap_or_else(|| me.team_id.clone());
     let sink = Arc::new(shared.thread_sink(
         api.clone(),
         SlackReplyTo {

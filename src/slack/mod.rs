@@ -46,7 +46,7 @@ use tracing::{error, info, warn, Instrument};
 use crate::config::{SlackConfig, SlackProgress, SlackRespondTo, SlackStreaming, SocketModeConfig};
 use crate::core::error::Detail;
 use crate::core::message::Platform;
-use crate::core::ports::Sightings;
+use crate::core::ports::{Journal, Sightings};
 use crate::core::ports::{JournalTurn, Resume, Resumed};
 use crate::core::retry::Backoff;
 use crate::core::Relay;
@@ -185,12 +185,16 @@ impl Shared {
 /// Starts Slack: `auth.test` (retried in the background until it succeeds), then, with
 /// `SLACK_APP_TOKEN`, the Socket Mode connections. `ready` is Slack's `/readyz` flag
 /// and `socket_ready` Socket Mode's; `intake` stops the sockets at the start of
-/// shutdown, `shutdown` the background retries. Never fails start-up of the rest of
+/// shutdown, `shutdown` the background retries. `journal` finds the threads rooted
+/// at a journaled turn's message (`dedupe::AnsweredThreads`); `None` when it keeps
+/// turns for less than [`dedupe::THREAD_TTL`]. Never fails start-up of the rest of
 /// the bridge.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     cfg: SlackConfig,
     relay: Relay,
     store: Arc<dyn Sightings>,
+    journal: Option<Arc<dyn Journal>>,
     ready: Arc<AtomicBool>,
     socket_ready: Option<Arc<AtomicBool>>,
     intake: CancellationToken,
@@ -212,7 +216,7 @@ pub async fn start(
         api: api.clone(),
         identity: OnceLock::new(),
         dedupe: Dedupe::new(store.clone()),
-        threads: Arc::new(AnsweredThreads::new(store)),
+        threads: Arc::new(AnsweredThreads::new(store, journal)),
         respond_to: cfg.respond_to,
         follow_threads: cfg.follow_threads,
         progress_reaction: cfg.progress_reaction,

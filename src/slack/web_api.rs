@@ -882,10 +882,18 @@ impl ThreadSink {
 
     /// Marks the thread as answered once an answer's messages are posted (one mark per
     /// answer: the callers of [`ThreadSink::post_parts`] and of `render` do it).
-    fn mark_answered(&self, result: &Result<Vec<String>, SinkError>) {
+    /// `journaled`: the answer is a journaled turn's (`AnswerFeed::journaled`).
+    fn mark_answered(&self, result: &Result<Vec<String>, SinkError>, journaled: bool) {
         if matches!(result, Ok(ids) if !ids.is_empty()) {
-            self.threads.mark(&self.channel, &self.thread_ts);
+            self.mark_thread(journaled);
         }
+    }
+
+    /// A thread rooted at the asking message of a journaled turn needs no mark in the
+    /// store: the turn's journal row is one (`AnsweredThreads::mark`).
+    fn mark_thread(&self, journaled: bool) {
+        let rooted = journaled && self.thread_ts == self.message_ts;
+        self.threads.mark(&self.channel, &self.thread_ts, rooted);
     }
 
     /// `chat.postMessage` of each part, the last with the feedback buttons when
@@ -937,8 +945,9 @@ impl ThreadSink {
             sink: self,
             feedback: feed.feedback.clone(),
         };
+        let journaled = feed.journaled;
         let result = render(&surface, feed, &shape).await;
-        self.mark_answered(&result);
+        self.mark_answered(&result, journaled);
         result
     }
 
@@ -1044,7 +1053,7 @@ impl ThreadSink {
         };
         let mut ids: Vec<String> = ts.into_iter().collect();
         if !ids.is_empty() {
-            self.threads.mark(&self.channel, &self.thread_ts);
+            self.mark_thread(feed.journaled);
         }
         let Some(from) = handover else {
             return Ok(ids);
@@ -1056,6 +1065,7 @@ impl ThreadSink {
             interval: feed.interval,
             max_messages: feed.max_messages.saturating_sub(ids.len()).max(1),
             feedback: feed.feedback.clone(),
+            journaled: feed.journaled,
         };
         let forward = async move {
             loop {
@@ -1243,7 +1253,7 @@ impl ChatSink for ThreadSink {
             debug!(channel = %self.channel, "empty answer; nothing to post");
         }
         let result = self.post_parts(&parts, None).await;
-        self.mark_answered(&result);
+        self.mark_answered(&result, false);
         result
     }
 
@@ -1256,7 +1266,7 @@ impl ChatSink for ThreadSink {
             SlackStreaming::Update => self.stream_by_update(feed).await,
             SlackStreaming::Off => {
                 let max = feed.max_messages;
-                let feedback = feed.feedback.clone();
+                let (feedback, journaled) = (feed.feedback.clone(), feed.journaled);
                 let text = feed.finished().await;
                 let shape = Shape {
                     limit: MESSAGE_LIMIT,
@@ -1265,7 +1275,7 @@ impl ChatSink for ThreadSink {
                 let result = self
                     .post_parts(&final_parts(&text, &shape, max), feedback.as_deref())
                     .await;
-                self.mark_answered(&result);
+                self.mark_answered(&result, journaled);
                 result
             }
         }

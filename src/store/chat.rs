@@ -251,6 +251,10 @@ impl Journal for SqlStore {
         };
         self.write(op).await?.done()
     }
+
+    async fn turn_ended(&self, id: &str, since: OffsetDateTime) -> Result<bool, StoreError> {
+        ops::turn_ended(&mut self.reader().await?, id, since).await
+    }
 }
 
 #[async_trait]

@@ -806,6 +806,14 @@ pub(crate) async fn feedback_on(
         .collect()
 }
 
+pub(crate) async fn turn_ended(
+    db: &mut dyn Exec,
+    id: &str,
+    since: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    Ok(scalar(db, &sql::TURN_ENDED, args![id, to_ms(since)]).await? > 0)
+}
+
 pub(crate) async fn seen(db: &mut dyn Exec, key: &str) -> Result<bool, StoreError> {
     let now = to_ms(OffsetDateTime::now_utc());
     Ok(scalar(db, &sql::SEEN, args![key, now]).await? > 0)

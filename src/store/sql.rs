@@ -535,6 +535,14 @@ pub(crate) static TOUCH_TURNS: Dialects = Dialects {
     ),
 };
 
+/// Whether the turn `$1`, received since `$2`, has ended with its answer or its
+/// failure recorded: a Slack thread rooted at that message is one the bot answered
+/// in (`slack::dedupe`), with no sighting of its own.
+pub(crate) static TURN_ENDED: Sql = Sql::new(
+    "SELECT COUNT(*) FROM turn_journal \
+     WHERE id = $1 AND state IN ('answered', 'failed') AND received_at >= $2",
+);
+
 /// Finished turns go with the transcript's retention; an `accepted` one that old is
 /// long past any recovery window too.
 pub(crate) static PURGE_TURN_JOURNAL: Sql =

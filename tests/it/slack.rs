@@ -409,6 +409,62 @@ async fn a_followed_thread_survives_a_restart() {
     restarted.shutdown().await;
 }
 
+/// Whether the store holds a live followed-thread sighting for `(channel, thread_ts)`.
+async fn thread_sighted(db: &str, channel: &str, thread_ts: &str) -> bool {
+    use agent_bridge::core::ports::Sightings;
+    let store = agent_bridge::store::connect(db).await.unwrap();
+    store
+        .seen(&format!("slack:thread:{thread_ts}:{channel}"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_thread_opened_under_an_answered_mention_is_followed_through_the_journal() {
+    let slack = FakeSlack::start().await;
+    let (_dir, db) = crate::support::db::sqlite_file_url().await;
+    let s = Setup::on(slack.clone(), &[], Some(&db)).await;
+    // Opened by the answer: the mention's journal row marks the thread.
+    let mention = EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> open a thread"));
+    s.send_event(&mention).await;
+    // Joined by a mention inside someone else's thread: that needs a sighting.
+    let parent = crate::support::slack::next_ts();
+    let joined = EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> join in")).thread(&parent);
+    s.send_event(&joined).await;
+    s.turns_done(2).await;
+    s.shutdown().await;
+    assert!(!thread_sighted(&db, "C1", &mention.ts).await);
+    assert!(thread_sighted(&db, "C1", &parent).await);
+
+    let restarted = Setup::on(slack.clone(), &[], Some(&db)).await;
+    let in_opened = EventBuilder::message_thread("C1", &mention.ts, "still there?");
+    let in_joined = EventBuilder::message_thread("C1", &parent, "and here?");
+    assert_eq!(restarted.send_event(&in_opened).await, 200);
+    assert_eq!(restarted.send_event(&in_joined).await, 200);
+    let posts = slack.wait_for("chat.postMessage", 4, WAIT).await;
+    let answered: Vec<(String, Option<String>)> = posts[2..]
+        .iter()
+        .map(|p| (p.text(), p.param("thread_ts")))
+        .collect();
+    assert!(answered.contains(&("answer to: still there?".into(), Some(mention.ts.clone()))));
+    assert!(answered.contains(&("answer to: and here?".into(), Some(parent.clone()))));
+    restarted.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_a_retention_shorter_than_a_followed_thread_every_thread_gets_its_sighting() {
+    let slack = FakeSlack::start().await;
+    let (_dir, db) = crate::support::db::sqlite_file_url().await;
+    let vars = [("TRANSCRIPT_RETENTION_DAYS", "7")];
+    let s = Setup::on(slack.clone(), &vars, Some(&db)).await;
+    let mention = EventBuilder::app_mention("C1", &format!("<@{BOT_USER}> keep it short"));
+    s.send_event(&mention).await;
+    s.turns_done(1).await;
+    s.shutdown().await;
+    // The journal row goes after 7 days; the thread is followed for 30.
+    assert!(thread_sighted(&db, "C1", &mention.ts).await);
+}
+
 #[tokio::test]
 async fn a_thread_marked_under_the_old_key_layout_is_still_followed() {
     use agent_bridge::core::ports::Sightings;

@@ -412,6 +412,13 @@ async fn the_turn_journal_takes_a_message_once_and_hands_a_left_turn_to_one_clai
         .await
         .unwrap();
     s.end_turn(&c.id, TurnState::Failed).await.unwrap();
+    // Ended turns, answered or failed, are found by id when received since a moment;
+    // an open one, an older one or an unknown id is not.
+    assert!(s.turn_ended(&b.id, at(3600)).await.unwrap());
+    assert!(s.turn_ended(&c.id, at(3600)).await.unwrap());
+    assert!(!s.turn_ended(&a.id, at(3600)).await.unwrap());
+    assert!(!s.turn_ended(&b.id, at(45)).await.unwrap());
+    assert!(!s.turn_ended("slack-0.0-T0-C0", at(3600)).await.unwrap());
     // Left turns: untouched since `cut` (a's row was last written 60 s ago).
     let cut = OffsetDateTime::now_utc();
     let open = s.open_turns(Platform::Slack, cut, 100).await.unwrap();
