@@ -27,6 +27,24 @@ struct Bridge {
 
 impl Bridge {
     async fn start(agent: &FakeAgent, slack: &FakeSlack, extra: &[(&str, &str)]) -> Bridge {
+        // `free_port` can hand out a port another test takes before the bridge binds
+        // it; then the bridge exits and someone else's server answers `/readyz`. Only
+        // a bridge that is still running and has asked this test's fake Slack who it
+        // is counts as started.
+        for _ in 0..3 {
+            let mut bridge = Self::spawn(agent, slack, extra);
+            if bridge.wait_ready().await
+                && matches!(bridge.child.try_wait(), Ok(None))
+                && !slack.calls_of("auth.test").is_empty()
+            {
+                return bridge;
+            }
+            let _ = bridge.child.kill().await;
+        }
+        panic!("the bridge did not become ready");
+    }
+
+    fn spawn(agent: &FakeAgent, slack: &FakeSlack, extra: &[(&str, &str)]) -> Bridge {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cmd = Command::new(BIN);
@@ -48,18 +66,16 @@ impl Bridge {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd.spawn().unwrap();
-        let bridge = Bridge {
-            child,
+        Bridge {
+            child: cmd.spawn().unwrap(),
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
             _dir: dir,
-        };
-        bridge.wait_ready().await;
-        bridge
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// `true` once `/readyz` answers 200 on the bridge's port.
+    async fn wait_ready(&self) -> bool {
         for _ in 0..200 {
             if let Ok(r) = self
                 .client
@@ -68,12 +84,12 @@ impl Bridge {
                 .await
             {
                 if r.status() == 200 {
-                    return;
+                    return true;
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the bridge did not become ready");
+        false
     }
 
     async fn mention(&self, text: &str) -> reqwest::StatusCode {
