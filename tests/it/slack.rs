@@ -414,7 +414,7 @@ async fn thread_sighted(db: &str, channel: &str, thread_ts: &str) -> bool {
     use agent_bridge::core::ports::Sightings;
     let store = agent_bridge::store::connect(db).await.unwrap();
     store
-        .seen(&format!("slack:thread:{thread_ts}:{channel}"))
+        .seen(&agent_bridge::slack::dedupe::thread_key(channel, thread_ts))
         .await
         .unwrap()
 }
