@@ -61,8 +61,10 @@ mod writer;
 /// `agent-bridge migrate`, an operator's `sqlite3` shell) before giving up.
 pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `wal_autocheckpoint` of the write connection, in pages (4 KiB): a fallback only
-/// (the checkpointer runs every 50 ms).
+/// `wal_autocheckpoint` of the write connection, in pages (4 KiB). The checkpointer
+/// copies the WAL back every 50 to 200 ms; this sends the WAL back to its start under
+/// writes that never pause (see `writer::background`), and stands in for the
+/// checkpointer should its connection fail.
 pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 
 /// How long a caller waits for a pooled connection before the store reports itself

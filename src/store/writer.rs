@@ -76,11 +76,22 @@ const OVERLAP_SCALE: u32 = 1024;
 /// How long "no endpoint is enabled" is trusted after it was read.
 const NO_ENDPOINTS_FOR: Duration = Duration::from_secs(1);
 
-/// How often the checkpointer copies the WAL back into the database file. While a
+/// How often the checkpointer wakes: it hands queued writes to the writer, and copies
+/// the WAL back into the database file unless writes are heavy ([`Pace`]). While a
 /// checkpoint copies, the writer's transactions wait on the disk — and a Slack
 /// acknowledgement waits for the writer (the journal) — so checkpoints are kept small
 /// and frequent: measured, a 1 s interval made W1's p99 ack 5× worse than 200 ms.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// WAL growth, in frames (pages) per [`CHECKPOINT_EVERY`], above which writes count as
+/// heavy: 4 MiB per 50 ms. Slack events at 1,000/s, each written on its own, grow it by
+/// about 470 (W1); at full load, by 1,500 to 2,700.
+const HEAVY_FRAMES: i64 = 1024;
+
+/// While writes are heavy, a checkpoint every this many wakes (200 ms): a page the
+/// writer changes again and again (a table's last page, an index's right edge) is
+/// then copied once for many transactions instead of once every 50 ms.
+const HEAVY_EVERY: u32 = 4;
 
 type Reply = oneshot::Sender<Result<Out, StoreError>>;
 
@@ -323,8 +334,9 @@ fn open(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection
     // which the default (FULL) would sync more often than the store ever does.
     db.execute_batch(&format!("PRAGMA synchronous = {synchronous};"))?;
     db.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
-    // The checkpointer copies the WAL back every 50 ms; the writer only checkpoints
-    // itself past ~64 MiB of WAL, should that connection ever fall behind or fail.
+    // The checkpointer copies the WAL back every 50 to 200 ms; the writer only
+    // checkpoints itself past ~64 MiB of WAL: when writes never pause (see
+    // `background`), or should that connection fail.
     db.execute_batch(&format!(
         "PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous}; \
          PRAGMA temp_store = memory; PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
@@ -559,9 +571,13 @@ fn poll<T>(
 
 /// Every [`CHECKPOINT_EVERY`]: hands the writer the queued writes no batch took
 /// ([`Deferred`]), and runs `PRAGMA wal_checkpoint(PASSIVE)` on a connection of its
-/// own. A passive checkpoint never blocks the writer, so its transactions (and the
-/// turns waiting on them) do not stall while megabytes of WAL are copied, and the WAL
-/// stays a fraction of what `wal_autocheckpoint` would let it reach.
+/// own, as often as [`Pace`] says. A passive checkpoint never blocks the writer, so its
+/// transactions (and the turns waiting on them) do not stall while megabytes of WAL
+/// are copied. The WAL goes back to its start when the writer begins a transaction
+/// after a checkpoint copied all of it: whenever writes pause. Under writes that never
+/// pause, a checkpoint never catches up with them, and the writer's own
+/// `wal_autocheckpoint` ([`WAL_AUTOCHECKPOINT_PAGES`], after this one copied nearly
+/// everything) is what sends it back.
 async fn background(
     options: SqliteConnectOptions,
     deferred: Deferred,
@@ -582,6 +598,7 @@ async fn background(
         CHECKPOINT_EVERY,
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = Pace::default();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -594,11 +611,21 @@ async fn background(
         let Some(conn) = conn.as_mut() else {
             continue;
         };
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut *conn)
+        if !pace.due() {
+            continue;
+        }
+        // (busy, frames in the WAL, frames copied back)
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut *conn)
             .await
         {
-            tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
+            // -1: it could not run (the writer's own checkpoint was running).
+            Ok((_, frames, _)) if frames >= 0 => pace.checkpointed(frames),
+            Ok(_) => pace.failed(),
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
+                pace.failed();
+            }
         }
     }
     if let Some(conn) = conn {
@@ -606,9 +633,77 @@ async fn background(
     }
 }
 
+/// When the checkpointer copies the WAL back: at every wake while writes are light,
+/// at every [`HEAVY_EVERY`]th while the WAL grew by more than [`HEAVY_FRAMES`] a wake
+/// between the last two checkpoints. The growth is read off each checkpoint's answer:
+/// the frames the WAL holds, counted from its start, which a writer goes back to once
+/// a checkpoint has copied everything.
+#[derive(Debug, Default)]
+struct Pace {
+    /// Wakes since the last checkpoint.
+    waited: u32,
+    /// Frames in the WAL at the last checkpoint.
+    frames: i64,
+    heavy: bool,
+}
+
+impl Pace {
+    /// Counts a wake; `true` when it is time to checkpoint.
+    fn due(&mut self) -> bool {
+        self.waited += 1;
+        !self.heavy || self.waited >= HEAVY_EVERY
+    }
+
+    /// A checkpoint ran, and found `frames` in the WAL.
+    fn checkpointed(&mut self, frames: i64) {
+        // Fewer than last time: the WAL went back to its start since, so all are new.
+        // (Gone back and grown past the last count, it reads as less than it grew: a
+        // checkpoint 50 ms early once, and the next one knows.)
+        let grown = match frames >= self.frames {
+            true => frames - self.frames,
+            false => frames,
+        };
+        self.heavy = grown > HEAVY_FRAMES * i64::from(self.waited.max(1));
+        self.frames = frames;
+        self.waited = 0;
+    }
+
+    /// A checkpoint failed or could not run: the next is as far away as after one
+    /// that ran.
+    fn failed(&mut self) {
+        self.waited = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoints_space_out_while_the_wal_grows_fast_and_come_back_when_it_slows() {
+        let mut pace = Pace::default();
+        // Light: every wake.
+        for frames in [100, 300, 350] {
+            assert!(pace.due());
+            pace.checkpointed(frames);
+        }
+        // A burst: more than HEAVY_FRAMES in one wake.
+        assert!(pace.due());
+        pace.checkpointed(350 + HEAVY_FRAMES + 1);
+        let waits: Vec<bool> = (0..HEAVY_EVERY).map(|_| pace.due()).collect();
+        assert_eq!(waits, [false, false, false, true]);
+        // Still heavy: the growth is measured per wake.
+        pace.checkpointed(350 + HEAVY_FRAMES + 1 + i64::from(HEAVY_EVERY) * HEAVY_FRAMES + 1);
+        assert!(!pace.due());
+        for _ in 1..HEAVY_EVERY {
+            pace.due();
+        }
+        // The WAL went back to its start and holds little: light again.
+        pace.checkpointed(200);
+        assert!(pace.due());
+        pace.checkpointed(300);
+        assert!(pace.due());
+    }
 
     #[test]
     fn writes_side_by_side_go_to_the_thread_and_writes_in_turn_do_not() {
