@@ -295,11 +295,13 @@ fn blocks_with<'a>(text: &str, feedback: Option<&'a str>) -> Option<Vec<Block<'a
             text: Text::Mrkdwn { text },
         })
         .collect();
+    let [positive_button, negative_button] =
+        FEEDBACK_BUTTONS.map(|(emoji, label, vote)| Button::new(emoji, label, Vote(turn_id, vote)));
     blocks.push(Block::ContextActions {
         elements: [Element::FeedbackButtons {
             action_id: FEEDBACK_ACTION,
-            positive_button: Button::new("👍", "Good answer", Vote(turn_id, "up")),
-            negative_button: Button::new("👎", "Bad answer", Vote(turn_id, "down")),
+            positive_button,
+            negative_button,
         }],
     });
     Some(blocks)
@@ -360,18 +362,20 @@ impl serde::Serialize for Vote<'_> {
     }
 }
 
+/// The feedback buttons, positive then negative: the emoji shown, the accessibility
+/// label, and the vote their value carries after the turn id.
+const FEEDBACK_BUTTONS: [(&str, &str, &str); 2] =
+    [("👍", "Good answer", "up"), ("👎", "Bad answer", "down")];
+
 /// Slack's `feedback_buttons` in a `context_actions` block, as slack-morphism's block
 /// (`chat.stopStream`).
 fn feedback_block(turn_id: &str) -> SlackBlock {
-    let button = |emoji: &str, label: &str, value: String| {
-        SlackFeedbackButtonItem::new(emoji.into(), value)
+    let [positive, negative] = FEEDBACK_BUTTONS.map(|(emoji, label, vote)| {
+        SlackFeedbackButtonItem::new(emoji.into(), format!("{turn_id}:{vote}"))
             .with_accessibility_label(SlackAccessibilityLabel(label.to_owned()))
-    };
-    let buttons = SlackBlockFeedbackButtonsElement::new(
-        button("👍", "Good answer", format!("{turn_id}:up")),
-        button("👎", "Bad answer", format!("{turn_id}:down")),
-    )
-    .with_action_id(SlackActionId(FEEDBACK_ACTION.to_owned()));
+    });
+    let buttons = SlackBlockFeedbackButtonsElement::new(positive, negative)
+        .with_action_id(SlackActionId(FEEDBACK_ACTION.to_owned()));
     SlackContextActionsBlock::new(vec![buttons.into()]).into()
 }
 
