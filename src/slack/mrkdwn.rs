@@ -418,8 +418,23 @@ impl Ctx {
 
 /// Converts inline syntax of one line (no line breaks inside).
 fn inline(text: &str, ctx: Ctx, out: &mut String) {
+    // Most lines of an answer hold no inline syntax and nothing to escape: those are
+    // copied as they are, which is what the walk below would write char by char.
+    if !text.bytes().any(is_inline_syntax) {
+        out.push_str(text);
+        return;
+    }
     let chars: Vec<char> = text.chars().collect();
     inline_chars(&chars, ctx, out);
+}
+
+/// Whether `b` is a char that [`inline_chars`] or [`escape_char`] treat otherwise
+/// than by copying (all ASCII, so a byte of a longer char is never one of them).
+fn is_inline_syntax(b: u8) -> bool {
+    matches!(
+        b,
+        b'`' | b'\\' | b'*' | b'_' | b'~' | b'[' | b']' | b'!' | b'<' | b'>' | b'&'
+    )
 }
 
 fn inline_chars(s: &[char], ctx: Ctx, out: &mut String) {
