@@ -45,12 +45,20 @@ pub fn turn_id(platform: Platform, workspace: &str, channel: &str, message_id: &
     // so new journal rows land together at the end of its index.
     for part in [message_id, workspace, channel] {
         id.push('-');
-        id.extend(part.chars().map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' => c,
-            _ => '_',
-        }));
+        // One `_` per char outside the set: a char's first byte stands for it, and
+        // the bytes that continue a longer char are skipped.
+        for b in part.bytes().filter(|b| !is_utf8_continuation(*b)) {
+            id.push(match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' => char::from(b),
+                _ => '_',
+            });
+        }
     }
     id
+}
+
+fn is_utf8_continuation(b: u8) -> bool {
+    b & 0b1100_0000 == 0b1000_0000
 }
 
 impl Platform {
