@@ -42,9 +42,13 @@ use crate::core::{Inbound, Platform, Rejected};
 use crate::http::error::ApiError;
 
 /// The outer JSON of every Events API request (and the `payload` of a Socket Mode
-/// `events_api` envelope, which is the same object).
+/// `events_api` envelope, which is the same object), as [`Envelope::parse`] reads it:
+/// its event read with it, or why that event cannot be read.
+pub(crate) type Envelope = Wire<Result<EventBody, Detail>>;
+
+/// The envelope's fields, with its `event` as `E`.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Envelope {
+pub(crate) struct Wire<E> {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -58,16 +62,42 @@ pub(crate) struct Envelope {
     /// The workspaces (and users) this event is delivered for.
     #[serde(default)]
     authorizations: Vec<Authorization>,
-    /// Kept raw and parsed on its own, so a malformed event is told apart from a
-    /// malformed envelope without building a `Value` tree first.
-    #[serde(default)]
-    event: Option<Box<RawValue>>,
+    #[serde(default = "Option::default")]
+    event: Option<E>,
 }
 
 impl Envelope {
+    /// Reads an envelope and its event in one pass. An envelope that fails to read
+    /// is read again with its event left raw, to tell a malformed event (the
+    /// envelope is still read) from a malformed envelope (the error); only bad input
+    /// pays the second pass.
+    pub(crate) fn parse(json: &[u8]) -> Result<Envelope, serde_json::Error> {
+        if let Ok(read) = serde_json::from_slice::<Wire<EventBody>>(json) {
+            return Ok(read.with_event(Ok));
+        }
+        let raw = serde_json::from_slice::<Wire<&RawValue>>(json)?;
+        Ok(raw.with_event(|event| {
+            serde_json::from_str(event.get()).map_err(|e| Detail::caused_by("malformed event", e))
+        }))
+    }
+
     /// `event_callback`, `url_verification`, …
     pub(crate) fn kind(&self) -> &str {
         &self.kind
+    }
+}
+
+impl<E> Wire<E> {
+    fn with_event(self, read: impl FnOnce(E) -> Result<EventBody, Detail>) -> Envelope {
+        Wire {
+            kind: self.kind,
+            challenge: self.challenge,
+            event_id: self.event_id,
+            team_id: self.team_id,
+            api_app_id: self.api_app_id,
+            authorizations: self.authorizations,
+            event: self.event.map(read),
+        }
     }
 }
 
@@ -403,7 +433,7 @@ pub(crate) async fn handle(
         Err(refused) => return refused.into_response(),
     };
 
-    let envelope: Envelope = match serde_json::from_slice(&body) {
+    let envelope = match Envelope::parse(&body) {
         Ok(envelope) => envelope,
         Err(e) => {
             // Slack's SSL check is a form post (`ssl_check=1&token=…`), not JSON.
@@ -474,12 +504,10 @@ pub(crate) enum Intake {
 /// (workspace, app, [`classify`], followed threads), deduplicated and handed to the
 /// relay here, so a message that arrives both ways, or twice one way, is answered once.
 pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
-    let Some(raw_event) = envelope.event else {
-        return Intake::Malformed("event_callback without an event".into());
-    };
-    let event: EventBody = match serde_json::from_str(raw_event.get()) {
-        Ok(event) => event,
-        Err(e) => return Intake::Malformed(Detail::caused_by("malformed event", e)),
+    let event = match envelope.event {
+        Some(Ok(event)) => event,
+        Some(Err(why)) => return Intake::Malformed(why),
+        None => return Intake::Malformed("event_callback without an event".into()),
     };
     let event_id = envelope.event_id.as_deref();
     shared

@@ -417,7 +417,7 @@ impl SocketMode {
     }
 
     async fn on_events_api(&self, payload: &str) {
-        let envelope: Envelope = match serde_json::from_str(payload) {
+        let envelope = match Envelope::parse(payload.as_bytes()) {
             Ok(envelope) => envelope,
             Err(e) => {
                 warn!(error = %e, "malformed events_api payload; acknowledged and dropped");

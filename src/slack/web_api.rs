@@ -242,7 +242,10 @@ impl Posting {
         uri: &Uri,
         body: &(impl serde::Serialize + Sync),
     ) -> Result<Option<String>, SlackApiError> {
-        let json = serde_json::to_vec(body)
+        // Room for a typical answer with its blocks at once (`to_vec` starts at 128
+        // bytes and grows by copying).
+        let mut json = Vec::with_capacity(2048);
+        serde_json::to_writer(&mut json, body)
             .map_err(|e| SlackApiError::Transport(Detail::caused_by("encode the request", e)))?;
         let request = hyper::Request::post(uri.clone())
             .header(CONTENT_TYPE, "application/json; charset=utf-8")
@@ -813,22 +816,16 @@ impl WebApi {
 /// inbound message.
 pub struct ThreadSink {
     pub api: Arc<WebApi>,
-    pub channel: String,
-    /// The thread the answer goes into (the message's `thread_ts`, else its `ts`).
-    pub thread_ts: String,
-    /// The user's message, which gets the progress reaction.
-    pub message_ts: String,
-    /// Who asked, and in which team: the recipient of a native stream.
-    pub user: String,
-    pub team: String,
+    /// Where the answer goes (kept as it is in the journal).
+    pub to: SlackReplyTo,
     /// `SLACK_PROGRESS_REACTION`; `None` disables it.
-    pub reaction: Option<String>,
+    pub reaction: Option<Arc<str>>,
     /// `SLACK_PROGRESS_REACTION_DELAY_MS`: answers faster than this get no indicator.
     pub reaction_after: Duration,
     /// `SLACK_PROGRESS`.
     pub progress: SlackProgress,
     /// `SLACK_STATUS_TEXT`.
-    pub status_text: String,
+    pub status_text: Arc<str>,
     /// `SLACK_STREAMING`.
     pub streaming: SlackStreaming,
     /// Told when an answer was posted, so later messages in the thread are followed.
@@ -847,8 +844,11 @@ const APPEND_INTERVAL: Duration = Duration::from_millis(250);
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SlackReplyTo {
     pub channel: String,
+    /// The thread the answer goes into (the message's `thread_ts`, else its `ts`).
     pub thread_ts: String,
+    /// The user's message, which gets the progress reaction.
     pub message_ts: String,
+    /// Who asked, and in which team: the recipient of a native stream.
     pub user: String,
     pub team: String,
 }
@@ -856,14 +856,19 @@ pub struct SlackReplyTo {
 impl ThreadSink {
     /// The journal's id of the turn this sink answers (`Inbound::turn_id`).
     pub fn turn_id(&self) -> String {
-        crate::core::message::turn_id(Platform::Slack, &self.team, &self.channel, &self.message_ts)
+        crate::core::message::turn_id(
+            Platform::Slack,
+            &self.to.team,
+            &self.to.channel,
+            &self.to.message_ts,
+        )
     }
 
     async fn add_reaction(&self) {
         let Some(name) = &self.reaction else { return };
         match self
             .api
-            .add_reaction(&self.channel, &self.message_ts, name)
+            .add_reaction(&self.to.channel, &self.to.message_ts, name)
             .await
         {
             Ok(()) => self.reacted.store(true, Ordering::Relaxed),
@@ -874,7 +879,7 @@ impl ThreadSink {
             Err(e) => warn!(
                 slack_error = e.code(),
                 error = %e,
-                channel = %self.channel,
+                channel = %self.to.channel,
                 "could not add the progress reaction"
             ),
         }
@@ -896,8 +901,9 @@ impl ThreadSink {
     /// A thread rooted at the asking message of a journaled turn needs no mark in the
     /// store: the turn's journal row is one (`AnsweredThreads::mark`).
     fn mark_thread(&self, journaled: bool) {
-        let rooted = journaled && self.thread_ts == self.message_ts;
-        self.threads.mark(&self.channel, &self.thread_ts, rooted);
+        let rooted = journaled && self.to.thread_ts == self.to.message_ts;
+        self.threads
+            .mark(&self.to.channel, &self.to.thread_ts, rooted);
     }
 
     /// `chat.postMessage` of each part, the last with the feedback buttons when
@@ -913,8 +919,8 @@ impl ThreadSink {
             match self
                 .api
                 .post_in_thread_with(
-                    &self.channel,
-                    &self.thread_ts,
+                    &self.to.channel,
+                    &self.to.thread_ts,
                     part,
                     buttons,
                     Some(&self.turn_id()),
@@ -926,8 +932,8 @@ impl ThreadSink {
                     warn!(
                         slack_error = e.code(),
                         error = %e,
-                        channel = %self.channel,
-                        thread = %self.thread_ts,
+                        channel = %self.to.channel,
+                        thread = %self.to.thread_ts,
                         posted = posted.len(),
                         "chat.postMessage failed"
                     );
@@ -990,9 +996,9 @@ impl ThreadSink {
                     match self
                         .api
                         .start_stream(
-                            &self.channel,
-                            &self.thread_ts,
-                            (&self.user, &self.team),
+                            &self.to.channel,
+                            &self.to.thread_ts,
+                            (&self.to.user, &self.to.team),
                             &markdown,
                         )
                         .await
@@ -1016,7 +1022,7 @@ impl ThreadSink {
                     let markdown = mrkdwn::escape_markdown(fresh);
                     match self
                         .api
-                        .append_stream(&self.channel, stream, &markdown)
+                        .append_stream(&self.to.channel, stream, &markdown)
                         .await
                     {
                         Ok(()) => sent = upto,
@@ -1038,7 +1044,7 @@ impl ThreadSink {
             match self
                 .api
                 .stop_stream(
-                    &self.channel,
+                    &self.to.channel,
                     stream,
                     tail.as_deref(),
                     // The buttons go under the answer's last message: this one,
@@ -1146,7 +1152,7 @@ impl Surface for Finishing<'_> {
         }
         self.sink
             .api
-            .update_message_with(&self.sink.channel, id, text, self.feedback.as_deref())
+            .update_message_with(&self.sink.to.channel, id, text, self.feedback.as_deref())
             .await
             .map_err(|e| SinkError(Detail::caused_by("chat.update", e)))
     }
@@ -1159,8 +1165,8 @@ impl Surface for ThreadSink {
     async fn post(&self, text: &str) -> Result<String, SinkError> {
         self.api
             .post_in_thread_with(
-                &self.channel,
-                &self.thread_ts,
+                &self.to.channel,
+                &self.to.thread_ts,
                 text,
                 None,
                 Some(&self.turn_id()),
@@ -1170,8 +1176,8 @@ impl Surface for ThreadSink {
                 warn!(
                     slack_error = e.code(),
                     error = %e,
-                    channel = %self.channel,
-                    thread = %self.thread_ts,
+                    channel = %self.to.channel,
+                    thread = %self.to.thread_ts,
                     "chat.postMessage failed"
                 );
                 SinkError(Detail::caused_by("chat.postMessage", e))
@@ -1180,7 +1186,7 @@ impl Surface for ThreadSink {
 
     async fn edit(&self, id: &str, text: &str) -> Result<(), SinkError> {
         self.api
-            .update_message(&self.channel, id, text)
+            .update_message(&self.to.channel, id, text)
             .await
             .map_err(|e| SinkError(Detail::caused_by("chat.update", e)))
     }
@@ -1193,14 +1199,7 @@ impl ChatSink for ThreadSink {
     }
 
     fn reply_to(&self) -> Option<String> {
-        let reply_to = SlackReplyTo {
-            channel: self.channel.clone(),
-            thread_ts: self.thread_ts.clone(),
-            message_ts: self.message_ts.clone(),
-            user: self.user.clone(),
-            team: self.team.clone(),
-        };
-        serde_json::to_string(&reply_to).ok()
+        serde_json::to_string(&self.to).ok()
     }
 
     async fn working(&self) {
@@ -1210,7 +1209,7 @@ impl ChatSink for ThreadSink {
             SlackProgress::Status => {
                 match self
                     .api
-                    .set_status(&self.channel, &self.thread_ts, &self.status_text)
+                    .set_status(&self.to.channel, &self.to.thread_ts, &self.status_text)
                     .await
                 {
                     Ok(()) => {}
@@ -1236,7 +1235,7 @@ impl ChatSink for ThreadSink {
         let Some(name) = &self.reaction else { return };
         match self
             .api
-            .remove_reaction(&self.channel, &self.message_ts, name)
+            .remove_reaction(&self.to.channel, &self.to.message_ts, name)
             .await
         {
             Ok(()) => {}
@@ -1244,7 +1243,7 @@ impl ChatSink for ThreadSink {
             Err(e) => warn!(
                 slack_error = e.code(),
                 error = %e,
-                channel = %self.channel,
+                channel = %self.to.channel,
                 "could not remove the progress reaction"
             ),
         }
@@ -1254,7 +1253,7 @@ impl ChatSink for ThreadSink {
         let converted = mrkdwn::to_mrkdwn(text);
         let parts = split_text(&converted, MESSAGE_LIMIT);
         if parts.is_empty() {
-            debug!(channel = %self.channel, "empty answer; nothing to post");
+            debug!(channel = %self.to.channel, "empty answer; nothing to post");
         }
         let result = self.post_parts(&parts, None).await;
         self.mark_answered(&result, false);
