@@ -521,7 +521,7 @@ impl TurnState {
 pub trait Journal: Send + Sync + 'static {
     /// Records an accepted turn; `false` when the message is journaled already (a
     /// redelivery: answered, or being answered, once).
-    async fn accept_turn(&self, turn: &JournalTurn) -> Result<bool, StoreError>;
+    async fn accept_turn(&self, turn: JournalTurn) -> Result<bool, StoreError>;
     /// The turns of `platform` still `Accepted` and untouched since
     /// `untouched_since` (left by a process that is gone), oldest first, at most
     /// `limit`.

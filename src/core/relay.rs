@@ -366,13 +366,13 @@ impl Relay {
         // In the journal before the acknowledgement: from here on, a crash loses
         // nothing (the next start answers it). A message journaled already is a
         // redelivery.
-        let mut journal = Journaling::for_message(&msg, &*sink, OffsetDateTime::now_utc());
-        if let Journaling::Pending(turn) = &journal {
-            if inner.access.refusal(&msg).is_none() {
+        let journal = match Journaling::for_message(&msg, &*sink, OffsetDateTime::now_utc()) {
+            Journaling::Pending(turn) if inner.access.refusal(&msg).is_none() => {
+                let id = turn.id.clone();
                 match inner.store.journal.accept_turn(turn).await {
                     Ok(true) => {
-                        inner.holding.insert(turn.id.clone(), ());
-                        journal = Journaling::Accepted(turn.id.clone());
+                        inner.holding.insert(id.clone(), ());
+                        Journaling::Accepted(id)
                     }
                     Ok(false) => {
                         inner.lanes.release();
@@ -387,7 +387,8 @@ impl Relay {
                     }
                 }
             }
-        }
+            other => other,
+        };
         if matches!(journal, Journaling::Accepted(_)) {
             // Never busy: the slot is already reserved.
             let _ = inner.enqueue(msg, sink, done, true, journal);
@@ -512,9 +513,10 @@ impl Relay {
             reply_to: String::new(),
             received: OffsetDateTime::now_utc(),
         };
-        self.inner.store.journal.accept_turn(&turn).await?;
-        self.inner.holding.insert(turn.id.clone(), ());
-        Ok(turn.id)
+        let id = turn.id.clone();
+        self.inner.store.journal.accept_turn(turn).await?;
+        self.inner.holding.insert(id.clone(), ());
+        Ok(id)
     }
 
     /// The async queries a stopped process answered 202 and never recorded, claimed
@@ -1138,22 +1140,25 @@ impl Inner {
         // (a catch-up read of a message answered live, another replica's delivery) is
         // not answered again.
         let journal = match journal {
-            Journaling::Pending(turn) => match self.store.journal.accept_turn(&turn).await {
-                Ok(true) => {
-                    self.holding.insert(turn.id.clone(), ());
-                    Some(turn.id)
+            Journaling::Pending(turn) => {
+                let id = turn.id.clone();
+                match self.store.journal.accept_turn(turn).await {
+                    Ok(true) => {
+                        self.holding.insert(id.clone(), ());
+                        Some(id)
+                    }
+                    Ok(false) => {
+                        tracing::debug!(turn = %id, "journaled already; not answered again");
+                        self.metrics.turn_ended(TurnOutcome::Duplicate);
+                        let _ = done.send(TurnOutcome::Duplicate);
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not journal the turn; answering it anyway");
+                        None
+                    }
                 }
-                Ok(false) => {
-                    tracing::debug!(turn = %turn.id, "journaled already; not answered again");
-                    self.metrics.turn_ended(TurnOutcome::Duplicate);
-                    let _ = done.send(TurnOutcome::Duplicate);
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "could not journal the turn; answering it anyway");
-                    None
-                }
-            },
+            }
             Journaling::Accepted(id) => Some(id),
             Journaling::Off => None,
         };
@@ -1345,14 +1350,15 @@ impl Inner {
         updated.agent_session = new_session.or(updated.agent_session);
         updated.last_activity = now;
         let session = updated.agent_session.clone().unwrap_or_default();
-        let at = conv_ref(&updated);
+        // Built only for an event: most turns write none.
+        let at = || conv_ref(&updated);
         let mut events = Vec::new();
         if self.store.transcripts.wants_events() {
             events.push(OutboxEvent::new(
                 EventKind::Conversation,
                 Some(key.to_string()),
                 &ConversationTurn {
-                    at: at.clone(),
+                    at: at(),
                     user: msg.user.clone(),
                     message_id: msg.message_id.clone(),
                     session_id: updated.agent_session.clone(),
@@ -1373,7 +1379,7 @@ impl Inner {
                 let cause = e.to_string();
                 events.push(reply_failed(
                     key,
-                    at,
+                    at(),
                     msg,
                     query,
                     &cause,

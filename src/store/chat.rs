@@ -204,10 +204,8 @@ impl TurnQueue for SqlStore {
 
 #[async_trait]
 impl Journal for SqlStore {
-    async fn accept_turn(&self, turn: &JournalTurn) -> Result<bool, StoreError> {
-        self.write(Op::AcceptTurn(Box::new(turn.clone())))
-            .await?
-            .yes()
+    async fn accept_turn(&self, turn: JournalTurn) -> Result<bool, StoreError> {
+        self.write(Op::AcceptTurn(Box::new(turn))).await?.yes()
     }
 
     async fn open_turns(

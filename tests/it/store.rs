@@ -205,14 +205,14 @@ async fn a_turn_accepted_while_another_process_writes_waits_for_the_lock() {
     };
     let accepting = tokio::spawn({
         let (s, turn) = (s.clone(), turn.clone());
-        async move { s.accept_turn(&turn).await }
+        async move { s.accept_turn(turn).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!accepting.is_finished(), "the accept waits for the lock");
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
 
     assert!(accepting.await.unwrap().unwrap(), "journaled");
-    assert!(!s.accept_turn(&turn).await.unwrap(), "and only once");
+    assert!(!s.accept_turn(turn).await.unwrap(), "and only once");
 }
 
 #[tokio::test]
@@ -400,13 +400,13 @@ async fn the_turn_journal_takes_a_message_once_and_hands_a_left_turn_to_one_clai
         turn("100.2", at(50)),
         turn("100.3", at(40)),
     );
-    assert!(s.accept_turn(&a).await.unwrap());
+    assert!(s.accept_turn(a.clone()).await.unwrap());
     assert!(
-        !s.accept_turn(&a).await.unwrap(),
+        !s.accept_turn(a.clone()).await.unwrap(),
         "a redelivery is journaled once"
     );
-    assert!(s.accept_turn(&b).await.unwrap());
-    assert!(s.accept_turn(&c).await.unwrap());
+    assert!(s.accept_turn(b.clone()).await.unwrap());
+    assert!(s.accept_turn(c.clone()).await.unwrap());
     // b is answered with its record, c fails: only a stays open.
     s.commit_turn(Commit::default(), &b.id, TurnState::Answered)
         .await
