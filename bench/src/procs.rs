@@ -207,7 +207,7 @@ pub fn spawn_bridge(bin: &Path, cfg: &BridgeCfg) -> Result<Proc> {
     let port = free_port()?;
     let log = dir.path().join("bridge.log");
     let logf = std::fs::File::create(&log)?;
-    let mut cmd = Command::new(bin);
+    let mut cmd = command(bin, "bridge");
     cmd.arg("run")
         .current_dir(dir.path())
         .env_clear()
@@ -230,6 +230,48 @@ pub fn spawn_bridge(bin: &Path, cfg: &BridgeCfg) -> Result<Proc> {
         perf: None,
         _dir: Some(dir),
     })
+}
+
+/// `BENCH_CALLGRIND=DIR`: every bridge and reference server the harness starts runs
+/// under `valgrind --tool=callgrind` (about 50 times slower), its instruction counts
+/// zeroed once it is ready and written to `DIR/<what>.<pid>.cg` when it stops.
+/// Counts are the same from run to run whatever else the machine does, so small
+/// changes show that CPU times, on a shared machine, hide; `bench/tools/instructions.py`
+/// turns the files into instructions per event.
+fn callgrind_dir() -> Option<String> {
+    std::env::var("BENCH_CALLGRIND")
+        .ok()
+        .filter(|d| !d.is_empty())
+}
+
+/// The command that runs `bin` (`what`: `bridge` or a helper's subcommand): under
+/// callgrind with `BENCH_CALLGRIND`.
+fn command(bin: &Path, what: &str) -> Command {
+    let Some(dir) = callgrind_dir() else {
+        return Command::new(bin);
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={dir}/{what}.%p.cg"))
+        .arg(bin);
+    cmd
+}
+
+/// Zeroes a callgrind process's counts, so they leave out its start-up.
+fn zero_counts(p: &Proc) {
+    if callgrind_dir().is_none() {
+        return;
+    }
+    let zeroed = Command::new("callgrind_control")
+        .args(["-z", &p.pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !zeroed.is_ok_and(|s| s.success()) {
+        eprintln!("[bench] could not zero the counts of pid {}", p.pid);
+    }
 }
 
 /// With `BENCH_PERF=DIR`, attaches `perf record` to a started bridge; the profile goes
@@ -289,6 +331,7 @@ pub async fn start_bridge(bin: &Path, cfg: &BridgeCfg) -> Result<(Proc, Duration
     {
         Ok(_) => {
             let took = p.spawned.elapsed();
+            zero_counts(&p);
             attach_perf(&mut p);
             Ok((p, took))
         }
@@ -314,7 +357,7 @@ pub async fn start_helper(bench_bin: &Path, subcommand: &str, args: &[&str]) -> 
     let dir = tempfile::Builder::new().prefix("bench-floor-").tempdir()?;
     let log = dir.path().join("floor.log");
     let logf = std::fs::File::create(&log)?;
-    let child = Command::new(bench_bin)
+    let child = command(bench_bin, subcommand)
         .arg(subcommand)
         .arg(addr.to_string())
         .args(args)
@@ -331,6 +374,12 @@ pub async fn start_helper(bench_bin: &Path, subcommand: &str, args: &[&str]) -> 
         perf: None,
         _dir: Some(dir),
     };
-    wait_listening(addr, Duration::from_secs(10)).await?;
+    // Under valgrind a helper takes seconds to start.
+    let start = match callgrind_dir() {
+        Some(_) => Duration::from_secs(60),
+        None => Duration::from_secs(10),
+    };
+    wait_listening(addr, start).await?;
+    zero_counts(&p);
     Ok(p)
 }
