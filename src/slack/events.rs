@@ -62,6 +62,7 @@ pub(crate) struct Wire<E> {
     /// The workspaces (and users) this event is delivered for.
     #[serde(default)]
     authorizations: Vec<Authorization>,
+    // A path, not `default`: serde would ask `E: Default` of the bare attribute.
     #[serde(default = "Option::default")]
     event: Option<E>,
 }
