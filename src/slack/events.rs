@@ -72,11 +72,20 @@ impl Envelope {
     /// is read again with its event left raw, to tell a malformed event (the
     /// envelope is still read) from a malformed envelope (the error); only bad input
     /// pays the second pass.
+    ///
+    /// The body is checked as UTF-8 once, up front, and read as text: read as bytes,
+    /// serde_json checks each string of it on its own, which costs more. A body that
+    /// is not UTF-8 is read as bytes, for serde_json's own error.
     pub(crate) fn parse(json: &[u8]) -> Result<Envelope, serde_json::Error> {
-        if let Ok(read) = serde_json::from_slice::<Wire<EventBody>>(json) {
-            return Ok(read.with_event(Ok));
-        }
-        let raw = serde_json::from_slice::<Wire<&RawValue>>(json)?;
+        let raw = match std::str::from_utf8(json) {
+            Ok(text) => {
+                if let Ok(read) = serde_json::from_str::<Wire<EventBody>>(text) {
+                    return Ok(read.with_event(Ok));
+                }
+                serde_json::from_str::<Wire<&RawValue>>(text)?
+            }
+            Err(_) => serde_json::from_slice::<Wire<&RawValue>>(json)?,
+        };
         Ok(raw.with_event(|event| {
             serde_json::from_str(event.get()).map_err(|e| Detail::caused_by("malformed event", e))
         }))
