@@ -378,6 +378,16 @@ async fn w1_measure(ctx: &Ctx, who: Who, mode: Mode, reaction: Option<String>) -
     if !floor {
         let done = wait_replies(f, load.ok, Duration::from_secs(180)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // The progress indicator shows only for answers slower than 500 ms: how many
+        // got one tells whether the CPU figure includes its calls.
+        if matches!(who, Who::Bridge | Who::Against) {
+            let st = &f.slack.stats;
+            log(format!(
+                "W1 progress indicators: {} reactions added, {} calls the fake refuses (`assistant.threads.setStatus`, `chat.startStream`)",
+                st.react_add.load(Ordering::Relaxed),
+                st.other.load(Ordering::Relaxed),
+            ));
+        }
         let (ok, mut detail) = exactly_once(f, &acks, load.ok + load.errors);
         if !done {
             detail.push_str(" (timed out waiting for the replies)");
@@ -1612,7 +1622,7 @@ async fn w8_socket(ctx: &Ctx) -> Result<Side> {
 
 pub async fn w8(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     let w = "W8";
-    let order: [bool; 2] = if round % 2 == 0 {
+    let order: [bool; 2] = if round.is_multiple_of(2) {
         [true, false]
     } else {
         [false, true]
