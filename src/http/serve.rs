@@ -15,7 +15,6 @@
 //! - Shutdown: stop accepting, then let hyper finish the requests in flight
 //!   (`hyper_util::server::graceful`); dropping the future aborts every connection.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -136,7 +135,7 @@ async fn request_deadline(State(limit): State<Duration>, req: Request, next: Nex
     if http_body::Body::is_end_stream(req.body()) {
         return next.run(req).await;
     }
-    let deadline = tokio::time::Instant::now() + limit;
+    let deadline = tokio::time::sleep(limit);
     let (parts, body) = req.into_parts();
     let (arrived, mut arrival) = oneshot::channel();
     let body = Body::new(Arrival {
@@ -144,23 +143,7 @@ async fn request_deadline(State(limit): State<Duration>, req: Request, next: Nex
         arrived: Some(arrived),
     });
     let response = next.run(Request::from_parts(parts, body));
-    tokio::pin!(response);
-    // A request that hyper holds whole is read by the handler's first steps: its
-    // clock never needs winding (a timer costs every request a trip through tokio's
-    // timer wheel).
-    let first = std::future::poll_fn(|cx| match response.as_mut().poll(cx) {
-        Poll::Ready(response) => Poll::Ready(Some(response)),
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await;
-    if let Some(response) = first {
-        return response;
-    }
-    if !matches!(arrival.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
-        return response.await;
-    }
-    let deadline = tokio::time::sleep_until(deadline);
-    tokio::pin!(deadline);
+    tokio::pin!(response, deadline);
     tokio::select! {
         biased;
         response = &mut response => return response,
