@@ -812,4 +812,35 @@ mod tests {
         assert_eq!(clean_text("<@UBOT>", "UBOT"), "");
         assert_eq!(clean_text("a &amp;lt; b", "UBOT"), "a &lt; b");
     }
+
+    #[test]
+    fn a_malformed_event_is_told_from_a_malformed_envelope() {
+        let read = Envelope::parse(br#"{"type":"event_callback","event":{"type":5}}"#)
+            .expect("the envelope reads");
+        assert_eq!(read.kind(), "event_callback");
+        let why = read
+            .event
+            .expect("an event")
+            .expect_err("a malformed event");
+        assert!(why.to_string().starts_with("malformed event"), "{why}");
+
+        let read = Envelope::parse(
+            br#"{"type":"event_callback","event":{"type":"app_mention","channel":"C1"}}"#,
+        )
+        .expect("the envelope reads");
+        let event = read.event.expect("an event").expect("the event reads");
+        assert_eq!(
+            (event.kind.as_str(), event.channel.as_deref()),
+            ("app_mention", Some("C1"))
+        );
+
+        assert!(Envelope::parse(br#"{"type":"event_callback","event":{}"#).is_err());
+        assert!(Envelope::parse(br#"{"event":{}}"#).is_err(), "no type");
+        // Not UTF-8 (a byte in a field the bridge skips): read as bytes, as serde_json does.
+        let read = Envelope::parse(
+            b"{\"type\":\"event_callback\",\"x\":\"\xff\",\"event\":{\"type\":\"message\"}}",
+        )
+        .expect("the envelope reads");
+        assert!(matches!(read.event, Some(Ok(_))));
+    }
 }

@@ -995,6 +995,15 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(1000))]
 
         #[test]
+        fn a_line_copied_whole_reads_as_the_walk_would_write_it(input in any::<String>()) {
+            let mut copied = String::new();
+            inline(&input, Ctx::PLAIN, &mut copied);
+            let mut walked = String::new();
+            inline_chars(&input.chars().collect::<Vec<_>>(), Ctx::PLAIN, &mut walked);
+            prop_assert_eq!(copied, walked, "{:?}", input);
+        }
+
+        #[test]
         fn never_panics_and_never_forms_a_mention(input in any::<String>()) {
             let out = to_mrkdwn(&input);
             prop_assert!(!out.contains("<!"), "{input:?} → {out:?}");
