@@ -35,6 +35,83 @@ async fn sqlite_file_store_meets_the_contract() {
     store_contract(&s).await;
 }
 
+/// A database made by an earlier release (migrations up to 0010, with the journal
+/// `WITHOUT ROWID` and transcripts `AUTOINCREMENT`) keeps every row through 0011's
+/// re-cut: the same transcript ids, the open turn still open, its id still unique,
+/// and new transcript rows numbered after the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_upgrade_keeps_transcripts_and_journal_rows() {
+    use agent_bridge::core::ports::{Journal, JournalTurn};
+    let (_dir, url) = db::sqlite_file_url().await;
+    {
+        let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+        let pool = sqlx::SqlitePool::connect_with(options.create_if_missing(true))
+            .await
+            .unwrap();
+        let mut earlier = sqlx::migrate!("migrations/sqlite");
+        earlier.migrations = earlier
+            .migrations
+            .iter()
+            .filter(|m| m.version <= 10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        earlier.run(&pool).await.unwrap();
+        for statement in [
+            "INSERT INTO transcripts (id, session_id, role, content, created_at, platform, \
+             channel, thread, user_id, message_id) \
+             VALUES (7, 'sess-up', 'user', 'before', 4102444800000, 'slack', 'C1', NULL, 'U1', 'm1'), \
+                    (9, 'sess-up', 'assistant', 'answer', 4102444800001, 'slack', 'C1', NULL, 'U1', NULL)",
+            "INSERT INTO turn_journal (id, platform, workspace, channel, thread, user_id, \
+             message_id, body, reply_to, state, received_at, updated_at) \
+             VALUES ('slack-1.1-T1-C1', 'slack', 'T1', 'C1', NULL, 'U1', '1.1', 'left open', \
+                     '{\"channel\":\"C1\"}', 'accepted', 1000, 1000)",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+
+    let s = open(&url).await;
+    let ids = |h: Vec<TranscriptEntry>| {
+        h.iter()
+            .map(|e| (e.id, e.content.clone()))
+            .collect::<Vec<_>>()
+    };
+    let history = s.history("sess-up", None).await.unwrap();
+    assert_eq!(
+        ids(history),
+        [(7, "before".to_string()), (9, "answer".to_string())]
+    );
+    let open_turns = s
+        .open_turns(Platform::Slack, OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap();
+    assert_eq!(open_turns.len(), 1);
+    assert_eq!(open_turns[0].id, "slack-1.1-T1-C1");
+    assert_eq!(open_turns[0].msg.text, "left open");
+    let mut again: JournalTurn = open_turns[0].clone();
+    assert!(
+        !s.accept_turn(again.clone()).await.unwrap(),
+        "still journaled once"
+    );
+    again.id = "slack-1.2-T1-C1".into();
+    assert!(s.accept_turn(again).await.unwrap());
+    let later = datetime!(2100-01-01 00:00 UTC) + Duration::seconds(1);
+    s.commit(Commit {
+        transcript: vec![entry("sess-up", Role::User, "after", later)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let history = s.history("sess-up", None).await.unwrap();
+    assert_eq!(
+        history.last().map(|e| e.id),
+        Some(10),
+        "numbered after the old rows"
+    );
+}
+
 /// The SQLite writer commits turns on a connection of its own while the pool's
 /// connection changes subscriptions (a transaction that also reads): both must
 /// succeed, however their transactions interleave.
