@@ -30,8 +30,10 @@
 //!
 //! It also knows, as plain state, whether any webhook endpoint is enabled: every
 //! endpoint change passes through it. While none is, commits skip their events (and
-//! callers may skip building them: [`Writer::wants_events`]). The knowledge is trusted
-//! for [`NO_ENDPOINTS_FOR`] only, for the sake of another process writing the file.
+//! callers may skip building them: [`Writer::wants_events`]), and the webhook worker's
+//! claims are answered "nothing" without a transaction. The knowledge is trusted for
+//! [`NO_ENDPOINTS_FOR`] only, for the sake of another process writing the file: an idle
+//! worker's claim renews it once that long.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -134,6 +136,12 @@ struct NoEndpoints {
     epoch: Instant,
     /// Milliseconds since `epoch` until which "none" holds; 0: unknown.
     until: AtomicU64,
+    /// The same for the webhook worker's claims, renewed also by a claim that found
+    /// nothing: a claim skipped wrongly only waits (an endpoint another process
+    /// enabled is claimed for within [`NO_ENDPOINTS_FOR`]), where an event skipped
+    /// wrongly would be lost, so only endpoint changes and offered events renew
+    /// `until`.
+    claims_until: AtomicU64,
 }
 
 impl NoEndpoints {
@@ -145,12 +153,31 @@ impl NoEndpoints {
         self.now_ms() < self.until.load(Ordering::Acquire)
     }
 
+    fn known_for_claims(&self) -> bool {
+        self.now_ms() < self.claims_until.load(Ordering::Acquire)
+    }
+
     fn saw(&self, any: bool) {
-        let until = match any {
+        let until = self.until_for(any);
+        self.until.store(until, Ordering::Release);
+        self.claims_until.store(until, Ordering::Release);
+    }
+
+    /// What a claim that found nothing read: renews only the claims' knowledge.
+    fn saw_after_claim(&self, any: bool) {
+        match any {
+            true => self.saw(true),
+            false => self
+                .claims_until
+                .store(self.until_for(false), Ordering::Release),
+        }
+    }
+
+    fn until_for(&self, any: bool) -> u64 {
+        match any {
             true => 0,
             false => self.now_ms() + NO_ENDPOINTS_FOR.as_millis() as u64,
-        };
-        self.until.store(until, Ordering::Release);
+        }
     }
 }
 
@@ -183,6 +210,7 @@ impl Writer {
         let endpoints = Arc::new(NoEndpoints {
             epoch: Instant::now(),
             until: AtomicU64::new(0),
+            claims_until: AtomicU64::new(0),
         });
         let state = endpoints.clone();
         let deferred = Deferred::default();
@@ -203,6 +231,7 @@ impl Writer {
             options.clone(),
             deferred.clone(),
             jobs.clone(),
+            load.clone(),
             stop.clone(),
         ));
         Ok(Writer {
@@ -218,6 +247,12 @@ impl Writer {
     /// `false` while "no endpoint is enabled" is known.
     pub(crate) fn wants_events(&self) -> bool {
         !self.endpoints.known()
+    }
+
+    /// `false` while "no endpoint is enabled" is known for the webhook worker's
+    /// claims (see [`NoEndpoints::claims_until`]).
+    pub(crate) fn wants_claims(&self) -> bool {
+        !self.endpoints.known_for_claims()
     }
 
     /// Applies `op` with the next batch and waits until it is committed.
@@ -285,6 +320,7 @@ impl Writer {
                 None => Ok(Err(stopped())),
             };
         };
+        self.load.committed();
         let own = results.pop().unwrap_or_else(|| Err(stopped()));
         for result in results {
             if let Err(e) = result {
@@ -359,6 +395,9 @@ struct Load {
     /// the last few, in 1/[`OVERLAP_SCALE`]ths (concurrent updates may lose one,
     /// which only blurs it).
     overlap: AtomicU32,
+    /// Batches committed, by the thread or inline: the checkpointer skips its work
+    /// while this has not moved since a checkpoint that copied everything.
+    commits: AtomicU64,
 }
 
 impl Load {
@@ -379,6 +418,10 @@ impl Load {
         self.sent.load(Ordering::Acquire) == 0
             && !self.crowded.load(Ordering::Relaxed)
             && self.overlap.load(Ordering::Relaxed) < OVERLAP_BUSY
+    }
+
+    fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -428,7 +471,10 @@ fn run(
             }
         }
         let results = match write(&mut db, &batch, endpoints) {
-            Ok(results) => results,
+            Ok(results) => {
+                load.committed();
+                results
+            }
             Err(e) => {
                 tracing::warn!(error = %e, size = batch.len(), "a store batch failed; its callers get the error");
                 batch.iter().map(|_| Err(e.clone())).collect()
@@ -473,17 +519,23 @@ fn write(
             }
         };
         // Every endpoint change comes through here: after one (or when events were
-        // offered) the writer reads the answer again, inside the same transaction.
-        let ask = batch
+        // offered, or a claim found nothing) the writer reads the answer again, inside
+        // the same transaction.
+        let for_events = batch
             .iter()
             .any(|j| j.op.changes_endpoints() || j.op.offers_events());
-        let any = match ask {
+        let for_claims = results
+            .iter()
+            .any(|result| matches!(result, Ok(Out::Claimed(rows)) if rows.is_empty()));
+        let any = match for_events || for_claims {
             true => Some(poll(ops::scalar(&mut Lite(db), &sql::ANY_ENABLED_ENDPOINT, &[]))? > 0),
             false => None,
         };
         step(db, "COMMIT")?;
-        if let Some(any) = any {
-            endpoints.saw(any);
+        match any {
+            Some(any) if for_events => endpoints.saw(any),
+            Some(any) => endpoints.saw_after_claim(any),
+            None => {}
         }
         Ok(results)
     })();
@@ -582,6 +634,7 @@ async fn background(
     options: SqliteConnectOptions,
     deferred: Deferred,
     jobs: mpsc::Sender<Job>,
+    load: Arc<Load>,
     stop: CancellationToken,
 ) {
     let mut conn = match SqliteConnection::connect_with(&options).await {
@@ -599,6 +652,11 @@ async fn background(
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pace = Pace::default();
+    // The commit count as read before the last checkpoint that copied the whole WAL
+    // back: while it stays, there is nothing to copy, and an idle store costs no
+    // checkpoint (no hand-off to the connection's thread, no locks) every wake.
+    // `None` until the first one, which also copies what the migrations wrote.
+    let mut copied_through: Option<u64> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -611,7 +669,8 @@ async fn background(
         let Some(conn) = conn.as_mut() else {
             continue;
         };
-        if !pace.due() {
+        let commits = load.commits.load(Ordering::Acquire);
+        if copied_through == Some(commits) || !pace.due() {
             continue;
         }
         // (busy, frames in the WAL, frames copied back)
@@ -620,7 +679,12 @@ async fn background(
             .await
         {
             // -1: it could not run (the writer's own checkpoint was running).
-            Ok((_, frames, _)) if frames >= 0 => pace.checkpointed(frames),
+            Ok((_, frames, copied)) if frames >= 0 => {
+                pace.checkpointed(frames);
+                if copied == frames {
+                    copied_through = Some(commits);
+                }
+            }
             Ok(_) => pace.failed(),
             Err(e) => {
                 tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
@@ -738,11 +802,22 @@ mod tests {
         let none = NoEndpoints {
             epoch: Instant::now(),
             until: AtomicU64::new(0),
+            claims_until: AtomicU64::new(0),
         };
         assert!(!none.known());
+        assert!(!none.known_for_claims());
         none.saw(false);
         assert!(none.known());
+        assert!(none.known_for_claims());
         none.saw(true);
         assert!(!none.known());
+        assert!(!none.known_for_claims());
+        // A claim that found nothing renews only the claims' knowledge: events are
+        // never dropped on its word.
+        none.saw_after_claim(false);
+        assert!(!none.known());
+        assert!(none.known_for_claims());
+        none.saw_after_claim(true);
+        assert!(!none.known_for_claims());
     }
 }
