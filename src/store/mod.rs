@@ -243,6 +243,25 @@ fn migrator(pool: &Pool) -> Migrator {
     m
 }
 
+/// Runs the SQLite migrations in one `BEGIN IMMEDIATE` transaction (each migration
+/// a savepoint in it, as sqlx nests them), which does two things:
+/// - it serialises runners: the write lock is taken before sqlx reads which
+///   migrations are applied, so a second process (a `migrate` next to a server, two
+///   starts at once) waits for the first, sees them applied and does nothing;
+/// - a fresh file is one commit, not two per migration (each migration's own, then
+///   sqlx's update of its `execution_time`).
+///
+/// On an error nothing is applied: the transaction rolls back.
+async fn migrate_sqlite(
+    m: &Migrator,
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    m.run_direct(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// A pooled read connection of either back-end.
 enum Reader {
     Sqlite(PoolConnection<Sqlite>),
@@ -320,7 +339,7 @@ impl SqlStore {
                 let mut conn = sqlx::SqliteConnection::connect_with(options)
                     .await
                     .map_err(db_err)?;
-                let ran = m.run(&mut conn).await;
+                let ran = migrate_sqlite(&m, &mut conn).await;
                 let _ = conn.close().await;
                 ran
             }

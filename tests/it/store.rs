@@ -308,6 +308,35 @@ async fn two_memory_stores_are_separate_databases() {
     assert_eq!(b.conversation(&c.key).await.unwrap(), None);
 }
 
+/// Two processes starting at once on a fresh file (or `migrate` next to a starting
+/// server): the second waits for the first's migrations, finds them applied and
+/// applies nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_migrations_run_by_two_processes_at_once_both_succeed() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    let a = store::connect(&url).await.unwrap();
+    let b = store::connect(&url).await.unwrap();
+
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+
+    ra.unwrap();
+    rb.unwrap();
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let (rows, versions): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT version) FROM _sqlx_migrations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, versions, "each migration recorded once");
+    assert_eq!(
+        rows as usize,
+        sqlx::migrate!("migrations/sqlite").iter().count()
+    );
+    pool.close().await;
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test]
 async fn postgres_migrations_run_by_two_replicas_at_once_both_succeed() {
     let Some(pg) = PgSchema::create().await else {
