@@ -171,6 +171,10 @@ async fn connect_sqlite(url: &str) -> Result<SqlStore, StoreError> {
         .clone()
         .create_if_missing(false)
         .pragma("query_only", "ON");
+    // Lazy: the first reader opens in the background (`min_connections`) while the
+    // migrations run on their own connection, instead of one after the other at every
+    // start. The writer has opened the file already, so a reader that cannot open it
+    // is unexpected; it would fail the first read (`/readyz` says so).
     let pool = SqlitePoolOptions::new()
         .max_connections(SQLITE_READERS)
         .min_connections(1)
@@ -178,11 +182,7 @@ async fn connect_sqlite(url: &str) -> Result<SqlStore, StoreError> {
         .max_lifetime(None)
         .test_before_acquire(false)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(readers)
-        .await
-        .map_err(|e| {
-            StoreError::Unavailable(Detail::caused_by("cannot open SQLite database", e))
-        })?;
+        .connect_lazy_with(readers);
     Ok(SqlStore {
         pool: Pool::Sqlite(pool),
         writer: Some(Arc::new(writer)),

@@ -637,15 +637,10 @@ async fn background(
     load: Arc<Load>,
     stop: CancellationToken,
 ) {
-    let mut conn = match SqliteConnection::connect_with(&options).await {
-        Ok(conn) => Some(conn),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot open the checkpointing connection; the writer will checkpoint");
-            None
-        }
-    };
     // The first checkpoint one period from now, not at once: at start-up it would
-    // sync the WAL and the file while the migrations and the first requests run.
+    // sync the WAL and the file while the migrations and the first requests run. Its
+    // connection is opened then too, off start-up's path (`None` inside: it failed).
+    let mut conn: Option<Option<SqliteConnection>> = None;
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + CHECKPOINT_EVERY,
         CHECKPOINT_EVERY,
@@ -666,7 +661,16 @@ async fn background(
         for op in ops {
             let _ = jobs.send(Job::queued(op));
         }
-        let Some(conn) = conn.as_mut() else {
+        if conn.is_none() {
+            conn = Some(match SqliteConnection::connect_with(&options).await {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the checkpointing connection; the writer will checkpoint");
+                    None
+                }
+            });
+        }
+        let Some(Some(conn)) = conn.as_mut() else {
             continue;
         };
         let commits = load.commits.load(Ordering::Acquire);
@@ -692,7 +696,7 @@ async fn background(
             }
         }
     }
-    if let Some(conn) = conn {
+    if let Some(Some(conn)) = conn {
         let _ = conn.close().await;
     }
 }
