@@ -1357,6 +1357,44 @@ async fn concurrent_claims_on_one_sqlite_file_never_overlap() {
     concurrent_claims_never_overlap(a, b).await;
 }
 
+/// An idle SQLite worker's claims cost no transaction while its writer knows no
+/// endpoint is enabled, but that knowledge expires: an endpoint another process
+/// created (with deliveries queued for it) is claimed within a few seconds, not never.
+#[tokio::test]
+async fn deliveries_for_an_endpoint_another_process_created_are_claimed_soon() {
+    let (_dir, url) = db::sqlite_file_url().await;
+    let idle = open_store(&url).await;
+    let other = open_store(&url).await;
+    let lease = Duration::from_secs(30);
+    assert!(idle
+        .claim_deliveries(&claim_now(&[], lease))
+        .await
+        .unwrap()
+        .is_empty());
+
+    other
+        .create_endpoint(&endpoint_at("ep_other", "http://r.test/o", false))
+        .await
+        .unwrap();
+    let ids = commit_events(&other, &["k1"]).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let claimed = loop {
+        let rows = idle.claim_deliveries(&claim_now(&[], lease)).await.unwrap();
+        if !rows.is_empty() || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|r| r.event_id.clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+}
+
 #[tokio::test]
 async fn concurrent_claims_on_one_postgres_schema_never_overlap() {
     let Some(pg) = db::PgSchema::create().await else {
