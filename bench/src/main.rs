@@ -3,12 +3,15 @@
 //! ```text
 //! bench run [--bridge PATH] [--rounds N] [--duration SECS] [--only W1,W3] [--out DIR]
 //! bench run --only W1AB --bridge NEW --against OLD [--rounds N]   two builds side by side
+//! bench run --only W1AB --against reference-journal   the bridge beside W1's reference doing
+//!           SPEC's work (SQLite, the turn journal); `reference-store`: the one without the journal
 //!           [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N]
 //!           [--w7-answers N] [--w7-pieces N] [--w7-chars N] [--w7-piece-ms MS] [--w7-interval-ms MS]
 //! bench summarize FILE.json...        medians across earlier runs
 //! bench floor-slack ADDR SECRET       the W1 floor server (started by `run`)
 //! bench reference-slack ADDR SECRET SLACK_API_ADDR   W1's least work with a reply (see reference.rs)
 //! bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB   the same plus SQLite bookkeeping
+//! bench reference-slack-journal ADDR SECRET SLACK_API_ADDR DB   SPEC's: the turn journal too
 //! bench reference-proxy ADDR AGENT_ADDR              W2's least work (see reference.rs)
 //! ```
 
@@ -34,7 +37,7 @@ use crate::workloads::Ctx;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  bench run [--bridge PATH] [--against PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n            [--w7-answers N] [--w7-pieces N] [--w7-chars N] [--w7-piece-ms MS] [--w7-interval-ms MS]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB_PATH\n  bench reference-proxy ADDR AGENT_ADDR"
+        "usage:\n  bench run [--bridge PATH] [--against PATH] [--rounds N] [--duration SECS] [--only W1,W2,...] [--out DIR]\n            [--conns N] [--w1-rate R] [--w3-rate R] [--w4-events N] [--w4-rate R] [--w4-latency-events N] [--w5-conversations N] [--w6-starts N] [--round-offset N]\n            [--w7-answers N] [--w7-pieces N] [--w7-chars N] [--w7-piece-ms MS] [--w7-interval-ms MS]\n  bench summarize FILE.json...\n  bench floor-slack ADDR SECRET\n  bench reference-slack ADDR SECRET SLACK_API_ADDR\n  bench reference-slack-store ADDR SECRET SLACK_API_ADDR DB_PATH\n  bench reference-slack-journal ADDR SECRET SLACK_API_ADDR DB_PATH\n  bench reference-proxy ADDR AGENT_ADDR"
     );
     std::process::exit(2)
 }
@@ -51,14 +54,21 @@ fn main() -> Result<()> {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
             let secret = args.get(2).unwrap_or_else(|| usage()).clone();
             let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
-            reference::slack(addr, secret, api, None)
+            reference::slack(addr, secret, api, reference::Bookkeeping::None)
         }
         Some("reference-slack-store") => {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
             let secret = args.get(2).unwrap_or_else(|| usage()).clone();
             let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
             let db = args.get(4).unwrap_or_else(|| usage()).clone();
-            reference::slack(addr, secret, api, Some(db))
+            reference::slack(addr, secret, api, reference::Bookkeeping::Store(db))
+        }
+        Some("reference-slack-journal") => {
+            let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
+            let secret = args.get(2).unwrap_or_else(|| usage()).clone();
+            let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
+            let db = args.get(4).unwrap_or_else(|| usage()).clone();
+            reference::slack(addr, secret, api, reference::Bookkeeping::Journal(db))
         }
         Some("reference-proxy") => {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
@@ -102,7 +112,21 @@ fn run(args: &[String]) -> Result<()> {
         };
         match a.as_str() {
             "--bridge" => bridge = PathBuf::from(val()?),
-            "--against" => against = Some(std::fs::canonicalize(val()?)?),
+            "--against" => {
+                let v = val()?;
+                against = Some(
+                    if [
+                        workloads::AGAINST_REFERENCE_JOURNAL,
+                        workloads::AGAINST_REFERENCE_STORE,
+                    ]
+                    .contains(&v.as_str())
+                    {
+                        PathBuf::from(v)
+                    } else {
+                        std::fs::canonicalize(v)?
+                    },
+                )
+            }
             "--rounds" => rounds = val()?.parse()?,
             "--duration" => duration = val()?.parse()?,
             "--only" => only = Some(val()?.split(',').map(|s| s.trim().to_uppercase()).collect()),

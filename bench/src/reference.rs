@@ -8,6 +8,14 @@
 //!   event for its channel, `ts` and text, and post the text back in the thread with
 //!   one pooled keep-alive `POST /api/chat.postMessage` in the background, reading the
 //!   answer's `ok`. No store, no dedupe, no conversation, no transcript.
+//! - `reference-slack-store ADDR SECRET SLACK_API_ADDR DB`: the same, plus SQLite
+//!   bookkeeping ([`RefStore`]): a dedupe row in the background, then the conversation
+//!   and the two transcript rows. Written before SPEC §3 asked for the turn journal.
+//! - `reference-slack-journal ADDR SECRET SLACK_API_ADDR DB`: what SPEC asks of an
+//!   answered Slack event today, written plainly: the turn in the journal before the
+//!   200 (§3; its insert is the dedupe), the reply with the turn's `metadata` (§3) and
+//!   the feedback buttons (`FEEDBACK_BUTTONS` defaults to on, §5), then the
+//!   conversation, the two transcript rows and the turn marked answered in one write.
 //! - `reference-proxy ADDR AGENT_ADDR`: W2's least work: read the request body, send it
 //!   to the agent's `/query` over a pooled keep-alive connection, return the answer's
 //!   body. No auth, no JSON, no events.
@@ -53,6 +61,8 @@ struct Envelope<'a> {
 
 #[derive(Deserialize)]
 struct Event<'a> {
+    #[serde(borrow, default)]
+    user: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     channel: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
@@ -66,6 +76,107 @@ struct Post<'a> {
     channel: &'a str,
     thread_ts: &'a str,
     text: &'a str,
+}
+
+/// The reply as SPEC asks it with the journal: the text as a section, the feedback
+/// buttons after it (§5), the turn as message metadata (§3). W1's texts are short, so
+/// one section holds the text (Slack takes up to 3,000 characters in one). Typed
+/// structs, as a careful plain implementation would write them (a `json!` tree per
+/// reply would cost the reference more than it needs).
+#[derive(Serialize)]
+struct PostWithTurn<'a> {
+    channel: &'a str,
+    thread_ts: &'a str,
+    text: &'a str,
+    blocks: (Section<'a>, Actions<'a>),
+    metadata: Metadata<'a>,
+}
+
+#[derive(Serialize)]
+struct Section<'a> {
+    r#type: &'static str,
+    text: TypedText<'a>,
+}
+
+#[derive(Serialize)]
+struct TypedText<'a> {
+    r#type: &'static str,
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct Actions<'a> {
+    r#type: &'static str,
+    elements: [FeedbackButtons<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct FeedbackButtons<'a> {
+    r#type: &'static str,
+    action_id: &'static str,
+    positive_button: Button<'a>,
+    negative_button: Button<'a>,
+}
+
+#[derive(Serialize)]
+struct Button<'a> {
+    text: TypedText<'a>,
+    value: String,
+    accessibility_label: &'static str,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    event_type: &'static str,
+    event_payload: TurnPayload<'a>,
+}
+
+#[derive(Serialize)]
+struct TurnPayload<'a> {
+    turn_id: &'a str,
+}
+
+fn post_with_turn<'a>(
+    channel: &'a str,
+    thread_ts: &'a str,
+    text: &'a str,
+    turn: &'a str,
+) -> PostWithTurn<'a> {
+    let button = |emoji: &'static str, vote: &str, label: &'static str| Button {
+        text: TypedText {
+            r#type: "plain_text",
+            text: emoji,
+        },
+        value: format!("{turn}:{vote}"),
+        accessibility_label: label,
+    };
+    PostWithTurn {
+        channel,
+        thread_ts,
+        text,
+        blocks: (
+            Section {
+                r#type: "section",
+                text: TypedText {
+                    r#type: "mrkdwn",
+                    text,
+                },
+            },
+            Actions {
+                r#type: "context_actions",
+                elements: [FeedbackButtons {
+                    r#type: "feedback_buttons",
+                    action_id: "feedback",
+                    positive_button: button("👍", "up", "Good answer"),
+                    negative_button: button("👎", "down", "Bad answer"),
+                }],
+            },
+        ),
+        metadata: Metadata {
+            event_type: "agent_bridge_turn",
+            event_payload: TurnPayload { turn_id: turn },
+        },
+    }
 }
 
 #[derive(Deserialize)]
@@ -135,7 +246,19 @@ pub struct RefStore {
 enum StoreOp {
     /// `true` to the reply when the key was new.
     Sighting(String, tokio::sync::oneshot::Sender<bool>),
+    /// The turn into the journal (SPEC §3); `true` to the reply when it was new.
+    /// `None` when the batch failed.
+    Accept(Accepted, tokio::sync::oneshot::Sender<Option<bool>>),
     Turn(Turn, tokio::sync::oneshot::Sender<()>),
+}
+
+/// What answering a journaled turn after a crash needs.
+pub struct Accepted {
+    id: String,
+    channel: String,
+    thread: String,
+    user: String,
+    text: String,
 }
 
 pub struct Turn {
@@ -145,6 +268,8 @@ pub struct Turn {
     session: String,
     query: String,
     answer: String,
+    /// With the journal: the turn's id, marked answered in the same transaction.
+    journaled: Option<String>,
 }
 
 const REF_SCHEMA: &str = "
@@ -166,6 +291,11 @@ CREATE INDEX IF NOT EXISTS transcripts_created_at ON transcripts (created_at);
 CREATE TABLE IF NOT EXISTS seen_events (
     key TEXT PRIMARY KEY NOT NULL, expires_at BIGINT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_events_expires_at ON seen_events (expires_at);
+CREATE TABLE IF NOT EXISTS turn_journal (
+    id TEXT NOT NULL PRIMARY KEY, platform TEXT NOT NULL, workspace TEXT NOT NULL,
+    channel TEXT NOT NULL, thread TEXT, user_id TEXT NOT NULL, message_id TEXT NOT NULL,
+    body TEXT NOT NULL, reply_to TEXT NOT NULL, state TEXT NOT NULL,
+    received_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
 ";
 
 fn now_ms() -> i64 {
@@ -201,6 +331,13 @@ impl RefStore {
         rx.await.unwrap_or(false)
     }
 
+    /// `None` when the store failed: the event is then not acknowledged.
+    pub async fn accept(&self, turn: Accepted) -> Option<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.ops.send(StoreOp::Accept(turn, tx));
+        rx.await.ok().flatten()
+    }
+
     pub async fn commit(&self, turn: Turn) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.ops.send(StoreOp::Turn(turn, tx));
@@ -229,6 +366,20 @@ fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
                             .execute(rusqlite::params![key, now + 3_600_000, now])?;
                         first.push(n == 1);
                     }
+                    StoreOp::Accept(a, _) => {
+                        let n = db
+                            .prepare_cached(
+                                "INSERT INTO turn_journal (id, platform, workspace, channel, \
+                                 thread, user_id, message_id, body, reply_to, state, \
+                                 received_at, updated_at) \
+                                 VALUES (?1, 'slack', 'T1', ?2, ?3, ?4, ?3, ?5, ?2, 'accepted', \
+                                 ?6, ?6) ON CONFLICT (id) DO NOTHING",
+                            )?
+                            .execute(rusqlite::params![
+                                a.id, a.channel, a.thread, a.user, a.text, now
+                            ])?;
+                        first.push(n == 1);
+                    }
                     StoreOp::Turn(t, _) => {
                         db.prepare_cached(
                             "INSERT INTO conversations (key, platform, workspace, channel, thread, \
@@ -254,6 +405,13 @@ fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
                             t.channel,
                             t.thread
                         ])?;
+                        if let Some(id) = &t.journaled {
+                            db.prepare_cached(
+                                "UPDATE turn_journal SET state = 'answered', updated_at = ?2 \
+                                 WHERE id = ?1 AND state = 'accepted'",
+                            )?
+                            .execute(rusqlite::params![id, now])?;
+                        }
                         first.push(true);
                     }
                 }
@@ -272,6 +430,9 @@ fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
                 StoreOp::Sighting(_, tx) => {
                     let _ = tx.send(first && result.is_ok());
                 }
+                StoreOp::Accept(_, tx) => {
+                    let _ = tx.send(result.is_ok().then_some(first));
+                }
                 StoreOp::Turn(_, tx) => {
                     let _ = tx.send(());
                 }
@@ -280,14 +441,23 @@ fn writer(db: rusqlite::Connection, rx: flume::Receiver<StoreOp>) {
     }
 }
 
+/// What a W1 reference keeps in SQLite besides answering.
+pub enum Bookkeeping {
+    None,
+    /// [`RefStore`]: dedupe before answering, the turn's rows after posting.
+    Store(String),
+    /// SPEC §3 today: the turn journaled before the 200, the reply carrying it, the
+    /// turn's rows and its end written together after posting.
+    Journal(String),
+}
+
 /// The W1 reference: check, parse, acknowledge; in the background post the text back
-/// in its thread. With `db`, the [`RefStore`] bookkeeping too: dedupe before
-/// answering, the turn's rows after posting.
+/// in its thread, with the [`Bookkeeping`] asked for.
 pub fn slack(
     bind: SocketAddr,
     secret: String,
     api: SocketAddr,
-    db: Option<String>,
+    books: Bookkeeping,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -297,9 +467,10 @@ pub fn slack(
         let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
         let client = client();
         let url: hyper::Uri = format!("http://{api}/api/chat.postMessage").parse()?;
-        let store = match db {
-            Some(db) => Some(std::sync::Arc::new(RefStore::open(&db)?)),
-            None => None,
+        let (store, journal) = match books {
+            Bookkeeping::None => (None, false),
+            Bookkeeping::Store(db) => (Some(std::sync::Arc::new(RefStore::open(&db)?)), false),
+            Bookkeeping::Journal(db) => (Some(std::sync::Arc::new(RefStore::open(&db)?)), true),
         };
         serve(listener, move |req: Request<hyper::body::Incoming>| {
             let key = key.clone();
@@ -324,29 +495,51 @@ pub fn slack(
                     env.event.ts.into_owned(),
                     env.event.text.into_owned(),
                 );
-                tokio::spawn(async move {
-                    if let Some(store) = &store {
-                        if !store
-                            .first_sighting(format!("slack:msg:{ts}:{channel}"))
-                            .await
-                        {
-                            return;
+                match &store {
+                    Some(store) if journal => {
+                        let id = format!("slack:T1:{channel}:{ts}");
+                        let accepted = Accepted {
+                            id: id.clone(),
+                            channel: channel.clone(),
+                            thread: ts.clone(),
+                            user: env.event.user.into_owned(),
+                            text: text.clone(),
+                        };
+                        match store.accept(accepted).await {
+                            // Journaled before: answered, or being answered.
+                            Some(false) => return empty(StatusCode::OK),
+                            None => return empty(StatusCode::INTERNAL_SERVER_ERROR),
+                            Some(true) => {}
                         }
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            let post = post_with_turn(&channel, &ts, &text, &id);
+                            post_reply(&client, url, &post).await;
+                            store.commit(turn(channel, ts, text, Some(id))).await;
+                        });
                     }
-                    post_reply(&client, url, &channel, &ts, &text).await;
-                    if let Some(store) = &store {
-                        store
-                            .commit(Turn {
-                                key: format!("slack/T1/{channel}/t:{ts}"),
-                                session: uuid::Uuid::new_v4().to_string(),
-                                channel,
-                                thread: ts,
-                                answer: text.clone(),
-                                query: text,
-                            })
-                            .await;
+                    _ => {
+                        tokio::spawn(async move {
+                            if let Some(store) = &store {
+                                if !store
+                                    .first_sighting(format!("slack:msg:{ts}:{channel}"))
+                                    .await
+                                {
+                                    return;
+                                }
+                            }
+                            let post = Post {
+                                channel: &channel,
+                                thread_ts: &ts,
+                                text: &text,
+                            };
+                            post_reply(&client, url, &post).await;
+                            if let Some(store) = &store {
+                                store.commit(turn(channel, ts, text, None)).await;
+                            }
+                        });
                     }
-                });
+                }
                 empty(StatusCode::OK)
             }
         })
@@ -355,19 +548,22 @@ pub fn slack(
     })
 }
 
-/// One `chat.postMessage` in the thread, reading the answer's `ok`.
-async fn post_reply(
-    client: &HttpClient,
-    url: hyper::Uri,
-    channel: &str,
-    thread_ts: &str,
-    text: &str,
-) {
-    let Ok(post) = serde_json::to_vec(&Post {
+/// The rows of an answered turn: the echo's answer is the query.
+fn turn(channel: String, ts: String, text: String, journaled: Option<String>) -> Turn {
+    Turn {
+        key: format!("slack/T1/{channel}/t:{ts}"),
+        session: uuid::Uuid::new_v4().to_string(),
         channel,
-        thread_ts,
-        text,
-    }) else {
+        thread: ts,
+        answer: text.clone(),
+        query: text,
+        journaled,
+    }
+}
+
+/// One `chat.postMessage` in the thread, reading the answer's `ok`.
+async fn post_reply(client: &HttpClient, url: hyper::Uri, post: &impl Serialize) {
+    let Ok(post) = serde_json::to_vec(post) else {
         return;
     };
     let req = Request::post(url)

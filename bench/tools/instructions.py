@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per event from a `BENCH_CALLGRIND=DIR` run. Usage:
     bench/tools/instructions.py DIR/*.cg [--top N]
-For each file (one process: `bridge.<pid>.cg`, `reference-slack-store.<pid>.cg`, ...):
+For each file (one process: `bridge.<pid>.cg`, `reference-slack-journal.<pid>.cg`, ...):
 the events it handled (calls of its once-per-event function), and its instructions per
 event, with and without SHA-256. Valgrind runs the CPU without its SHA extensions, so
 the signature check costs about 20 times its native share there: the figure without
@@ -19,6 +19,7 @@ import sys
 PER_EVENT = {
     'bridge': 'agent_bridge::slack::events::verified_body',
     'reference-slack-store': 'bench::slackev::accept',
+    'reference-slack-journal': 'bench::slackev::accept',
     'reference-slack': 'bench::slackev::accept',
     'floor-slack': 'bench::slackev::accept',
 }
