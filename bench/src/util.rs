@@ -38,12 +38,21 @@ pub fn cpu_secs_of_stat(stat: &str) -> Result<f64> {
 
 /// CPU seconds of this process's threads whose name starts with `prefix`.
 pub fn thread_cpu_secs(prefix: &str) -> f64 {
+    threads_cpu_secs("self", &[prefix])
+}
+
+/// CPU seconds (user + sys) of the live threads of process `pid` (or `self`) whose
+/// name starts with one of `prefixes`.
+pub fn threads_cpu_secs(pid: &str, prefixes: &[&str]) -> f64 {
     let mut total = 0.0;
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for e in dir.flatten() {
             let p = e.path();
             let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-            if comm.trim_end().starts_with(prefix) {
+            if prefixes
+                .iter()
+                .any(|prefix| comm.trim_end().starts_with(prefix))
+            {
                 if let Ok(stat) = std::fs::read_to_string(p.join("stat")) {
                     total += cpu_secs_of_stat(&stat).unwrap_or(0.0);
                 }
