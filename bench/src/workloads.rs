@@ -330,8 +330,9 @@ struct Side {
 
 /// The threads that do a store's work, by name: the bridge's SQLite writer and its
 /// sqlx connections' worker threads (the checkpointer's, the readers'), the
-/// references' writer and checkpointer. A bridge write made inline on a runtime thread
-/// (an idle writer's shortcut, rare at full load) is not among them.
+/// references' writer and checkpointer. The bridge's store work on its runtime threads
+/// (a write an idle writer lets the caller make inline, and the hand-off to the
+/// writer) is not among them: the figure is a lower bound for the bridge.
 const STORE_THREADS: &[&str] = &[
     "sqlite-writer",
     "sqlx-sqlite",
@@ -759,11 +760,12 @@ pub async fn w1ab(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
             "against"
         };
         log(format!(
-            "W1AB {name}: {:.0} req/s, {:.1} µs CPU/event ({:.1} in the store's threads), {:.1} KiB written/event",
+            "W1AB {name}: {:.0} req/s, {:.1} µs CPU/event ({:.1} in the store's threads), {:.1} KiB written/event, {:.2} context switches/event",
             s.load.rps(),
             s.cpu_us,
             s.store_cpu_us,
-            s.disk_kib
+            s.disk_kib,
+            s.ctx_per_req
         ));
         let mut push = |m: &str, v: f64| match who {
             Who::Bridge => rep.bridge(w, m, v),
