@@ -56,19 +56,16 @@ fn main() -> Result<()> {
             let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
             reference::slack(addr, secret, api, reference::Bookkeeping::None)
         }
-        Some("reference-slack-store") => {
+        Some(command @ ("reference-slack-store" | "reference-slack-journal")) => {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
             let secret = args.get(2).unwrap_or_else(|| usage()).clone();
             let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
             let db = args.get(4).unwrap_or_else(|| usage()).clone();
-            reference::slack(addr, secret, api, reference::Bookkeeping::Store(db))
-        }
-        Some("reference-slack-journal") => {
-            let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;
-            let secret = args.get(2).unwrap_or_else(|| usage()).clone();
-            let api = args.get(3).unwrap_or_else(|| usage()).parse()?;
-            let db = args.get(4).unwrap_or_else(|| usage()).clone();
-            reference::slack(addr, secret, api, reference::Bookkeeping::Journal(db))
+            let books = match command {
+                "reference-slack-store" => reference::Bookkeeping::Store(db),
+                _ => reference::Bookkeeping::Journal(db),
+            };
+            reference::slack(addr, secret, api, books)
         }
         Some("reference-proxy") => {
             let addr = args.get(1).unwrap_or_else(|| usage()).parse()?;

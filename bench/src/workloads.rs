@@ -633,56 +633,33 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
             }
         }
     }
-    log(format!(
-        "W1 reference: {} conns for {:?}",
-        ctx.conns, ctx.duration
-    ));
-    let s = w1_measure(ctx, Who::Reference, Mode::Closed, None).await?;
-    log(format!(
-        "W1 reference: {:.0} req/s, {:.1} µs CPU/event",
-        s.load.rps(),
-        s.cpu_us
-    ));
-    rep.bridge(w, REF_W1_TPUT, s.load.rps());
-    rep.bridge(w, REF_W1_CPU, s.cpu_us);
-    if let Some((ok, detail)) = s.once {
-        rep.note(
-            w,
-            REF_W1_TPUT,
-            format!("round {round}: answered exactly once: {ok} ({detail})"),
-        );
-    }
-    log(format!(
-        "W1 reference with SQLite: {} conns for {:?}",
-        ctx.conns, ctx.duration
-    ));
-    let s = w1_measure(ctx, Who::ReferenceStore, Mode::Closed, None).await?;
-    log(format!(
-        "W1 reference with SQLite: {:.0} req/s, {:.1} µs CPU/event",
-        s.load.rps(),
-        s.cpu_us
-    ));
-    rep.bridge(w, REF_W1S_TPUT, s.load.rps());
-    rep.bridge(w, REF_W1S_CPU, s.cpu_us);
-    if let Some((ok, detail)) = s.once {
-        rep.note(
-            w,
-            REF_W1S_TPUT,
-            format!("round {round}: answered exactly once: {ok} ({detail})"),
-        );
-    }
-    log(format!(
-        "W1 reference with SQLite and the journal: {} conns for {:?}",
-        ctx.conns, ctx.duration
-    ));
-    let s = w1_measure(ctx, Who::ReferenceJournal, Mode::Closed, None).await?;
-    log(format!(
-        "W1 reference with SQLite and the journal: {:.0} req/s, {:.1} µs CPU/event",
-        s.load.rps(),
-        s.cpu_us
-    ));
-    rep.bridge(w, REF_W1J_TPUT, s.load.rps());
-    rep.bridge(w, REF_W1J_CPU, s.cpu_us);
+    w1_reference(
+        ctx,
+        rep,
+        round,
+        Who::Reference,
+        "reference",
+        [REF_W1_TPUT, REF_W1_CPU],
+    )
+    .await?;
+    w1_reference(
+        ctx,
+        rep,
+        round,
+        Who::ReferenceStore,
+        "reference with SQLite",
+        [REF_W1S_TPUT, REF_W1S_CPU],
+    )
+    .await?;
+    let s = w1_reference(
+        ctx,
+        rep,
+        round,
+        Who::ReferenceJournal,
+        "reference with SQLite and the journal",
+        [REF_W1J_TPUT, REF_W1J_CPU],
+    )
+    .await?;
     // The reference's figures in the floor column of the bridge's rows: the ratio is
     // then bridge ÷ reference.
     rep.floor(w, W1_VS_REF, s.cpu_us);
@@ -690,14 +667,41 @@ pub async fn w1(ctx: &Ctx, rep: &mut Report, round: usize) -> Result<()> {
     rep.floor(w, W1_DISK, s.disk_kib);
     rep.floor(w, W1_SYSCW, s.syscw);
     rep.floor(w, W1_SYSCR, s.syscr);
-    if let Some((ok, detail)) = s.once {
+    Ok(())
+}
+
+/// One reference server's max-load run: its throughput and CPU rows (`rows`) in the
+/// bridge column, against the round's floor, and whether it answered every event once.
+async fn w1_reference(
+    ctx: &Ctx,
+    rep: &mut Report,
+    round: usize,
+    who: Who,
+    name: &str,
+    rows: [&str; 2],
+) -> Result<Side> {
+    let w = "W1";
+    log(format!(
+        "W1 {name}: {} conns for {:?}",
+        ctx.conns, ctx.duration
+    ));
+    let s = w1_measure(ctx, who, Mode::Closed, None).await?;
+    log(format!(
+        "W1 {name}: {:.0} req/s, {:.1} µs CPU/event",
+        s.load.rps(),
+        s.cpu_us
+    ));
+    let [tput, cpu] = rows;
+    rep.bridge(w, tput, s.load.rps());
+    rep.bridge(w, cpu, s.cpu_us);
+    if let Some((ok, detail)) = &s.once {
         rep.note(
             w,
-            REF_W1J_TPUT,
+            tput,
             format!("round {round}: answered exactly once: {ok} ({detail})"),
         );
     }
-    Ok(())
+    Ok(s)
 }
 
 // ---------------------------------------------------------------------------------
