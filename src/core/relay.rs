@@ -928,7 +928,12 @@ impl Inner {
         };
         match admission {
             Admission::StartWorker(turn) => {
-                self.tracker.spawn(self.clone().run_lane(key, turn));
+                // Boxed: a lane's future holds a whole answer's state machine (agent
+                // stream, render, platform calls), and the task's own cell would
+                // otherwise copy all of it on every move into and out of the
+                // scheduler; a box moves one pointer.
+                self.tracker
+                    .spawn(Box::pin(self.clone().run_lane(key, turn)));
                 Ok(())
             }
             Admission::Queued => Ok(()),
