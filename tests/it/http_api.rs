@@ -6,6 +6,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::support::cut::CutRelay;
+use crate::support::db::PgSchema;
 use crate::support::{stored_events, RecordingSink, TestApp};
 
 async fn json_of(resp: reqwest::Response) -> Value {
@@ -32,6 +34,65 @@ async fn health_and_readiness_answer() {
     assert_eq!(body["status"], "ready");
     assert_eq!(body["parts"]["store"], "up");
     app.shutdown().await;
+}
+
+/// The status and body of `/readyz`, once it answers as `want` says (within 30 s:
+/// the store's pool gives up on a connection after its 10 s acquire timeout).
+async fn readyz_until(app: &TestApp, want: StatusCode) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if resp.status() == want {
+            return json_of(resp).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SPEC §6: `/readyz` is 200 only while the store answers. The store is PostgreSQL
+/// reached through a relay the test cuts: the probe turns 503 with the store down,
+/// and ready again once the store is back (the pool reconnects on its own).
+#[tokio::test]
+async fn readiness_follows_the_store() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&pg.url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let upstream = tokio::net::lookup_host(&upstream)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let relay = CutRelay::start(upstream).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(relay.addr.port())).unwrap();
+    let app = TestApp::builder()
+        .database(url.as_str())
+        .no_subscriber()
+        .start()
+        .await;
+
+    let body = readyz_until(&app, StatusCode::OK).await;
+    assert_eq!(body["parts"]["store"], "up");
+
+    relay.cut();
+    let body = readyz_until(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["parts"]["store"], "down");
+    assert_ne!(body["status"], "ready");
+
+    relay.mend();
+    let body = readyz_until(&app, StatusCode::OK).await;
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["parts"]["store"], "up");
+
+    app.shutdown().await;
+    drop(relay);
+    pg.remove().await;
 }
 
 #[tokio::test]

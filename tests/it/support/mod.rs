@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cut;
 pub mod db;
 pub mod discord;
 pub mod openai;
