@@ -6,16 +6,18 @@
 //!   as a keep-alive connection goes idle, so an idle connection is closed by it too,
 //!   well inside the 60 s keep-alive bound.
 //! - A whole request must arrive within `HTTP_REQUEST_TIMEOUT_SECS`: a middleware
-//!   ([`request_deadline`]) answers 408 when the request body has not been read to its
-//!   end (or given up by the handler) by then. The handler's own work after that —
-//!   an agent call, a stream — is not cut.
+//!   ([`request_deadline`]) answers 408 when the handler, reading the body, finds its
+//!   end has not arrived by then. The handler's own work after the body — an agent
+//!   call, a stream — is not cut.
 //! - At most `HTTP_MAX_CONNECTIONS` connections are served at once: the loop takes a
 //!   semaphore permit *before* `accept`, so further clients wait in the kernel's
 //!   backlog and hold no file descriptor of ours.
 //! - Shutdown: stop accepting, then let hyper finish the requests in flight
 //!   (`hyper_util::server::graceful`); dropping the future aborts every connection.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,7 +31,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -128,30 +130,27 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// Answers 408 when the request has not fully arrived within `limit`: the body is
-/// watched, and once it is read to its end (or dropped by the handler) the clock
-/// stops mattering.
+/// Answers 408 when the request has not fully arrived within `limit`. The body keeps
+/// the deadline: a handler reading it past the deadline gets an error, and its answer
+/// is replaced by the 408. A body that is all there when read (every small request:
+/// it comes with its headers) never starts a timer.
 async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     if http_body::Body::is_end_stream(req.body()) {
         return next.run(req).await;
     }
-    let deadline = tokio::time::sleep(limit);
+    let expired = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();
-    let (arrived, mut arrival) = oneshot::channel();
-    let body = Body::new(Arrival {
+    let body = Body::new(Deadline {
         inner: body,
-        arrived: Some(arrived),
+        at: tokio::time::Instant::now() + limit,
+        timer: None,
+        expired: expired.clone(),
     });
-    let response = next.run(Request::from_parts(parts, body));
-    tokio::pin!(response, deadline);
-    tokio::select! {
-        biased;
-        response = &mut response => return response,
-        // Read to the end, or dropped: either way the request is no longer arriving.
-        _ = &mut arrival => {}
-        _ = &mut deadline => return timed_out(limit),
+    let response = next.run(Request::from_parts(parts, body)).await;
+    match expired.load(Ordering::Acquire) {
+        true => timed_out(limit),
+        false => response,
     }
-    response.await
 }
 
 fn timed_out(limit: Duration) -> Response {
@@ -169,14 +168,16 @@ fn timed_out(limit: Duration) -> Response {
     response
 }
 
-/// A request body that says when it has been read to its end (its sender is dropped
-/// then, or when the body itself is dropped).
-struct Arrival {
+/// A request body that ends in an error once its deadline passes before its end
+/// arrived (and says so in `expired`). The timer starts only when a read has to wait.
+struct Deadline {
     inner: Body,
-    arrived: Option<oneshot::Sender<()>>,
+    at: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    expired: Arc<AtomicBool>,
 }
 
-impl http_body::Body for Arrival {
+impl http_body::Body for Deadline {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -184,11 +185,21 @@ impl http_body::Body for Arrival {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.arrived = None;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
         }
-        polled
+        let at = this.at;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.expired.store(true, Ordering::Release);
+        Poll::Ready(Some(Err(axum::Error::new(
+            "the request body did not arrive in time",
+        ))))
     }
 
     fn is_end_stream(&self) -> bool {
