@@ -28,18 +28,22 @@ pub fn parse(text: &str) -> Parsed<'_> {
     // A leading `/` lets people type `/reset` out of slash-command habit.
     let body = text.strip_prefix('/').unwrap_or(text);
     let mut words = body.split_whitespace();
-    let first = words.next().map(str::to_ascii_lowercase);
+    let Some(first) = words.next() else {
+        return Parsed::Command(Command::Help);
+    };
+    // Compared case-blind where it stands: most messages are no command, and need no
+    // lowercased copy of their first word.
+    let is = |word: &str| first.eq_ignore_ascii_case(word);
     let second = words.next();
     let rest = words.next();
-    match (first.as_deref(), second, rest) {
-        (None, _, _) => Parsed::Command(Command::Help),
-        (Some("reset"), None, _) => Parsed::Command(Command::Reset),
-        (Some("help"), None, _) => Parsed::Command(Command::Help),
-        (Some("stop"), None, _) => Parsed::Command(Command::Stop),
-        (Some("personality" | "personalities"), None, _) => {
+    match (second, rest) {
+        (None, _) if is("reset") => Parsed::Command(Command::Reset),
+        (None, _) if is("help") => Parsed::Command(Command::Help),
+        (None, _) if is("stop") => Parsed::Command(Command::Stop),
+        (None, _) if is("personality") || is("personalities") => {
             Parsed::Command(Command::Personality(None))
         }
-        (Some("personality"), Some(id), None) => {
+        (Some(id), None) if is("personality") => {
             Parsed::Command(Command::Personality(Some(id.to_string())))
         }
         _ => Parsed::Chat(text),

@@ -17,6 +17,7 @@
 //! Wire types ([`Envelope`], [`EventBody`]) stay here and are converted by hand into
 //! `core::Inbound`. They are lenient on purpose: Slack adds fields all the time.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -43,31 +44,33 @@ use crate::http::error::ApiError;
 
 /// The outer JSON of every Events API request (and the `payload` of a Socket Mode
 /// `events_api` envelope, which is the same object), as [`Envelope::parse`] reads it:
-/// its event read with it, or why that event cannot be read.
-pub(crate) type Envelope = Wire<Result<EventBody, Detail>>;
+/// its event read with it, or why that event cannot be read. Its strings borrow from
+/// the request's body where they can (no escapes in them): only what a turn keeps is
+/// copied, once, into its [`Inbound`].
+pub(crate) type Envelope<'a> = Wire<'a, Result<EventBody<'a>, Detail>>;
 
 /// The envelope's fields, with its `event` as `E`.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Wire<E> {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    challenge: Option<String>,
-    #[serde(default)]
-    event_id: Option<String>,
-    #[serde(default)]
-    team_id: Option<String>,
-    #[serde(default)]
-    api_app_id: Option<String>,
+pub(crate) struct Wire<'a, E> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    challenge: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    team_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    api_app_id: Option<Cow<'a, str>>,
     /// The workspaces (and users) this event is delivered for.
-    #[serde(default)]
-    authorizations: Vec<Authorization>,
+    #[serde(default, borrow)]
+    authorizations: Vec<Authorization<'a>>,
     // A path, not `default`: serde would ask `E: Default` of the bare attribute.
     #[serde(default = "Option::default")]
     event: Option<E>,
 }
 
-impl Envelope {
+impl<'a> Envelope<'a> {
     /// Reads an envelope and its event in one pass. An envelope that fails to read
     /// is read again with its event left raw, to tell a malformed event (the
     /// envelope is still read) from a malformed envelope (the error); only bad input
@@ -76,15 +79,15 @@ impl Envelope {
     /// The body is checked as UTF-8 once, up front, and read as text: read as bytes,
     /// serde_json checks each string of it on its own, which costs more. A body that
     /// is not UTF-8 is read as bytes, for serde_json's own error.
-    pub(crate) fn parse(json: &[u8]) -> Result<Envelope, serde_json::Error> {
+    pub(crate) fn parse(json: &'a [u8]) -> Result<Envelope<'a>, serde_json::Error> {
         let raw = match std::str::from_utf8(json) {
             Ok(text) => {
-                if let Ok(read) = serde_json::from_str::<Wire<EventBody>>(text) {
+                if let Ok(read) = serde_json::from_str::<Wire<'_, EventBody<'_>>>(text) {
                     return Ok(read.with_event(Ok));
                 }
-                serde_json::from_str::<Wire<&RawValue>>(text)?
+                serde_json::from_str::<Wire<'_, &RawValue>>(text)?
             }
-            Err(_) => serde_json::from_slice::<Wire<&RawValue>>(json)?,
+            Err(_) => serde_json::from_slice::<Wire<'_, &RawValue>>(json)?,
         };
         Ok(raw.with_event(|event| {
             serde_json::from_str(event.get()).map_err(|e| Detail::caused_by("malformed event", e))
@@ -97,8 +100,8 @@ impl Envelope {
     }
 }
 
-impl<E> Wire<E> {
-    fn with_event(self, read: impl FnOnce(E) -> Result<EventBody, Detail>) -> Envelope {
+impl<'a, E> Wire<'a, E> {
+    fn with_event(self, read: impl FnOnce(E) -> Result<EventBody<'a>, Detail>) -> Envelope<'a> {
         Wire {
             kind: self.kind,
             challenge: self.challenge,
@@ -113,9 +116,9 @@ impl<E> Wire<E> {
 
 /// One entry of an envelope's `authorizations`.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Authorization {
-    #[serde(default)]
-    team_id: Option<String>,
+pub(crate) struct Authorization<'a> {
+    #[serde(default, borrow)]
+    team_id: Option<Cow<'a, str>>,
 }
 
 /// Whether an envelope is for this app and a workspace it is installed in: a
@@ -124,7 +127,7 @@ pub(crate) struct Authorization {
 fn foreign(
     team_id: Option<&str>,
     api_app_id: Option<&str>,
-    authorizations: &[Authorization],
+    authorizations: &[Authorization<'_>],
     me: &Identity,
     app_id: Option<&str>,
 ) -> Option<&'static str> {
@@ -149,44 +152,44 @@ fn foreign(
 /// the bridge reads. Everything is optional so any event object parses; what matters
 /// is decided in [`classify`].
 #[derive(Debug, Default, Clone, Deserialize)]
-pub struct EventBody {
-    #[serde(rename = "type", default)]
-    pub kind: String,
-    #[serde(default)]
-    pub subtype: Option<String>,
-    #[serde(default)]
-    pub channel: Option<String>,
-    #[serde(default)]
-    pub channel_type: Option<String>,
-    #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
-    pub bot_id: Option<String>,
-    #[serde(default)]
-    pub text: Option<String>,
-    #[serde(default)]
-    pub ts: Option<String>,
-    #[serde(default)]
-    pub thread_ts: Option<String>,
+pub struct EventBody<'a> {
+    #[serde(rename = "type", default, borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub subtype: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub channel: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub channel_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub user: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub bot_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub ts: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub thread_ts: Option<Cow<'a, str>>,
     #[serde(default)]
     pub hidden: Option<bool>,
-    #[serde(default)]
-    pub team: Option<String>,
+    #[serde(default, borrow)]
+    pub team: Option<Cow<'a, str>>,
     /// `app_home_opened`: which tab (`messages` is the bot's DM).
-    #[serde(default)]
-    pub tab: Option<String>,
+    #[serde(default, borrow)]
+    pub tab: Option<Cow<'a, str>>,
     /// `assistant_thread_started`: the thread the user opened.
-    #[serde(default)]
-    pub assistant_thread: Option<AssistantThread>,
+    #[serde(default, borrow)]
+    pub assistant_thread: Option<AssistantThread<'a>>,
 }
 
 /// The `assistant_thread` of `assistant_thread_started`.
 #[derive(Debug, Default, Clone, Deserialize)]
-pub struct AssistantThread {
-    #[serde(default)]
-    pub channel_id: Option<String>,
-    #[serde(default)]
-    pub thread_ts: Option<String>,
+pub struct AssistantThread<'a> {
+    #[serde(default, borrow)]
+    pub channel_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub thread_ts: Option<Cow<'a, str>>,
 }
 
 /// What the bridge does with an event.
@@ -217,12 +220,12 @@ pub struct Candidate {
 
 /// The routing rules of SPEC §5, pure: which events are answered.
 pub fn classify(
-    ev: &EventBody,
+    ev: &EventBody<'_>,
     me: &Identity,
     respond_to: SlackRespondTo,
     follow_threads: bool,
 ) -> Decision {
-    let is_mention = match ev.kind.as_str() {
+    let is_mention = match &*ev.kind {
         "app_mention" => true,
         "message" => false,
         _ => return Decision::Ignore("event type not handled"),
@@ -293,7 +296,28 @@ pub fn classify(
 
 fn mentions(text: &str, bot_user: &str) -> bool {
     !bot_user.is_empty()
-        && (text.contains(&format!("<@{bot_user}>")) || text.contains(&format!("<@{bot_user}|")))
+        && text
+            .match_indices("<@")
+            .any(|(at, _)| mention_start(&text[at..], bot_user).is_some())
+}
+
+/// What follows `<@{bot_user}` when `tail` (which starts with `<@`) opens the bot's
+/// mention: `>` (`<@U1>`) or `|` (`<@U1|name>`).
+fn mention_start(tail: &str, bot_user: &str) -> Option<u8> {
+    let after = tail.get(2..)?.strip_prefix(bot_user)?;
+    after
+        .as_bytes()
+        .first()
+        .copied()
+        .filter(|b| matches!(b, b'>' | b'|'))
+}
+
+/// The length of the bot's mention at the start of `tail`, if it is one.
+fn mention_len(tail: &str, bot_user: &str) -> Option<usize> {
+    match mention_start(tail, bot_user)? {
+        b'>' => Some(2 + bot_user.len() + 1),
+        _ => tail.find('>').map(|end| end + 1),
+    }
 }
 
 /// Removes the bot's mentions (`<@U1>`, `<@U1|name>`) and undoes Slack's escaping of
@@ -301,16 +325,11 @@ fn mentions(text: &str, bot_user: &str) -> bool {
 pub fn clean_text(text: &str, bot_user: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    let plain = format!("<@{bot_user}>");
-    let named = format!("<@{bot_user}|");
     while let Some(start) = rest.find("<@") {
         let tail = &rest[start..];
-        let skip = if !bot_user.is_empty() && tail.starts_with(&plain) {
-            Some(plain.len())
-        } else if !bot_user.is_empty() && tail.starts_with(&named) {
-            tail.find('>').map(|end| end + 1)
-        } else {
-            None
+        let skip = match bot_user.is_empty() {
+            true => None,
+            false => mention_len(tail, bot_user),
         };
         match skip {
             Some(len) => {
@@ -454,7 +473,7 @@ pub(crate) async fn handle(
         }
     };
 
-    match envelope.kind.as_str() {
+    match &*envelope.kind {
         "url_verification" => match envelope.challenge {
             Some(challenge) => Json(json!({ "challenge": challenge })).into_response(),
             None => ApiError::bad_request("url_verification without a challenge").into_response(),
@@ -487,7 +506,7 @@ fn is_form_ssl_check(body: &[u8]) -> bool {
     url::form_urlencoded::parse(body).any(|(k, v)| k == "ssl_check" && v == "1")
 }
 
-async fn on_event_callback(shared: &Arc<Shared>, envelope: Envelope) -> Response {
+async fn on_event_callback(shared: &Arc<Shared>, envelope: Envelope<'_>) -> Response {
     match accept(shared, envelope).await {
         Intake::Taken | Intake::Ignored => StatusCode::OK.into_response(),
         Intake::Unavailable(why) => unavailable(why),
@@ -513,7 +532,7 @@ pub(crate) enum Intake {
 /// `POST /slack/events` or from a Socket Mode `events_api` envelope is filtered
 /// (workspace, app, [`classify`], followed threads), deduplicated and handed to the
 /// relay here, so a message that arrives both ways, or twice one way, is answered once.
-pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
+pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope<'_>) -> Intake {
     let event = match envelope.event {
         Some(Ok(event)) => event,
         Some(Err(why)) => return Intake::Malformed(why),
@@ -549,17 +568,22 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
 
     // The bot's DM opened, as an assistant thread or in the agent view: prompts, and
     // no agent call.
-    match (event.kind.as_str(), event.tab.as_deref()) {
+    match (&*event.kind, event.tab.as_deref()) {
         ("assistant_thread_started", _) => {
             let thread = event.assistant_thread.unwrap_or_default();
             if let (Some(channel), Some(thread_ts)) = (thread.channel_id, thread.thread_ts) {
-                super::assistant::offer_prompts(shared, api, channel, Some(thread_ts));
+                super::assistant::offer_prompts(
+                    shared,
+                    api,
+                    channel.into_owned(),
+                    Some(thread_ts.into_owned()),
+                );
             }
             return Intake::Taken;
         }
         ("app_home_opened", Some("messages")) => {
             if let Some(channel) = event.channel {
-                super::assistant::offer_prompts(shared, api, channel, None);
+                super::assistant::offer_prompts(shared, api, channel.into_owned(), None);
             }
             return Intake::Taken;
         }
@@ -576,7 +600,7 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
     let workspace = envelope
         .team_id
         .or(event.team)
-        .unwrap_or_else(|| me.team_id.clone());
+        .map_or_else(|| me.team_id.clone(), Cow::into_owned);
     if candidate.needs_followed_thread
         && !shared
             .threads
@@ -627,7 +651,11 @@ pub(crate) async fn accept(shared: &Arc<Shared>, envelope: Envelope) -> Intake {
     // one frees); the dedupe write and the turn happen in the background.
     let (dedupe, event_id) = (&shared.dedupe, envelope.event_id);
     let first = |msg: &Inbound| {
-        dedupe.first_delivery_owned(event_id, msg.channel.clone(), msg.message_id.clone())
+        dedupe.first_delivery_owned(
+            event_id.map(Cow::into_owned),
+            msg.channel.clone(),
+            msg.message_id.clone(),
+        )
     };
     match shared.relay.submit_once(inbound, sink, first).await {
         Ok(_) => Intake::Taken,
@@ -654,9 +682,9 @@ mod tests {
         }
     }
 
-    fn event(kind: &str, channel_type: Option<&str>, text: &str) -> EventBody {
+    fn event(kind: &str, channel_type: Option<&str>, text: &str) -> EventBody<'static> {
         EventBody {
-            kind: kind.into(),
+            kind: kind.to_owned().into(),
             channel: Some(
                 if channel_type == Some("im") {
                     "D1"
@@ -665,15 +693,15 @@ mod tests {
                 }
                 .into(),
             ),
-            channel_type: channel_type.map(Into::into),
+            channel_type: channel_type.map(|t| t.to_owned().into()),
             user: Some("U1".into()),
-            text: Some(text.into()),
+            text: Some(text.to_owned().into()),
             ts: Some("100.1".into()),
             ..EventBody::default()
         }
     }
 
-    fn decide(ev: &EventBody, respond_to: SlackRespondTo, follow: bool) -> Decision {
+    fn decide(ev: &EventBody<'_>, respond_to: SlackRespondTo, follow: bool) -> Decision {
         classify(ev, &me(), respond_to, follow)
     }
 
@@ -830,7 +858,7 @@ mod tests {
         .expect("the envelope reads");
         let event = read.event.expect("an event").expect("the event reads");
         assert_eq!(
-            (event.kind.as_str(), event.channel.as_deref()),
+            (&*event.kind, event.channel.as_deref()),
             ("app_mention", Some("C1"))
         );
 
