@@ -478,7 +478,8 @@ pub struct RelayStore {
 pub struct JournalTurn {
     /// [`Inbound::turn_id`]: the same for every delivery of one message.
     pub id: String,
-    pub msg: Inbound,
+    /// Shared with the turn that answers it: journaling copies no text.
+    pub msg: Arc<Inbound>,
     pub reply_to: String,
     pub received: OffsetDateTime,
 }

@@ -201,7 +201,7 @@ enum Journaling {
 }
 
 impl Journaling {
-    fn for_message(msg: &Inbound, sink: &dyn ChatSink, received: OffsetDateTime) -> Self {
+    fn for_message(msg: &Arc<Inbound>, sink: &dyn ChatSink, received: OffsetDateTime) -> Self {
         match sink.reply_to() {
             Some(reply_to) => Journaling::Pending(JournalTurn {
                 id: msg.turn_id(),
@@ -224,7 +224,7 @@ impl Journaling {
 
 struct Turn {
     key: ConversationKey,
-    msg: Inbound,
+    msg: Arc<Inbound>,
     journal: Journaling,
     sink: Arc<dyn ChatSink>,
     received: OffsetDateTime,
@@ -317,6 +317,7 @@ impl Relay {
             return Err(Rejected::ShuttingDown);
         }
         let (done, handle) = oneshot::channel();
+        let msg = Arc::new(msg);
         let journal = Journaling::for_message(&msg, &*sink, OffsetDateTime::now_utc());
         self.inner.enqueue(msg, sink, done, false, journal)?;
         Ok(TurnHandle(handle))
@@ -363,6 +364,7 @@ impl Relay {
             return Err(Rejected::ShuttingDown);
         }
         let (done, handle) = oneshot::channel();
+        let msg = Arc::new(msg);
         // In the journal before the acknowledgement: from here on, a crash loses
         // nothing (the next start answers it). A message journaled already is a
         // redelivery.
@@ -509,7 +511,7 @@ impl Relay {
         };
         let turn = JournalTurn {
             id: msg.turn_id(),
-            msg,
+            msg: msg.into(),
             reply_to: String::new(),
             received: OffsetDateTime::now_utc(),
         };
@@ -533,7 +535,7 @@ impl Relay {
         {
             if journal.claim_turn(&turn.id, untouched_since).await? {
                 inner.holding.insert(turn.id.clone(), ());
-                left.push((turn.id, turn.msg.text, turn.received));
+                left.push((turn.id, turn.msg.text.clone(), turn.received));
             }
         }
         Ok(left)
@@ -845,7 +847,7 @@ impl Inner {
     /// here.
     fn enqueue(
         self: &Arc<Self>,
-        msg: Inbound,
+        msg: Arc<Inbound>,
         sink: Arc<dyn ChatSink>,
         done: oneshot::Sender<TurnOutcome>,
         reserved: bool,
@@ -976,7 +978,7 @@ impl Inner {
         let key = conv.key.clone();
         let turn = Turn {
             key: key.clone(),
-            msg: Inbound {
+            msg: Arc::new(Inbound {
                 platform: conv.platform,
                 workspace: conv.workspace,
                 channel: conv.channel,
@@ -984,7 +986,7 @@ impl Inner {
                 user: conv.user.unwrap_or_default(),
                 message_id: String::new(),
                 text: String::new(),
-            },
+            }),
             journal: Journaling::Off,
             sink: Arc::new(Silent),
             received: OffsetDateTime::now_utc(),

@@ -102,7 +102,8 @@ impl SessionMap {
     }
 
     /// The conversation for `key`: from the cache, else the store, else a new one
-    /// (not stored until its first commit).
+    /// (not stored until its first commit). Only [`SessionMap::put`] fills the cache:
+    /// the conversation is only the lane's until its turn is recorded.
     pub async fn get(
         &self,
         key: &ConversationKey,
@@ -132,7 +133,11 @@ impl SessionMap {
                 last_activity: OffsetDateTime::now_utc(),
             },
         };
-        self.cache_insert(conv.clone());
+        if !self.shared {
+            // Known before its first commit can store it: from now on a miss reads
+            // the store.
+            self.known.insert(key_hash(key.as_str()));
+        }
         Ok(conv)
     }
 
@@ -143,7 +148,6 @@ impl SessionMap {
 
     fn cache_insert(&self, conv: Conversation) {
         if !self.shared {
-            // Known before it can leave the cache: from now on a miss reads the store.
             self.known.insert(key_hash(conv.key.as_str()));
         }
         if self.cache.len() >= CACHE_MAX && !self.cache.contains_key(&conv.key) {

@@ -744,7 +744,7 @@ pub(crate) async fn open_turns(
             };
             Ok(JournalTurn {
                 id,
-                msg,
+                msg: msg.into(),
                 reply_to: r.text()?,
                 received: from_ms(r.int()?)?,
             })

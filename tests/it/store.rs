@@ -276,7 +276,7 @@ async fn a_turn_accepted_while_another_process_writes_waits_for_the_lock() {
     msg.message_id = "200.1".into();
     let turn = JournalTurn {
         id: msg.turn_id(),
-        msg,
+        msg: msg.into(),
         reply_to: "{}".into(),
         received: OffsetDateTime::now_utc(),
     };
@@ -496,7 +496,7 @@ async fn the_turn_journal_takes_a_message_once_and_hands_a_left_turn_to_one_clai
         msg.message_id = ts.into();
         JournalTurn {
             id: msg.turn_id(),
-            msg,
+            msg: msg.into(),
             reply_to: "{\"where\":\"here\"}".into(),
             received,
         }
