@@ -99,6 +99,33 @@ async fn a_body_that_does_not_arrive_within_the_request_timeout_gets_408_json() 
 }
 
 #[tokio::test]
+async fn a_body_that_arrives_in_pieces_within_the_request_timeout_is_served() {
+    let app = TestApp::builder()
+        .var("HTTP_REQUEST_TIMEOUT_SECS", "1")
+        .start()
+        .await;
+    let body = br#"{"query":"in pieces"}"#;
+    let (first, rest) = body.split_at(8);
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /agent-query HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    // The handler's read waits here (the deadline's timer runs), then the rest comes.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream.write_all(rest).await.unwrap();
+    let response = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the server answers and closes within 5 s");
+    assert_eq!(status_of(&response), Some(200), "{response}");
+    assert_eq!(app.agent.requests_to("/query").len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_slow_answer_is_not_cut_by_the_request_timeout() {
     let app = TestApp::builder()
         .var("HTTP_REQUEST_TIMEOUT_SECS", "1")
