@@ -14,7 +14,7 @@
 //! loaded once (`preload`), and a key in neither that set nor the cache is new.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::{DashMap, DashSet};
@@ -34,6 +34,9 @@ const CACHE_MAX: usize = 10_000;
 
 pub struct SessionMap {
     cache: DashMap<ConversationKey, Conversation>,
+    /// About how many entries `cache` holds: counted on insert, so the size check
+    /// does not lock every shard of the map on each turn as `len()` would.
+    cached: AtomicUsize,
     store: Arc<dyn Conversations>,
     /// Other replicas write the same conversations: read the store on every turn
     /// (the turn queue makes that read current) instead of trusting the cache.
@@ -51,6 +54,7 @@ impl SessionMap {
     pub fn new(store: Arc<dyn Conversations>, shared: bool) -> Self {
         SessionMap {
             cache: DashMap::new(),
+            cached: AtomicUsize::new(0),
             store,
             shared,
             known: DashSet::new(),
@@ -150,10 +154,13 @@ impl SessionMap {
         if !self.shared {
             self.known.insert(key_hash(conv.key.as_str()));
         }
-        if self.cache.len() >= CACHE_MAX && !self.cache.contains_key(&conv.key) {
+        if self.cached.load(Ordering::Relaxed) >= CACHE_MAX && !self.cache.contains_key(&conv.key) {
+            self.cached.store(0, Ordering::Relaxed);
             self.cache.clear();
         }
-        self.cache.insert(conv.key.clone(), conv);
+        if self.cache.insert(conv.key.clone(), conv).is_none() {
+            self.cached.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn len(&self) -> usize {
