@@ -1469,12 +1469,17 @@ impl Inner {
             }
         };
         let mut pending = early.into_iter();
+        // An event read ahead: it was ready when the pieces before it were taken.
+        let mut ahead = None;
         loop {
-            let event = match pending.next() {
-                Some(event) => Some(event),
-                None => tokio::select! {
-                    event = stream.next() => event,
-                    () = stop.cancelled() => return Written { text: written, end: End::Stopped },
+            let event = match ahead.take() {
+                Some(event) => event,
+                None => match pending.next() {
+                    Some(event) => Some(event),
+                    None => tokio::select! {
+                        event = stream.next() => event,
+                        () = stop.cancelled() => return Written { text: written, end: End::Stopped },
+                    },
                 },
             };
             match event {
@@ -1483,7 +1488,15 @@ impl Inner {
                         continue;
                     }
                     written.push_str(&piece);
-                    text.send_replace(written.clone());
+                    // What the agent has sent already goes out with this piece: one
+                    // publication, one wake of the sink. An end that is there too is
+                    // published by the caller, with the final text.
+                    match stream.next().now_or_never() {
+                        Some(next) => ahead = Some(next),
+                        None => {
+                            text.send_replace(written.clone());
+                        }
+                    }
                 }
                 Some(Ok(AnswerEvent::Done(answer))) => {
                     // The whole answer is the backend's word; it normally equals the
