@@ -1312,14 +1312,15 @@ impl Inner {
                     .trim_start()
                     .to_string(),
             };
-            // Only a changed text wakes the sink: an answer shown whole already ends
-            // with nothing more to do.
+            // The final text is set without a notification (tokio's "silent
+            // modification"): closing the channel next wakes the sink, which reads the
+            // latest text once it finds the channel closed. One wake-up of the sink
+            // and one notification of the channel's eight-way `BigNotify`, not two.
             text_tx.send_if_modified(|shown| {
-                let changed = *shown != final_text;
-                if changed {
+                if *shown != final_text {
                     shown.clone_from(&final_text);
                 }
-                changed
+                false
             });
             drop(text_tx);
             (written, final_text)
