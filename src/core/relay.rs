@@ -1491,8 +1491,13 @@ impl Inner {
                     written.push_str(&piece);
                     // What the agent has sent already goes out with this piece: one
                     // publication, one wake of the sink. An end that is there too is
-                    // published by the caller, with the final text.
-                    match stream.next().now_or_never() {
+                    // published by the caller, with the final text. (Not once `stop`
+                    // fired: the next round's select sees it.)
+                    let ready = match stop.is_cancelled() {
+                        true => None,
+                        false => stream.next().now_or_never(),
+                    };
+                    match ready {
                         Some(next) => ahead = Some(next),
                         None => {
                             text.send_replace(written.clone());
