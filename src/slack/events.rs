@@ -54,13 +54,13 @@ pub(crate) type Envelope<'a> = Wire<'a, Result<EventBody<'a>, Detail>>;
 pub(crate) struct Wire<'a, E> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     challenge: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     event_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     team_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     api_app_id: Option<Cow<'a, str>>,
     /// The workspaces (and users) this event is delivered for.
     #[serde(default, borrow)]
@@ -114,10 +114,21 @@ impl<'a, E> Wire<'a, E> {
     }
 }
 
+/// An optional string field, borrowed from the body when it holds no escapes. (serde
+/// borrows a bare `Cow<str>` field, but reads an `Option<Cow<str>>` as an owned copy.)
+fn text<'de, D>(deserializer: D) -> Result<Option<Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'de>>::deserialize(deserializer)?.map(|t| t.0))
+}
+
 /// One entry of an envelope's `authorizations`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Authorization<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     team_id: Option<Cow<'a, str>>,
 }
 
@@ -155,28 +166,28 @@ fn foreign(
 pub struct EventBody<'a> {
     #[serde(rename = "type", default, borrow)]
     pub kind: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub subtype: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub channel: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub channel_type: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub user: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub bot_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub text: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub ts: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub thread_ts: Option<Cow<'a, str>>,
     #[serde(default)]
     pub hidden: Option<bool>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub team: Option<Cow<'a, str>>,
     /// `app_home_opened`: which tab (`messages` is the bot's DM).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub tab: Option<Cow<'a, str>>,
     /// `assistant_thread_started`: the thread the user opened.
     #[serde(default, borrow)]
@@ -186,9 +197,9 @@ pub struct EventBody<'a> {
 /// The `assistant_thread` of `assistant_thread_started`.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct AssistantThread<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub channel_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     pub thread_ts: Option<Cow<'a, str>>,
 }
 
@@ -839,6 +850,24 @@ mod tests {
         assert_eq!(clean_text("<@", "UBOT"), "<@");
         assert_eq!(clean_text("<@UBOT>", "UBOT"), "");
         assert_eq!(clean_text("a &amp;lt; b", "UBOT"), "a &lt; b");
+    }
+
+    #[test]
+    fn strings_with_escapes_read_as_well_as_plain_ones() {
+        // Plain strings borrow from the body; escaped ones are unescaped copies.
+        let body = br#"{"type":"event_callback","event_id":"Ev1","event":{"type":"app_mention","channel":"C1","user":"U1","ts":"1.1","text":"<@UBOT> say \"hi\"\n\u00e9t\u00e9"}}"#;
+        let read = Envelope::parse(body).expect("the envelope reads");
+        assert!(matches!(read.event_id, Some(Cow::Borrowed("Ev1"))));
+        let event = read.event.expect("an event").expect("the event reads");
+        assert_eq!(
+            event.text.as_deref(),
+            Some("<@UBOT> say \"hi\"\n\u{e9}t\u{e9}")
+        );
+        let candidate = decide(&event, SlackRespondTo::Mentions, false);
+        assert_eq!(
+            answered(&candidate).map(|c| c.text.as_str()),
+            Some("say \"hi\"\n\u{e9}t\u{e9}")
+        );
     }
 
     #[test]
