@@ -147,10 +147,6 @@ impl SessionMap {
 
     /// Records the new state of a conversation once the store has it.
     pub fn put(&self, conv: Conversation) {
-        self.cache_insert(conv);
-    }
-
-    fn cache_insert(&self, conv: Conversation) {
         if !self.shared {
             self.known.insert(key_hash(conv.key.as_str()));
         }
